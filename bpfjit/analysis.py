@@ -1,0 +1,85 @@
+"""Analyses of a validated program that the lowering reads, kept beside the program (never inside).
+
+- `leaders`: where basic blocks start.
+- `bounds_plan`: which packet loads need a static length check, and what length each check tests.
+
+Bounds-check merging rests on one fact: if caplen < need[i], every path from instruction i returns 0
+(it either reaches `ret #0` or a load that fails). So a check `caplen >= need[i]` placed at i may
+return 0 early without changing any result, and it covers every later load requiring <= need[i].
+Paths that may return non-zero pull need[] down (a `ret a` or `ret #k != 0` needs nothing), which is
+why a check is never hoisted above a path that accepts the packet (SEMANTICS.md edge case 22).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .opcodes import OPCODES
+from .program import Program
+from .validate import jump_targets
+
+NEVER = 1 << 40  # "returns 0 whatever caplen is": larger than any requirement
+
+
+def successors(program: Program, index: int) -> tuple[int, ...]:
+    info = OPCODES[program[index].code]
+    if info.is_return:
+        return ()
+    if info.is_jump:
+        return jump_targets(program[index], index)
+    return (index + 1,)
+
+
+def leaders(program: Program) -> list[int]:
+    """Sorted indices that start a basic block: 0, every jump target, every insn after a jump/ret."""
+    starts = {0}
+    for index, insn in enumerate(program):
+        info = OPCODES[insn.code]
+        if info.is_jump or info.is_return:
+            starts.update(t for t in jump_targets(insn, index) if t < len(program))
+            if index + 1 < len(program):
+                starts.add(index + 1)
+    return sorted(starts)
+
+
+def static_requirement(program: Program, index: int) -> int:
+    """Bytes a load needs whatever X is (`[x + k]` needs at least k + width: X >= 0, no wrap); 0 if none."""
+    insn = program[index]
+    info = OPCODES[insn.code]
+    return insn.k + info.width if info.width else 0
+
+
+@dataclass(frozen=True)
+class BoundsPlan:
+    """`checks[i]` is the caplen to test before instruction i (absent: no static check there)."""
+
+    checks: dict[int, int]
+    need: tuple[int, ...]
+
+
+def bounds_plan(program: Program) -> BoundsPlan:
+    n = len(program)
+    need = [0] * n
+    for index in range(n - 1, -1, -1):  # jumps go forward, so one backward sweep is a fixpoint
+        insn = program[index]
+        info = OPCODES[insn.code]
+        if info.kind == "ret_k":
+            need[index] = NEVER if insn.k == 0 else 0
+        elif info.kind == "ret_a":
+            need[index] = 0
+        else:
+            after = min(need[s] for s in successors(program, index))
+            need[index] = max(after, static_requirement(program, index))
+    # Forward: the caplen every path to i has already proven; emit a check only where a load needs more.
+    known_in = [NEVER] * n
+    known_in[0] = 0
+    checks: dict[int, int] = {}
+    for index in range(n):
+        known = known_in[index]
+        required = static_requirement(program, index)
+        if required and known < required:
+            checks[index] = need[index]
+            known = need[index]
+        for succ in successors(program, index):
+            known_in[succ] = min(known_in[succ], known)
+    return BoundsPlan(checks, tuple(need))

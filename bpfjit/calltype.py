@@ -1,0 +1,142 @@
+"""A CPython type whose instances are called through vectorcall, built at run time with ctypes.
+
+`Filter` derives from `NativeCallable` so `f(packet)` jumps straight to the machine code that the
+JIT emitted for f (see `pyentry`), as fast as a call of a builtin such as `len()`. Each instance
+stores its entry's address right after the object header (`__vectorcalloffset__`).
+
+Where this cannot be set up safely (another interpreter, a layout we did not verify), `AVAILABLE` is
+False and filters are called through ctypes instead; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from typing import Any
+
+Py_tp_call, Py_tp_doc, Py_tp_new, Py_tp_members = 50, 56, 65, 72
+T_PYSSIZET, READONLY = 19, 1
+Py_TPFLAGS_BASETYPE = 1 << 10
+Py_TPFLAGS_HAVE_VECTORCALL = 1 << 11
+Py_TPFLAGS_HAVE_VERSION_TAG = 1 << 18
+
+
+class _Slot(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_int), ("pfunc", ctypes.c_void_p)]
+
+
+class _Member(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("type", ctypes.c_int),
+        ("offset", ctypes.c_ssize_t),
+        ("flags", ctypes.c_int),
+        ("doc", ctypes.c_char_p),
+    ]
+
+
+class _Spec(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("basicsize", ctypes.c_int),
+        ("itemsize", ctypes.c_int),
+        ("flags", ctypes.c_uint),
+        ("slots", ctypes.POINTER(_Slot)),
+    ]
+
+
+ENTRY_OFFSET = object.__basicsize__  # the vectorcall pointer follows the PyObject header
+_keepalive: list[Any] = []  # the spec's memory: CPython may keep pointers into it
+
+
+def _symbol(name: str) -> int:
+    value = ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
+    assert value is not None
+    return value
+
+
+def _make_base() -> type | None:
+    if sys.implementation.name != "cpython" or sys.version_info < (3, 10):
+        return None
+    if getattr(sys, "_is_gil_enabled", lambda: True)() is False:
+        return None  # free-threaded builds use another object header
+    doc = b"Base of bpfjit.Filter: instances are called through their vectorcall pointer."
+    members = (_Member * 2)(_Member(b"__vectorcalloffset__", T_PYSSIZET, ENTRY_OFFSET, READONLY, None))
+    slots = (_Slot * 5)(
+        _Slot(Py_tp_call, _symbol("PyVectorcall_Call")),
+        _Slot(Py_tp_new, _symbol("PyType_GenericNew")),
+        _Slot(Py_tp_members, ctypes.cast(members, ctypes.c_void_p).value),
+        _Slot(Py_tp_doc, ctypes.cast(ctypes.c_char_p(doc), ctypes.c_void_p).value),
+    )
+    flags = Py_TPFLAGS_HAVE_VERSION_TAG | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_VECTORCALL
+    spec = _Spec(b"bpfjit.NativeCallable", ENTRY_OFFSET + ctypes.sizeof(ctypes.c_void_p), 0, flags, slots)
+    _keepalive.extend((doc, members, slots, spec))
+    from_spec = ctypes.pythonapi.PyType_FromSpec
+    from_spec.restype = ctypes.py_object
+    from_spec.argtypes = [ctypes.POINTER(_Spec)]
+    base = from_spec(ctypes.byref(spec))
+    assert isinstance(base, type)
+    return base
+
+
+def enable_vectorcall(cls: type) -> bool:
+    """Give a Python subclass of NativeCallable the vectorcall flag (3.12+ inherits it by itself).
+
+    Python 3.11 does not pass Py_TPFLAGS_HAVE_VECTORCALL on to mutable subclasses, so calls would
+    take the slower tp_call route (a tuple per call). The flag is set only after checking that the
+    type object's fields are where CPython 3.11's PyTypeObject puts them.
+    """
+    if cls.__flags__ & Py_TPFLAGS_HAVE_VECTORCALL:
+        return True
+    if sys.version_info[:2] != (3, 11) or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return False
+    base = id(cls)
+    flags = ctypes.c_ulong.from_address(base + 168)
+    vectorcall_offset = ctypes.c_ssize_t.from_address(base + 56)
+    tp_call = ctypes.c_void_p.from_address(base + 128)
+    if (
+        flags.value != cls.__flags__
+        or vectorcall_offset.value != ENTRY_OFFSET
+        or tp_call.value != _symbol("PyVectorcall_Call")
+    ):
+        return False
+    flags.value |= Py_TPFLAGS_HAVE_VECTORCALL
+    return bool(cls.__flags__ & Py_TPFLAGS_HAVE_VECTORCALL)
+
+
+def set_entry(obj: object, address: int) -> None:
+    """Point `obj`'s vectorcall slot at `address` (a function made by `pyentry.lower_entry`)."""
+    ctypes.c_void_p.from_address(id(obj) + ENTRY_OFFSET).value = address
+
+
+def c_api_address(name: str) -> int:
+    return _symbol(name)
+
+
+try:
+    NativeCallable: type | None = _make_base()
+except (AttributeError, OSError, AssertionError):  # pragma: no cover - not CPython as we know it
+    NativeCallable = None
+
+AVAILABLE = NativeCallable is not None
+
+
+def _verified_bytes_layout() -> tuple[int, int, int] | None:
+    """(type, size, data) offsets of an exact `bytes` object, if this interpreter keeps them there."""
+    if not AVAILABLE:
+        return None
+    sample = b"bpfjit layout probe"
+    address = id(sample)
+    type_offset = object.__basicsize__ - ctypes.sizeof(ctypes.c_void_p)
+    size_offset = object.__basicsize__
+    data_offset = bytes.__basicsize__ - 1  # ob_sval[1] is the last member
+    if (
+        ctypes.c_void_p.from_address(address + type_offset).value == id(bytes)
+        and ctypes.c_ssize_t.from_address(address + size_offset).value == len(sample)
+        and ctypes.string_at(address + data_offset, len(sample)) == sample
+    ):
+        return type_offset, size_offset, data_offset
+    return None
+
+
+BYTES_LAYOUT = _verified_bytes_layout()

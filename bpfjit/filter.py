@@ -1,0 +1,225 @@
+"""`compile()`: the pipeline from a program (or expression) to a callable `Filter`.
+
+    source -> Program -> validate -> lower (IR) -> native (machine code) -> Filter
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import sys
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from . import calltype, lower, native, pyentry
+from .buffers import check_lengths, packet_view
+from .opcodes import BPF_K, BPF_RET
+from .program import InsnLike, Program
+from .validate import validate
+
+FILTER_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+OPT_LEVELS = (0, 1, 2, 3)
+# The method the native entry re-dispatches to; interned and kept alive for the process's life.
+_SLOW_METHOD = sys.intern("call")
+
+_cache_lock = threading.Lock()
+_live: weakref.WeakValueDictionary[tuple[Program, int], native.NativeCode] = weakref.WeakValueDictionary()
+_recent: OrderedDict[tuple[Program, int], native.NativeCode] = OrderedDict()
+RECENT_CODES = 64  # compiled modules kept alive after their last Filter is gone, for cheap recompiles
+_names = itertools.count()
+_symbols_ready = False
+
+
+def _register_c_api() -> None:
+    """Point the entry's external symbols at this interpreter's C-API (once per process)."""
+    global _symbols_ready
+    if _symbols_ready:
+        return
+    for name in pyentry.C_API:
+        native.add_symbol(name, calltype.c_api_address(name))
+    native.add_symbol(pyentry.BYTES_TYPE_SYMBOL, id(bytes))
+    native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
+    _symbols_ready = True
+
+
+def _cached_results(program: Program) -> tuple[int, ...]:
+    """`ret #k` values the Python entry returns as prebuilt ints (CPython caches 0..256 itself)."""
+    values = sorted({insn.k for insn in program if insn.code == BPF_RET | BPF_K and insn.k > 256})
+    return tuple(values[: pyentry.MAX_CACHED_RESULTS])
+
+
+def _build(program: Program, opt_level: int) -> native.NativeCode:
+    serial = next(_names)
+    name = f"bpf_filter_{serial}"
+    module = lower.new_module(f"bpfjit_{serial}")
+    filter_fn = lower.lower_filter(module, program, name)
+    symbols = [name]
+    data_symbols: list[str] = []
+    results = _cached_results(program)
+    if calltype.AVAILABLE:
+        _register_c_api()
+        layout = calltype.BYTES_LAYOUT and pyentry.BytesLayout(*calltype.BYTES_LAYOUT)
+        pyentry.lower_entry(module, filter_fn, name + "_py", layout or None, results)
+        symbols.append(name + "_py")
+        if results:
+            data_symbols.append(pyentry.results_symbol(name + "_py"))
+    code = native.build(module, opt_level, tuple(symbols), tuple(data_symbols))
+    code.addresses["filter"] = code.addresses[name]
+    code.addresses["entry"] = code.addresses.get(name + "_py", 0)
+    if data_symbols:
+        objects = [int(value) for value in results]
+        table = (ctypes.c_void_p * len(objects)).from_address(code.addresses[data_symbols[0]])
+        for slot, obj in enumerate(objects):
+            table[slot] = id(obj)
+        code.keepalive.extend(objects)
+    return code
+
+
+def native_code(program: Program, opt_level: int) -> native.NativeCode:
+    """The machine code for a validated program, from the cache when it was compiled before."""
+    key = (program, opt_level)
+    with _cache_lock:
+        code = _live.get(key)
+        if code is not None:
+            _recent[key] = code
+            _recent.move_to_end(key)
+            return code
+    code = _build(program, opt_level)
+    with _cache_lock:
+        code = _live.setdefault(key, code)
+        _recent[key] = code
+        _recent.move_to_end(key)
+        while len(_recent) > RECENT_CODES:
+            _recent.popitem(last=False)
+    return code
+
+
+def clear_cache() -> None:
+    """Forget compiled code that no live Filter uses (benchmarks use it to time cold compiles)."""
+    with _cache_lock:
+        _recent.clear()
+
+
+def _buffer_address(view: memoryview) -> tuple[int, object]:
+    """Address of a buffer's first byte without copying it, and the object that keeps it valid."""
+    if not view.readonly:
+        holder = (ctypes.c_char * len(view)).from_buffer(view)
+        return ctypes.addressof(holder), holder
+    import numpy  # read-only buffers: ctypes' from_buffer refuses them, numpy reads them in place
+
+    array = numpy.frombuffer(view, dtype=numpy.uint8)
+    return array.ctypes.data, array
+
+
+_FilterBase: Any = calltype.NativeCallable if calltype.AVAILABLE else object
+
+
+class Filter(_FilterBase):  # type: ignore[misc]
+    """A cBPF program compiled to native code. `f(packet)` returns the BPF result (0 = drop).
+
+    Build one with `bpfjit.compile`. Calling it with one bytes-like packet runs the native entry
+    directly; `f(packet, wirelen)` and `f.call(...)` take the checked ctypes route.
+    """
+
+    program: Program
+    opt_level: int
+    expression: str | None
+    linktype: int | str | None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("build a Filter with bpfjit.compile(program_or_expression)")
+
+    @classmethod
+    def _create(
+        cls, program: Program, opt_level: int, expression: str | None = None, linktype: int | str | None = None
+    ) -> Filter:
+        code = native_code(program, opt_level)
+        self: Filter = cls.__new__(cls)
+        self.program = program
+        self.opt_level = opt_level
+        self.expression = expression
+        self.linktype = linktype
+        self._code = code
+        self._cfunc = FILTER_PROTOTYPE(code.addresses["filter"])
+        if calltype.AVAILABLE:
+            calltype.set_entry(self, code.addresses["entry"])
+        return self
+
+    def call(self, packet: object, wirelen: int | None = None) -> int:
+        """Run the filter through ctypes, with every argument checked (the fallback call path)."""
+        if isinstance(packet, bytes):
+            caplen = len(packet)
+            return int(self._cfunc(packet, caplen, check_lengths(caplen, wirelen)))
+        view = packet_view(packet)
+        caplen = len(view)
+        wire = check_lengths(caplen, wirelen)
+        if caplen == 0:
+            return int(self._cfunc(None, 0, wire))
+        address, keep = _buffer_address(view)
+        result = int(self._cfunc(address, caplen, wire))
+        del keep
+        return result
+
+    if not calltype.AVAILABLE:
+        __call__ = call
+
+    @property
+    def address(self) -> int:
+        """Address of the native `u32 filter(const u8 *P, u32 caplen, u32 wirelen)`."""
+        return int(self._code.addresses["filter"])
+
+    @property
+    def llvm_ir(self) -> str:
+        """The optimised LLVM IR of the filter (and its Python entry)."""
+        return self._code.llvm_ir
+
+    @property
+    def asm(self) -> str:
+        """Host assembly of the compiled module."""
+        return self._code.asm
+
+    def __repr__(self) -> str:
+        source = f" {self.expression!r}" if self.expression is not None else ""
+        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype))
+
+
+if calltype.AVAILABLE:
+    calltype.enable_vectorcall(Filter)
+
+
+def _rebuild(program: Program, opt_level: int, expression: str | None, linktype: int | str | None) -> Filter:
+    return Filter._create(program, opt_level, expression, linktype)
+
+
+def compile(
+    source: Program | Iterable[InsnLike] | str,
+    *,
+    opt_level: int = 2,
+    linktype: int | str = "EN10MB",
+    snaplen: int = 262144,
+    optimize: bool = True,
+    netmask: int | str | None = None,
+) -> Filter:
+    """Compile a program, an iterable of (code, jt, jf, k), or a pcap-filter expression to a Filter.
+
+    A `str` is a pcap-filter expression compiled by libpcap for `linktype` (`linktype`, `snaplen`,
+    `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`).
+    """
+    if opt_level not in OPT_LEVELS:
+        raise ValueError(f"opt_level must be one of {OPT_LEVELS}, not {opt_level!r}")
+    expression: str | None = None
+    if isinstance(source, str):
+        expression = source
+        program = Program.from_expr(source, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask)
+    elif isinstance(source, bytes | bytearray | memoryview):
+        raise TypeError("compile() takes a Program or an expression; use Program.from_bytes(data) for bytecode")
+    else:
+        program = source if isinstance(source, Program) else Program(source)
+    validate(program)
+    return Filter._create(program, opt_level, expression, linktype if expression is not None else None)

@@ -1,0 +1,218 @@
+"""The reference interpreter: the executable form of SEMANTICS.md, written for clarity first.
+
+Every other backend (the JIT, libpcap) is tested against this. Each handler runs one instruction
+kind and returns the index of the next instruction, or STOP after setting `vm.result`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .buffers import check_lengths, packet_view
+from .opcodes import BPF_MEMWORDS, OPCODES, u32
+from .program import Insn, InsnLike, Program
+from .validate import validate
+
+STOP = -1
+
+
+class Machine:
+    """Registers and input of one run: A, X, M[], the packet P and its wire length."""
+
+    __slots__ = ("a", "x", "m", "packet", "caplen", "wirelen", "result")
+
+    def __init__(self, packet: memoryview, wirelen: int):
+        self.a = 0
+        self.x = 0
+        # Validation guarantees every word is written before it is read, so this 0 is never seen.
+        self.m = [0] * BPF_MEMWORDS
+        self.packet = packet
+        self.caplen = len(packet)
+        self.wirelen = wirelen
+        self.result = 0
+
+    def load(self, offset: int, width: int) -> int | None:
+        """P[offset:width] big-endian, or None when any byte lies past caplen (offset may exceed 2^32)."""
+        if offset > self.caplen or width > self.caplen - offset:
+            return None
+        return int.from_bytes(self.packet[offset : offset + width], "big")
+
+
+Handler = Callable[[Machine, Insn, int], int]
+
+
+def _abort(vm: Machine) -> int:
+    vm.result = 0
+    return STOP
+
+
+def ld_imm(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LD+BPF_IMM: A <- k"""
+    vm.a = insn.k
+    return pc + 1
+
+
+def ld_len(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LD+BPF_W+BPF_LEN: A <- wirelen"""
+    vm.a = vm.wirelen
+    return pc + 1
+
+
+def ld_mem(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LD+BPF_MEM: A <- M[k]"""
+    vm.a = vm.m[insn.k]
+    return pc + 1
+
+
+def ld_abs(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LD+BPF_ABS: A <- P[k:width]"""
+    value = vm.load(insn.k, OPCODES[insn.code].width)
+    if value is None:
+        return _abort(vm)
+    vm.a = value
+    return pc + 1
+
+
+def ld_ind(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LD+BPF_IND: A <- P[X+k:width]; X+k past 2^32 is out of bounds, it does not wrap"""
+    value = vm.load(vm.x + insn.k, OPCODES[insn.code].width)
+    if value is None:
+        return _abort(vm)
+    vm.a = value
+    return pc + 1
+
+
+def ldx_imm(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LDX+BPF_IMM: X <- k"""
+    vm.x = insn.k
+    return pc + 1
+
+
+def ldx_len(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LDX+BPF_W+BPF_LEN: X <- wirelen"""
+    vm.x = vm.wirelen
+    return pc + 1
+
+
+def ldx_mem(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LDX+BPF_MEM: X <- M[k]"""
+    vm.x = vm.m[insn.k]
+    return pc + 1
+
+
+def ldx_msh(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_LDX+BPF_B+BPF_MSH: X <- 4*(P[k:1]&0xf)"""
+    value = vm.load(insn.k, 1)
+    if value is None:
+        return _abort(vm)
+    vm.x = 4 * (value & 0xF)
+    return pc + 1
+
+
+def st(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_ST: M[k] <- A"""
+    vm.m[insn.k] = vm.a
+    return pc + 1
+
+
+def stx(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_STX: M[k] <- X"""
+    vm.m[insn.k] = vm.x
+    return pc + 1
+
+
+def _alu(vm: Machine, insn: Insn, pc: int, operand: int) -> int:
+    alu = OPCODES[insn.code].alu
+    assert alu is not None
+    if alu.hazard == "divisor" and operand == 0:
+        return _abort(vm)
+    vm.a = alu.apply(vm.a, operand)
+    return pc + 1
+
+
+def alu_k(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_ALU+op+BPF_K: A <- A op k"""
+    return _alu(vm, insn, pc, insn.k)
+
+
+def alu_x(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_ALU+op+BPF_X: A <- A op X (div/mod by X == 0 return 0; shifts by X >= 32 give 0)"""
+    return _alu(vm, insn, pc, vm.x)
+
+
+def neg(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_ALU+BPF_NEG: A <- -A"""
+    vm.a = u32(-vm.a)
+    return pc + 1
+
+
+def ja(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_JMP+BPF_JA: pc <- pc + 1 + k"""
+    return pc + 1 + insn.k
+
+
+def _branch(insn: Insn, pc: int, taken: bool) -> int:
+    return pc + 1 + (insn.jt if taken else insn.jf)
+
+
+def jmp_k(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_JMP+op+BPF_K: pc <- pc + 1 + (A op k ? jt : jf)"""
+    jmp = OPCODES[insn.code].jmp
+    assert jmp is not None
+    return _branch(insn, pc, jmp.test(vm.a, insn.k))
+
+
+def jmp_x(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_JMP+op+BPF_X: pc <- pc + 1 + (A op X ? jt : jf)"""
+    jmp = OPCODES[insn.code].jmp
+    assert jmp is not None
+    return _branch(insn, pc, jmp.test(vm.a, vm.x))
+
+
+def ret_k(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_RET+BPF_K: return k"""
+    vm.result = insn.k
+    return STOP
+
+
+def ret_a(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_RET+BPF_A: return A"""
+    vm.result = vm.a
+    return STOP
+
+
+def tax(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_MISC+BPF_TAX: X <- A"""
+    vm.x = vm.a
+    return pc + 1
+
+
+def txa(vm: Machine, insn: Insn, pc: int) -> int:
+    """BPF_MISC+BPF_TXA: A <- X"""
+    vm.a = vm.x
+    return pc + 1
+
+
+HANDLERS: dict[str, Handler] = {
+    "ld_imm": ld_imm, "ld_len": ld_len, "ld_mem": ld_mem, "ld_abs": ld_abs, "ld_ind": ld_ind,
+    "ldx_imm": ldx_imm, "ldx_len": ldx_len, "ldx_mem": ldx_mem, "ldx_msh": ldx_msh,
+    "st": st, "stx": stx, "alu_k": alu_k, "alu_x": alu_x, "neg": neg,
+    "ja": ja, "jmp_k": jmp_k, "jmp_x": jmp_x, "ret_k": ret_k, "ret_a": ret_a, "tax": tax, "txa": txa,
+}  # fmt: skip
+
+
+def _plan(program: Program) -> list[tuple[Handler, Insn]]:
+    return [(HANDLERS[OPCODES[insn.code].kind], insn) for insn in program]
+
+
+def interpret(program: Program | Iterable[InsnLike], packet: object, wirelen: int | None = None) -> int:
+    """Run `program` on `packet` and return the BPF result (0 = drop). Validates the program first."""
+    program = validate(program)
+    view = packet_view(packet)
+    vm = Machine(view, check_lengths(len(view), wirelen))
+    steps = _plan(program)
+    pc = 0
+    while pc != STOP:
+        handler, insn = steps[pc]
+        pc = handler(vm, insn, pc)
+    return vm.result

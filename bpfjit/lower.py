@@ -1,0 +1,267 @@
+"""Lowering: a validated `Program` becomes an LLVM IR function, built with `llvmlite.ir` only.
+
+    i32 @NAME(i8* %P, i32 %caplen, i32 %wirelen)
+
+One basic block per leader; A, X and M[0..15] are entry-block allocas that LLVM's mem2reg turns
+into SSA values; every failed check (packet bounds, division by X == 0) branches to ONE shared,
+cold `reject` block that returns 0. Static length checks follow `analysis.bounds_plan`, so a load
+already covered by an earlier check costs nothing. Hazards handled here and only here:
+  - `shl`/`lshr` by >= 32 is poison in LLVM: shift by (X & 31) and select 0 when X >= 32;
+  - `udiv`/`urem` by zero is undefined in LLVM: test X == 0 first and reject;
+  - `[x + k]` offsets are summed in 64 bits so that X + k >= 2^32 fails the check instead of wrapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llvmlite import ir
+
+from .analysis import bounds_plan, leaders
+from .opcodes import BPF_MEMWORDS, OPCODES, U32_MASK
+from .program import Insn, Program
+
+I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+FILTER_TYPE = ir.FunctionType(I32, [I8.as_pointer(), I32, I32])
+# Weights for (likely, unlikely) edges of a check: failed checks are the cold path.
+LIKELY = (2000, 1)
+
+
+class Lowering:
+    """State of one function being built: the builder, registers, blocks and the reject exit."""
+
+    def __init__(self, module: ir.Module, program: Program, name: str):
+        self.program = program
+        self.function = ir.Function(module, FILTER_TYPE, name)
+        self.packet, self.caplen, self.wirelen = self.function.args
+        self.packet.name, self.caplen.name, self.wirelen.name = "P", "caplen", "wirelen"
+        self.packet.attributes.add("noalias")
+        self.packet.attributes.add("captures(none)")
+        entry = self.function.append_basic_block("entry")
+        self.builder = ir.IRBuilder(entry)
+        b = self.builder
+        self.a = b.alloca(I32, name="A")
+        self.x = b.alloca(I32, name="X")
+        self.m = [b.alloca(I32, name=f"M{i}") for i in range(BPF_MEMWORDS)]
+        b.store(ir.Constant(I32, 0), self.a)
+        b.store(ir.Constant(I32, 0), self.x)
+        self.caplen64 = b.zext(self.caplen, I64, name="caplen64")
+        self.blocks = {i: self.function.append_basic_block(f"insn{i}") for i in leaders(program)}
+        self.reject = self.function.append_basic_block("reject")
+        ir.IRBuilder(self.reject).ret(ir.Constant(I32, 0))
+        self.checks = bounds_plan(program).checks
+        b.branch(self.blocks[0])
+
+    # -- helpers -----------------------------------------------------------------------------
+    def check(self, ok: ir.Value, what: str) -> None:
+        """Continue when `ok`, else return 0 through the shared reject block (weighted cold)."""
+        cont = self.function.append_basic_block(f"{self.builder.block.name}.{what}")
+        branch = self.builder.cbranch(ok, cont, self.reject)
+        branch.set_weights(list(LIKELY))
+        self.builder.position_at_end(cont)
+
+    def static_check(self, index: int) -> None:
+        """caplen >= need: covers this load and every later one that `bounds_plan` merged into it."""
+        need = self.checks.get(index)
+        if need is None:
+            return
+        if need > U32_MASK:  # no packet is that long: the load always fails
+            self.builder.branch(self.reject)
+            self.builder.position_at_end(self.function.append_basic_block(f"insn{index}.dead"))
+            return
+        ok = self.builder.icmp_unsigned(">=", self.caplen64, ir.Constant(I64, need), name="len_ok")
+        self.check(ok, "len")
+
+    def load_packet(self, offset64: ir.Value, width: int) -> ir.Value:
+        """P[offset:width] as a big-endian u32 (the caller has checked the bounds)."""
+        b = self.builder
+        ptr = b.gep(self.packet, [offset64], inbounds=True, name="p")
+        if width == 1:
+            return b.zext(b.load(ptr, name="byte", align=1), I32)
+        wide = ir.IntType(8 * width)
+        raw = b.load(b.bitcast(ptr, wide.as_pointer()), name=f"raw{8 * width}", align=1)
+        swapped = b.call(self.bswap(wide), [raw], name="be")
+        return swapped if width == 4 else b.zext(swapped, I32)
+
+    def bswap(self, ty: ir.IntType) -> ir.Function:
+        module = self.function.module
+        name = f"llvm.bswap.i{ty.width}"
+        existing = module.globals.get(name)
+        if existing is not None:
+            return existing
+        return ir.Function(module, ir.FunctionType(ty, [ty]), name)
+
+    def operand(self, insn: Insn) -> ir.Value:
+        """The second operand of ALU and jump instructions: k for BPF_K forms, X for BPF_X forms."""
+        if OPCODES[insn.code].kind in ("alu_x", "jmp_x"):
+            return self.builder.load(self.x, name="x")
+        return ir.Constant(I32, insn.k)
+
+    # -- driver ------------------------------------------------------------------------------
+    def run(self) -> ir.Function:
+        for index, insn in enumerate(self.program):
+            if index in self.blocks:
+                if not self.builder.block.is_terminated:
+                    self.builder.branch(self.blocks[index])
+                self.builder.position_at_end(self.blocks[index])
+            elif self.builder.block.is_terminated:
+                continue  # unreachable tail of a block after ret/ja (cannot happen: next is a leader)
+            self.static_check(index)
+            EMITTERS[OPCODES[insn.code].kind](self, insn, index)
+        return self.function
+
+
+Emitter = Callable[[Lowering, Insn, int], None]
+
+
+def ld_imm(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- k"""
+    lo.builder.store(ir.Constant(I32, insn.k), lo.a)
+
+
+def ld_len(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- wirelen"""
+    lo.builder.store(lo.wirelen, lo.a)
+
+
+def ld_mem(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- M[k]"""
+    lo.builder.store(lo.builder.load(lo.m[insn.k]), lo.a)
+
+
+def ld_abs(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- P[k:width] (the static check before it covers k + width)"""
+    value = lo.load_packet(ir.Constant(I64, insn.k), OPCODES[insn.code].width)
+    lo.builder.store(value, lo.a)
+
+
+def ld_ind(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- P[X+k:width], X + k + width <= caplen computed in 64 bits"""
+    b = lo.builder
+    width = OPCODES[insn.code].width
+    offset = b.add(b.zext(b.load(lo.x), I64), ir.Constant(I64, insn.k), name="off")
+    end = b.add(offset, ir.Constant(I64, width), name="end")
+    lo.check(b.icmp_unsigned("<=", end, lo.caplen64, name="ind_ok"), "ind")
+    b.store(lo.load_packet(offset, width), lo.a)
+
+
+def ldx_imm(lo: Lowering, insn: Insn, index: int) -> None:
+    """X <- k"""
+    lo.builder.store(ir.Constant(I32, insn.k), lo.x)
+
+
+def ldx_len(lo: Lowering, insn: Insn, index: int) -> None:
+    """X <- wirelen"""
+    lo.builder.store(lo.wirelen, lo.x)
+
+
+def ldx_mem(lo: Lowering, insn: Insn, index: int) -> None:
+    """X <- M[k]"""
+    lo.builder.store(lo.builder.load(lo.m[insn.k]), lo.x)
+
+
+def ldx_msh(lo: Lowering, insn: Insn, index: int) -> None:
+    """X <- 4*(P[k:1]&0xf)"""
+    b = lo.builder
+    byte = lo.load_packet(ir.Constant(I64, insn.k), 1)
+    b.store(b.shl(b.and_(byte, ir.Constant(I32, 0xF)), ir.Constant(I32, 2)), lo.x)
+
+
+def st(lo: Lowering, insn: Insn, index: int) -> None:
+    """M[k] <- A"""
+    lo.builder.store(lo.builder.load(lo.a), lo.m[insn.k])
+
+
+def stx(lo: Lowering, insn: Insn, index: int) -> None:
+    """M[k] <- X"""
+    lo.builder.store(lo.builder.load(lo.x), lo.m[insn.k])
+
+
+def alu(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- A op k / A <- A op X"""
+    b = lo.builder
+    op = OPCODES[insn.code].alu
+    assert op is not None
+    a = b.load(lo.a, name="a")
+    operand = lo.operand(insn)
+    method = getattr(b, op.ir_method)
+    if op.hazard == "divisor" and isinstance(operand, ir.Constant):
+        result = method(a, operand)  # the validator rejected a constant 0
+    elif op.hazard == "divisor":
+        lo.check(b.icmp_unsigned("!=", operand, ir.Constant(I32, 0), name="div_ok"), "div")
+        result = method(a, operand)
+    elif op.hazard == "shift" and not isinstance(operand, ir.Constant):
+        shifted = method(a, b.and_(operand, ir.Constant(I32, 31)))
+        in_range = b.icmp_unsigned("<", operand, ir.Constant(I32, 32), name="shift_ok")
+        result = b.select(in_range, shifted, ir.Constant(I32, 0))
+    else:
+        result = method(a, operand)
+    b.store(result, lo.a)
+
+
+def neg(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- -A"""
+    b = lo.builder
+    b.store(b.neg(b.load(lo.a)), lo.a)
+
+
+def ja(lo: Lowering, insn: Insn, index: int) -> None:
+    """pc <- pc + 1 + k"""
+    lo.builder.branch(lo.blocks[index + 1 + insn.k])
+
+
+def jmp(lo: Lowering, insn: Insn, index: int) -> None:
+    """pc <- pc + 1 + (A op k|X ? jt : jf)"""
+    b = lo.builder
+    op = OPCODES[insn.code].jmp
+    assert op is not None
+    a = b.load(lo.a, name="a")
+    operand = lo.operand(insn)
+    if op.ir_predicate == "&":
+        cond = b.icmp_unsigned("!=", b.and_(a, operand), ir.Constant(I32, 0), name="jset")
+    else:
+        cond = b.icmp_unsigned(op.ir_predicate, a, operand, name=op.name)
+    true_block = lo.blocks[index + 1 + insn.jt]
+    false_block = lo.blocks[index + 1 + insn.jf]
+    if true_block is false_block:
+        b.branch(true_block)
+    else:
+        b.cbranch(cond, true_block, false_block)
+
+
+def ret_k(lo: Lowering, insn: Insn, index: int) -> None:
+    """return k"""
+    lo.builder.ret(ir.Constant(I32, insn.k))
+
+
+def ret_a(lo: Lowering, insn: Insn, index: int) -> None:
+    """return A"""
+    lo.builder.ret(lo.builder.load(lo.a))
+
+
+def tax(lo: Lowering, insn: Insn, index: int) -> None:
+    """X <- A"""
+    lo.builder.store(lo.builder.load(lo.a), lo.x)
+
+
+def txa(lo: Lowering, insn: Insn, index: int) -> None:
+    """A <- X"""
+    lo.builder.store(lo.builder.load(lo.x), lo.a)
+
+
+EMITTERS: dict[str, Emitter] = {
+    "ld_imm": ld_imm, "ld_len": ld_len, "ld_mem": ld_mem, "ld_abs": ld_abs, "ld_ind": ld_ind,
+    "ldx_imm": ldx_imm, "ldx_len": ldx_len, "ldx_mem": ldx_mem, "ldx_msh": ldx_msh,
+    "st": st, "stx": stx, "alu_k": alu, "alu_x": alu, "neg": neg,
+    "ja": ja, "jmp_k": jmp, "jmp_x": jmp, "ret_k": ret_k, "ret_a": ret_a, "tax": tax, "txa": txa,
+}  # fmt: skip
+
+
+def lower_filter(module: ir.Module, program: Program, name: str) -> ir.Function:
+    """Add the filter function for a VALIDATED program to `module` and return it."""
+    return Lowering(module, program, name).run()
+
+
+def new_module(name: str) -> ir.Module:
+    module = ir.Module(name=name)
+    return module

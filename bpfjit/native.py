@@ -1,0 +1,108 @@
+"""Native code: the one module that owns `llvmlite.binding` (LLVM's state).
+
+LLVM is initialised lazily, once per process, under a lock (never at import). Each compiled module
+gets its own MCJIT engine, which owns its own target machine (MCJIT takes ownership of the one it is
+given, so sharing one would free it twice); dropping the `NativeCode` frees the machine code.
+llvmlite's binding shares one LLVM context, so everything that touches it runs under `LLVM_LOCK`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from llvmlite import ir
+
+LLVM_LOCK = threading.RLock()
+_state: dict[str, Any] = {}
+
+
+def binding() -> Any:
+    """`llvmlite.binding`, with the native target initialised (once, thread-safely)."""
+    if "llvm" not in _state:
+        with LLVM_LOCK:
+            if "llvm" not in _state:
+                import llvmlite.binding as llvm
+
+                # llvm.initialize() raises in llvmlite >= 0.45; only the native target is needed.
+                llvm.initialize_native_target()
+                llvm.initialize_native_asmprinter()
+                _state["target"] = llvm.Target.from_default_triple()
+                _state["cpu"] = llvm.get_host_cpu_name()
+                _state["features"] = llvm.get_host_cpu_features().flatten()
+                _state["triple"] = llvm.get_process_triple()
+                _state["llvm"] = llvm
+    return _state["llvm"]
+
+
+def target_machine(opt_level: int) -> Any:
+    binding()
+    return _state["target"].create_target_machine(
+        cpu=_state["cpu"], features=_state["features"], opt=opt_level, jit=True
+    )
+
+
+def process_triple() -> str:
+    binding()
+    return str(_state["triple"])
+
+
+def add_symbol(name: str, address: int) -> None:
+    """Make `name` resolve to `address` in code compiled from now on (process-wide)."""
+    with LLVM_LOCK:
+        binding().add_symbol(name, address)
+
+
+@dataclass(eq=False)
+class NativeCode:
+    """Machine code of one LLVM module, alive as long as this object is."""
+
+    engine: Any
+    llvm_ir: str
+    addresses: dict[str, int]
+    _module: Any = field(repr=False)
+    _machine: Any = field(repr=False)
+    keepalive: list[object] = field(default_factory=list, repr=False)  # objects the code points at
+
+    @cached_property
+    def asm(self) -> str:
+        with LLVM_LOCK:
+            return str(self._machine.emit_assembly(self._module))
+
+
+def optimize(module: Any, opt_level: int) -> None:
+    """Run the new pass manager's default O`opt_level` pipeline on a parsed module."""
+    llvm = binding()
+    machine = _state.get(("passes", opt_level))
+    if machine is None:  # not owned by any engine, so one per level can be shared
+        machine = _state[("passes", opt_level)] = target_machine(opt_level)
+    options = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+    builder = llvm.create_pass_builder(machine, options)
+    builder.getModulePassManager().run(module, builder)
+
+
+def build(
+    module: ir.Module, opt_level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...] = ()
+) -> NativeCode:
+    """Optimise and compile `module`; return its code and the addresses of its functions `symbols`
+    and global variables `data_symbols`."""
+    with LLVM_LOCK:
+        llvm = binding()
+        module.triple = _state["triple"]
+        parsed = llvm.parse_assembly(str(module))
+        parsed.verify()
+        if opt_level > 0:
+            optimize(parsed, opt_level)
+        machine = target_machine(opt_level)
+        engine = llvm.create_mcjit_compiler(parsed, machine)
+        engine.finalize_object()
+        addresses = {name: engine.get_function_address(name) for name in symbols}
+        addresses.update((name, engine.get_global_value_address(name)) for name in data_symbols)
+        return NativeCode(engine, str(parsed), addresses, parsed, machine)
+
+
+def function_pointer(code: NativeCode, name: str, prototype: type[ctypes._CFuncPtr]) -> Any:
+    return prototype(code.addresses[name])

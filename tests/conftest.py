@@ -1,0 +1,16 @@
+"""Shared test set-up: hypothesis profiles and the list of backends every semantic case runs on."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# `ci` is thorough (the default under CI=true), `dev` is quick for the edit-test loop.
+settings.register_profile(
+    "ci", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev"))
+
+IN_CI = os.environ.get("CI") == "true"
