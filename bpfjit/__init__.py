@@ -11,6 +11,8 @@ reference semantics) | lower (LLVM IR) -> native (machine code) -> filter (Filte
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .errors import (
     BpfjitError,
     ExpressionError,
@@ -18,10 +20,22 @@ from .errors import (
     ParseError,
     ValidationError,
 )
-from .filter import Filter, compile
 from .interpret import interpret
 from .program import Insn, Program
 from .validate import validate
+
+if TYPE_CHECKING:
+    from .filter import Filter, compile
+
+
+def __getattr__(name: str) -> object:
+    # The JIT stage (and llvmlite with it) loads on first use, so tools that only parse, validate
+    # or interpret programs, and the CLI's start-up, don't pay for it.
+    if name in ("compile", "Filter"):
+        from . import filter as _filter
+
+        return getattr(_filter, name)
+    raise AttributeError(f"module 'bpfjit' has no attribute {name!r}")
 
 __all__ = [
     "BpfjitError",

@@ -6,8 +6,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .program import Program
+    from .text import Style
 
 DEMO_FILTERS = ("ip", "tcp port 80", "udp and (port 53 or port 123)", "vlan and udp port 53")
 
@@ -75,7 +81,7 @@ def demo(args: argparse.Namespace) -> int:
     packets = list(frames.values())
     for expr, f in compiled:
         program = f.program
-        t_interp = _time_per_call(lambda p, prog=program: interpret(prog, p), packets)
+        t_interp = _time_per_call(partial(interpret, program), packets)
         prepared = libpcap.LibpcapProgram(program)
         t_pcap = _time_per_call(prepared, packets)
         t_jit = _time_per_call(f, packets)
@@ -103,12 +109,12 @@ def compile_command(args: argparse.Namespace) -> int:
         f = jit_compile(program, opt_level=args.opt_level)
         sys.stdout.write(f.llvm_ir if args.ir else f.asm)
         return 0
-    style = {1: "d", 2: "dd", 3: "ddd"}.get(args.d, "d")
-    sys.stdout.write(program.dump(style))  # type: ignore[arg-type]
+    style: Style = "ddd" if args.d >= 3 else "dd" if args.d == 2 else "d"
+    sys.stdout.write(program.dump(style))
     return 0
 
 
-def _from_expr(expression: str, args: argparse.Namespace) -> object:
+def _from_expr(expression: str, args: argparse.Namespace) -> Program:
     from . import Program
 
     return Program.from_expr(expression, args.linktype, snaplen=args.snaplen, optimize=not args.no_optimize)

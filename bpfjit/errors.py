@@ -25,13 +25,14 @@ class ValidationError(BpfjitError, ValueError):
         self.rule = rule
         self.reason = reason
         self.index = index
+        self.insn_text = insn_text
         where = "program" if index is None else f"insn {index}"
         if insn_text:
             where += f" ({insn_text})"
         super().__init__(f"{where}: {reason} [{rule}]")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.rule, self.reason, self.index), None)
+        return (type(self), (self.rule, self.reason, self.index, self.insn_text), None)
 
 
 class ParseError(BpfjitError, ValueError):

@@ -117,7 +117,7 @@ def _buffer_address(view: memoryview) -> tuple[int, object]:
 _FilterBase: Any = calltype.NativeCallable if calltype.AVAILABLE else object
 
 
-class Filter(_FilterBase):  # type: ignore[misc]
+class Filter(_FilterBase):
     """A cBPF program compiled to native code. `f(packet)` returns the BPF result (0 = drop).
 
     Build one with `bpfjit.compile`. Calling it with one bytes-like packet runs the native entry

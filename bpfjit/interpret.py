@@ -19,7 +19,7 @@ STOP = -1
 class Machine:
     """Registers and input of one run: A, X, M[], the packet P and its wire length."""
 
-    __slots__ = ("a", "x", "m", "packet", "caplen", "wirelen", "result")
+    __slots__ = ("a", "caplen", "m", "packet", "result", "wirelen", "x")
 
     def __init__(self, packet: memoryview, wirelen: int):
         self.a = 0

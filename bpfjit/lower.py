@@ -37,6 +37,8 @@ class Lowering:
         self.packet.name, self.caplen.name, self.wirelen.name = "P", "caplen", "wirelen"
         self.packet.attributes.add("noalias")
         self.packet.attributes.add("captures(none)")
+        self.function.attributes.add("alwaysinline")  # into the Python entry (pyentry)
+        self.function.attributes.add("nounwind")
         entry = self.function.append_basic_block("entry")
         self.builder = ir.IRBuilder(entry)
         b = self.builder

@@ -21,6 +21,12 @@ INSN_STRUCT = struct.Struct("=HBBI")
 INSN_SIZE = INSN_STRUCT.size
 
 
+def _layout(byteorder: str) -> struct.Struct:
+    if byteorder not in ("little", "big"):
+        raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
+    return INSN_STRUCT if byteorder == sys.byteorder else struct.Struct("<HBBI" if byteorder == "little" else ">HBBI")
+
+
 class _InsnFields(NamedTuple):
     code: int
     jt: int
@@ -72,7 +78,7 @@ def _as_insn(item: object, index: int) -> Insn:
 class Program:
     """An immutable, hashable sequence of `Insn`; `str(program)` is its `tcpdump -d` listing."""
 
-    __slots__ = ("_insns", "_hash")
+    __slots__ = ("_hash", "_insns")
 
     def __init__(self, insns: Iterable[InsnLike] = ()):
         if isinstance(insns, Program):
@@ -147,16 +153,12 @@ class Program:
             raise ValueError(
                 f"{len(view)} bytes is not a whole number of {INSN_SIZE}-byte instructions"
             )
-        layout = INSN_STRUCT if byteorder == sys.byteorder else struct.Struct(
-            {"little": "<HBBI", "big": ">HBBI"}[byteorder]
-        )
+        layout = _layout(byteorder)
         return cls(Insn(*fields) for fields in layout.iter_unpack(view))
 
     def to_bytes(self, byteorder: str = sys.byteorder) -> bytes:
         """The program as an array of `struct sock_filter`, as `SO_ATTACH_FILTER` takes it."""
-        layout = INSN_STRUCT if byteorder == sys.byteorder else struct.Struct(
-            {"little": "<HBBI", "big": ">HBBI"}[byteorder]
-        )
+        layout = _layout(byteorder)
         return b"".join(layout.pack(*insn) for insn in self._insns)
 
     # -- text forms (see bpfjit.text) ----------------------------------------------------------

@@ -145,7 +145,7 @@ def _asm_operand(info: OpInfo, k: int) -> str:
         return "x"
     if info.kind == "ret_a":
         return "a"  # bpf_asm has no operand-less `ret`
-    return ""
+    return ""  # `none`, and `target`: ja's label comes from _asm_edges
 
 
 def _asm_edges(insn: Insn, info: OpInfo, index: int) -> tuple[str, list[int]]:
@@ -191,15 +191,14 @@ def dump_asm(program: Program) -> str:
                     f"insn {index} ({_flat(insn, index)}): jump target {target} is past the end "
                     f"({len(program)} insns), so no bpf_asm label can name it"
                 )
-        operand = "" if info.kind == "ja" else _asm_operand(info, insn.k)
-        rows.append((mnemonic, operand, targets))
+        rows.append((mnemonic, _asm_operand(info, insn.k), targets))
 
     labelled = {target for _, _, targets in rows for target in targets}
     margin = len(_label(max(labelled))) + 2 if labelled else 0
     lines = []
     for index, (mnemonic, operand, targets) in enumerate(rows):
         head = f"{_label(index)}:" if index in labelled else ""
-        args = ", ".join([operand] * bool(operand) + [_label(t) for t in targets])
+        args = ", ".join(([operand] if operand else []) + [_label(t) for t in targets])
         lines.append(f"{head:<{margin}}{mnemonic:<5}{args}".rstrip() + "\n")
     return "".join(lines)
 
@@ -261,7 +260,7 @@ def _syntaxes() -> dict[str, set[str]]:
 _SYNTAXES = _syntaxes()
 
 _JA_MNEMONICS = frozenset(m for m, syntaxes in _SYNTAXES.items() if "target" in syntaxes)
-_CONDITIONAL_MNEMONICS = frozenset(OPCODES[c].mnemonic for c in OPCODES if OPCODES[c].is_conditional)
+_CONDITIONAL_MNEMONICS = frozenset(info.mnemonic for info in OPCODES.values() if info.is_conditional)
 _OPERANDLESS = frozenset(m for m, syntaxes in _SYNTAXES.items() if syntaxes == {"none"})
 _LEN_WORDS = frozenset({"len", "pktlen"})  # bpf_asm's `#len`/`len`, tcpdump's `#pktlen`
 # bpf_asm's Linux ancillary loads (SKF_AD_OFF + n): out of bounds in bpfjit's libpcap dialect.
@@ -269,7 +268,6 @@ _ANCILLARY = frozenset({
     "proto", "type", "poff", "ifidx", "nla", "nlan", "mark", "queue", "hatype", "rxhash", "cpu",
     "vlan_tci", "vlan_pr", "vlan_avail", "vlan_tpid", "rand",
 })  # fmt: skip
-_LDXI_NUMBER = {"ldi", "ldxi"}
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -311,14 +309,15 @@ def _tokenize(text: str, line: int = 1, hash_comments: bool = False) -> list[_To
             if text.startswith("/*", pos):
                 raise ParseError("comment '/*' is never closed", line)
             raise ParseError(f"unexpected character {text[pos]!r}", line)
-        kind = match.lastgroup if match.lastgroup != "glued" else "num"
-        if kind == "num" and match.group("glued"):
+        kind = "num" if match.group("num") is not None else match.lastgroup
+        if match.group("glued"):
             raise ParseError(f"malformed number {match.group(0)!r}", line)
         if kind in ("num", "word", "punct"):
             tokens.append(_Token(kind, match.group(kind), line))
         line += match.group(0).count("\n")
         pos = match.end()
-    tokens.append(_Token("end", "", line))
+    # An error at the end of the text belongs to its last line with something on it.
+    tokens.append(_Token("end", "", tokens[-1].line if tokens else line))
     return tokens
 
 
@@ -340,11 +339,21 @@ class _Cursor:
     def at_end(self) -> bool:
         return self.peek().kind == "end"
 
-    def expect(self, text: str, what: str = "") -> _Token:
+    def expect(self, text: str) -> None:
         token = self.take()
         if token.text.lower() != text:
-            raise ParseError(f"expected {what or repr(text)}, found {token}", token.line)
-        return token
+            raise ParseError(f"expected {text!r}, found {token}", token.line)
+
+    def take_x(self) -> bool:
+        """Take the index register, `x` or bpf_asm's `%x`, if it is next."""
+        if self.peek().text.lower() == "x":
+            self.take()
+            return True
+        if self.peek().text == "%" and self.peek(1).text.lower() == "x":
+            self.take()
+            self.take()
+            return True
+        return False
 
     def expect_end(self, what: str) -> None:
         if not self.at_end():
@@ -418,25 +427,20 @@ def _read_operand(cur: _Cursor) -> tuple[str, int]:
             cur.take()
             return name, 0
         if name == "m" and cur.peek(1).text == "[":
-            cur.take(), cur.take()
+            cur.take()
+            cur.take()
             k = _read_number(cur)
             cur.expect("]")
             return "mem", k
         return _named_operand(cur.take())
     if token.text == "[":
         cur.take()
-        index_register = cur.peek().text.lower() == "x" or (
-            cur.peek().text == "%" and cur.peek(1).text.lower() == "x"
-        )
-        if index_register:
-            if cur.take().text == "%":
-                cur.take()
+        indexed = cur.take_x()
+        if indexed:
             cur.expect("+")
-            k = _read_number(cur)
-        else:
-            k = _read_number(cur)
+        k = _read_number(cur)
         cur.expect("]")
-        return ("ind" if index_register else "abs"), k
+        return ("ind" if indexed else "abs"), k
     if token.kind == "num" or token.text in ("-", "+"):
         value = _read_number(cur)
         if cur.peek().text != "*":
@@ -466,17 +470,10 @@ def _opcode(mnemonic: _Token, syntax: str) -> int:
     code = _CODES.get(_ALIASES.get((name, syntax), (name, syntax)))
     if code is not None:
         return code
-    if name not in _SYNTAXES and name not in _NEGATED:
+    if name not in _SYNTAXES:
         raise ParseError(f"unknown mnemonic {mnemonic}", mnemonic.line)
-    takes = " or ".join(sorted(_SYNTAX_TEXT[s] for s in _SYNTAXES.get(name, {"imm", "x"})))
+    takes = " or ".join(sorted(_SYNTAX_TEXT[s] for s in _SYNTAXES[name]))
     raise ParseError(f"{name} does not take {_SYNTAX_TEXT[syntax]} (it takes {takes})", mnemonic.line)
-
-
-def _make_insn(code: int, jt: int, jf: int, k: int, line: int) -> Insn:
-    try:
-        return Insn(code, jt, jf, k)
-    except ValueError as error:
-        raise ParseError(str(error), line) from None
 
 
 # -- format detection ------------------------------------------------------------------------
@@ -491,8 +488,9 @@ def parse(text: str) -> Program:
     - `N,code jt jf k,...`: the comma form of iptables `-m bpf --bytecode` and `bpf_asm`
     - anything else: `bpf_asm` source (see `_parse_asm`)
 
-    Raises ParseError, with the 1-based line number, on anything else. Text with no instruction
-    at all is the empty program (what every style prints for it), which `validate` rejects.
+    Raises ParseError, with the 1-based line number, on text it cannot read. Text with no
+    instruction at all is the empty program (what every style prints for it), which `validate`
+    rejects.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() takes a str, not {type(text).__name__}")
@@ -563,7 +561,7 @@ def _parse_d_insn(cur: _Cursor, index: int) -> Insn:
                 "'unimp' lists an opcode libpcap cannot name, without its jt/jf/k; use -dd or -ddd",
                 mnemonic.line,
             )
-        code = _CODES[("ldx", "len")]
+        code, k = _CODES[("ldx", "len")], 0
     else:
         if name in _JA_MNEMONICS and syntax == "number":
             syntax, k = "target", u32(k - index - 1)
@@ -575,7 +573,7 @@ def _parse_d_insn(cur: _Cursor, index: int) -> Insn:
         cur.expect("jf")
         jf = _d_offset(cur, index)
     cur.expect_end("the instruction")
-    return _make_insn(code, jt, jf, k, mnemonic.line)
+    return Insn(code, jt, jf, k)
 
 
 def _d_offset(cur: _Cursor, index: int) -> int:
@@ -657,12 +655,12 @@ def _parse_asm(text: str) -> Program:
     on one instruction, and two-label forms of the negated jumps (`jne #k, Lt, Lf` is
     `jeq #k, Lf, Lt`). Rejected, though bpf_asm takes them: `ret x` (opcode 0x0e, which bpfjit
     does not run) and Linux ancillary loads (`ld #proto`, ...). Labels are `[A-Za-z_][A-Za-z0-9_]+`
-    and case-sensitive; jumps go to labels only, forward, conditional ones at most 256 ahead.
+    and case-sensitive; jumps go to labels only, forward only, with jt/jf offsets of at most 255.
     """
     cur = _Cursor(_tokenize(text, hash_comments=True))
     labels: dict[str, int] = {}
     refs: list[_LabelRef] = []
-    fields: list[tuple[int, int, int, int, int]] = []  # code, jt, jf, k, line
+    fields: list[list[int]] = []  # [code, jt, jf, k]; jt/jf/k of jumps filled in from labels last
     while not cur.at_end():
         token = cur.take()
         if token.kind == "word" and cur.peek().text == ":":
@@ -675,8 +673,9 @@ def _parse_asm(text: str) -> Program:
             raise ParseError(f"expected a mnemonic or a label, found {token}", token.line)
         code, k, jump_labels = _parse_asm_insn(cur, token, len(fields))
         refs.extend(jump_labels)
-        fields.append((code, 0, 0, k, token.line))
-    return Program(_resolve_labels(fields, labels, refs))
+        fields.append([code, 0, 0, k])
+    _resolve_labels(fields, labels, refs)
+    return Program(Insn(*row) for row in fields)
 
 
 def _define_label(labels: dict[str, int], token: _Token, index: int) -> None:
@@ -694,7 +693,9 @@ def _parse_asm_insn(cur: _Cursor, mnemonic: _Token, index: int) -> tuple[int, in
         return _CODES[("ja", "target")], 0, [_LabelRef(index, "k", _read_label(cur))]
     if name in _CONDITIONAL_MNEMONICS or name in _NEGATED:
         syntax, k = _read_operand(cur)
-        code = _opcode(mnemonic._replace(text=_NEGATED.get(name, name)), syntax)
+        if syntax not in ("imm", "x"):
+            raise ParseError(f"{name} takes #k or x, not {_SYNTAX_TEXT[syntax]}", mnemonic.line)
+        code = _CODES[(_NEGATED.get(name, name), syntax)]
         cur.expect(",")
         edges = [_read_label(cur)]
         if cur.peek().text == ",":
@@ -708,8 +709,6 @@ def _parse_asm_insn(cur: _Cursor, mnemonic: _Token, index: int) -> tuple[int, in
     if name in _OPERANDLESS or ret_alone:
         return _opcode(mnemonic, "none"), 0, []
     syntax, k = _read_operand(cur)
-    if syntax == "number" and name not in _LDXI_NUMBER:
-        raise ParseError(f"{name} takes no bare number (write #{k} for a constant)", mnemonic.line)
     return _opcode(mnemonic, syntax), k, []
 
 
@@ -720,11 +719,8 @@ def _read_label(cur: _Cursor) -> _Token:
     return token
 
 
-def _resolve_labels(
-    fields: list[tuple[int, int, int, int, int]], labels: dict[str, int], refs: list[_LabelRef]
-) -> list[Insn]:
+def _resolve_labels(fields: list[list[int]], labels: dict[str, int], refs: list[_LabelRef]) -> None:
     """bpf_asm's second pass: labels become relative offsets, forward only (jt/jf at most 255)."""
-    rows = [list(row) for row in fields]
     for ref in refs:
         target = labels.get(ref.label.text)
         if target is None:
@@ -742,5 +738,4 @@ def _resolve_labels(
                 "ahead; a conditional jump reaches at most 255",
                 ref.label.line,
             )
-        rows[ref.insn][{"jt": 1, "jf": 2, "k": 3}[ref.field]] = offset
-    return [_make_insn(code, jt, jf, k, line) for code, jt, jf, k, line in rows]
+        fields[ref.insn][{"jt": 1, "jf": 2, "k": 3}[ref.field]] = offset

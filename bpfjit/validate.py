@@ -35,8 +35,8 @@ def _check_insn(program: Program, index: int) -> None:
     insn = program[index]
     info = OPCODES.get(insn.code)
     if info is None:
-        raise ValidationError(
-            "unknown-opcode", f"opcode 0x{insn.code:02x} is not a cBPF instruction bpfjit accepts", index
+        raise _fail(
+            program, index, "unknown-opcode", f"opcode 0x{insn.code:02x} is not a cBPF instruction bpfjit accepts"
         )
     if (info.reads_scratch or info.writes_scratch) and insn.k >= BPF_MEMWORDS:
         raise _fail(program, index, "bad-scratch-index", f"scratch index {insn.k} is not below {BPF_MEMWORDS}")

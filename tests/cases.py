@@ -211,7 +211,8 @@ def _load_boundary_cases() -> list[Case]:
         for x, k in ((0, 14), (14, 0), (7, 7), (13, 1), (0, 0), (2, 1)):
             end = x + k + width
             cases.append(
-                case(f"edge11_{mnemonic}_ind_x{x}_k{k}_ends_at_caplen", [ldx_imm(x), ld_ind(width, k), ret_a()],
+                case(f"edge11_{mnemonic}_ind_x{x}_k{k}_ends_at_caplen",
+                     [ldx_imm(x), ld_ind(width, k), ret_a()],
                      around(end, be(pattern(end), x + k, width)))
             )  # fmt: skip
     for k in (0, 3, 14, 29):
@@ -268,7 +269,8 @@ def _overflow_cases() -> list[Case]:
     for x, k in ((0xFFFFFFFF, 15), (15, 0xFFFFFFFF), (0x80000000, 0x8000000E), (0xFFFFFFF2, 0x1C)):
         for width, mnemonic in _SIZED.items():
             cases.append(
-                case(f"edge11_{mnemonic}_ind_x{x:#x}_k{k:#x}_overflows", [ldx_imm(x), ld_ind(width, k), ret_k(1)],
+                case(f"edge11_{mnemonic}_ind_x{x:#x}_k{k:#x}_overflows",
+                     [ldx_imm(x), ld_ind(width, k), ret_k(1)],
                      [(pattern(20), None, 0), (pattern(64), 1000, 0)])
             )  # fmt: skip
     # X + k = 2^32 exactly (would wrap to P[0]) and X large with k = 0.
@@ -413,13 +415,12 @@ def _alu_cases() -> list[Case]:
     for op, a, b, expected in ALU_TABLE:
         label = _ALU_LABEL[op]
         runs = [(b"", None, GOOD), (pattern(8), None, GOOD)]
-        cases.append(case(f"{label}_{op}_k_{a:#x}_{b:#x}", [ld_imm(a), alu_k(op, b), *check_a(expected)], runs))
-        cases.append(
-            case(f"{label}_{op}_x_{a:#x}_{b:#x}", [ld_imm(a), ldx_imm(b), alu_x(op), *check_a(expected)], runs)
-        )
+        name = f"{label}_{op}_{{}}_{a:#x}_{b:#x}"
+        cases.append(case(name.format("k"), [ld_imm(a), alu_k(op, b), *check_a(expected)], runs))
+        cases.append(case(name.format("x"), [ld_imm(a), ldx_imm(b), alu_x(op), *check_a(expected)], runs))
     for op, a, x in SHIFT_BY_X_TOO_FAR:
         cases.append(
-            case(f"edge18_{op}_x_{a:#x}_by_{x:#x}_gives_0", [ld_imm(a), ldx_imm(x), alu_x(op), *check_a(0)],
+            case(f"rule05_{op}_x_{a:#x}_by_{x:#x}_gives_0", [ld_imm(a), ldx_imm(x), alu_x(op), *check_a(0)],
                  always(GOOD))
         )  # fmt: skip
     for a, expected in ((0, 0), (1, 0xFFFFFFFF), (0x80000000, 0x80000000), (0xFFFFFFFE, 2), (5, 0xFFFFFFFB)):
@@ -427,7 +428,8 @@ def _alu_cases() -> list[Case]:
     cases += [
         case("rule06_tax_mul_x_wraps", [ld_imm(0x10001), tax(), alu_x("mul"), ret_a()], always(0x20001)),
         case("rule06_txa_copies_x", [ldx_imm(0x1234), ld_imm(0), txa(), ret_a()], always(0x1234)),
-        case("rule06_tax_copies_a", [ld_imm(0xFEDCBA98), tax(), ld_imm(0), txa(), ret_a()], always(0xFEDCBA98)),
+        case("rule06_tax_copies_a", [ld_imm(0xFEDCBA98), tax(), ld_imm(0), txa(), ret_a()],
+             always(0xFEDCBA98)),
     ]
     return cases
 
@@ -832,7 +834,8 @@ def _far_jump_chain(branch: Insn, taken_is_jt: bool) -> list[Insn]:
 def _longest_cases() -> list[Case]:
     n = BPF_MAXINSNS
     filler = [ld_abs(1, 0xFFFFFFFE), ldx_imm(0), alu_x("div"), ret_k(0)]
-    ja_over_all = [ja(n - 2)] + [filler[i % len(filler)] for i in range(n - 2)] + [ret_k(0x4094)]
+    # ja 4094: over 4093 unreachable fillers and a `ret #1` that landing one short would hit
+    ja_over_all = [ja(n - 2)] + [filler[i % len(filler)] for i in range(n - 3)] + [ret_k(1), ret_k(0x4094)]
     return [
         case("edge25_ja_over_4094_insns", ja_over_all, always(0x4094)),
         case("edge25_jt_255_chain_4096_insns", _far_jump_chain(jeq_k(0xAB, 0, 0), taken_is_jt=True),

@@ -20,4 +20,4 @@ def require(condition: bool, what: str) -> None:
 
 
 def tcpdump_path() -> str | None:
-    return shutil.which("tcpdump") or (os.path.exists("/usr/bin/tcpdump") and "/usr/bin/tcpdump" or None)
+    return shutil.which("tcpdump") or ((os.path.exists("/usr/bin/tcpdump") and "/usr/bin/tcpdump") or None)

@@ -1,0 +1,231 @@
+"""The JIT: differential against the interpreter, every call path, the Filter API, the code cache."""
+
+from __future__ import annotations
+
+import gc
+import mmap
+import pickle
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import bpfjit
+from bpfjit import Insn, Program, calltype, lower
+from bpfjit.analysis import bounds_plan
+from bpfjit.opcodes import KINDS
+from bpfjit.strategies import packets_with_wirelen, programs
+
+IP_ONLY = Program([(0x28, 0, 0, 12), (0x15, 0, 1, 0x800), (0x6, 0, 0, 262144), (0x6, 0, 0, 0)])
+IPV4_FRAME = bytes(12) + b"\x08\x00" + bytes(46)
+
+
+@given(programs(), packets_with_wirelen(), st.sampled_from([0, 1, 2, 3]))
+def test_jit_equals_interpreter_at_every_opt_level(program: Program, pw: tuple[bytes, int], opt: int) -> None:
+    packet, wirelen = pw
+    expected = bpfjit.interpret(program, packet, wirelen)
+    f = bpfjit.compile(program, opt_level=opt)
+    assert f.call(packet, wirelen) == expected
+    assert f(packet, wirelen) == expected
+    assert f(packet, wirelen=wirelen) == expected
+    if wirelen == len(packet):
+        assert f(packet) == expected  # the native entry's fast path
+        assert f(bytearray(packet)) == expected
+        assert f(memoryview(packet)) == expected
+
+
+@given(programs(max_insns=24), st.binary(max_size=64))
+def test_fast_path_buffers_equal_ctypes_path(program: Program, packet: bytes) -> None:
+    f = bpfjit.compile(program)
+    expected = f.call(packet)
+    assert f(np.frombuffer(packet, dtype=np.uint8)) == expected
+    assert f(memoryview(bytearray(packet)).toreadonly()) == expected
+    assert f.call(memoryview(packet)) == expected
+
+
+def test_every_kind_has_an_emitter() -> None:
+    assert set(lower.EMITTERS) == set(KINDS)
+
+
+def test_native_entry_is_in_use() -> None:
+    assert calltype.AVAILABLE, "the vectorcall entry should be available on CPython"
+    assert bpfjit.Filter.__flags__ & calltype.Py_TPFLAGS_HAVE_VECTORCALL
+    f = bpfjit.compile(IP_ONLY)
+    assert f._code.addresses["entry"] != 0
+    assert "_py" in f.llvm_ir
+
+
+def test_results_are_python_ints_with_exact_values() -> None:
+    f = bpfjit.compile([(0x6, 0, 0, 0xFFFFFFFF)])
+    assert f(b"") == 0xFFFFFFFF and type(f(b"")) is int
+    g = bpfjit.compile(IP_ONLY)
+    results = [g(IPV4_FRAME) for _ in range(1000)]  # cached int objects keep their refcounts right
+    assert results == [262144] * 1000
+    del results
+    gc.collect()
+    assert g(IPV4_FRAME) == 262144
+
+
+@pytest.mark.parametrize("call", ["fast", "ctypes"])
+def test_bad_packets_raise_the_documented_errors(call: str) -> None:
+    f = bpfjit.compile(IP_ONLY)
+    run = f if call == "fast" else f.call
+    for bad in ("text", 42, None, [1, 2, 3], 3.5):
+        with pytest.raises(TypeError):
+            run(bad)
+    with pytest.raises(TypeError):
+        run(memoryview(IPV4_FRAME)[::2])
+    with pytest.raises(ValueError):
+        run(IPV4_FRAME, 10)
+    with pytest.raises(ValueError):
+        run(IPV4_FRAME, 1 << 32)
+    with pytest.raises(TypeError):
+        run(IPV4_FRAME, "60")
+
+
+def test_call_signature_errors() -> None:
+    f = bpfjit.compile(IP_ONLY)
+    with pytest.raises(TypeError):
+        f()
+    with pytest.raises(TypeError):
+        f(IPV4_FRAME, 60, 70)
+    with pytest.raises(TypeError):
+        f(IPV4_FRAME, snaplen=3)
+    with pytest.raises(TypeError):
+        bpfjit.Filter(IP_ONLY)
+
+
+def test_buffer_kinds_without_copy() -> None:
+    f = bpfjit.compile(IP_ONLY)
+    with mmap.mmap(-1, len(IPV4_FRAME)) as mapped:
+        mapped[:] = IPV4_FRAME
+        assert f(mapped) == 262144
+        assert f.call(mapped) == 262144
+    assert f(np.frombuffer(IPV4_FRAME, dtype=np.uint8)) == 262144
+    assert f(np.frombuffer(IPV4_FRAME, dtype=np.uint8).reshape(4, 15)) == 262144  # C-contiguous 2-D
+    assert f(b"") == 0 and f.call(b"") == 0 and f(bytearray()) == 0
+
+
+def test_filter_api() -> None:
+    f = bpfjit.compile(IP_ONLY, opt_level=1)
+    assert f.program == IP_ONLY and f.opt_level == 1 and f.expression is None
+    assert "4 insns" in repr(f) and "opt_level=1" in repr(f)
+    assert "define" in f.llvm_ir and "bswap" not in f.llvm_ir.split("define")[0]
+    assert f.asm.strip() and f.address
+    with pytest.raises(ValueError):
+        bpfjit.compile(IP_ONLY, opt_level=4)
+    with pytest.raises(TypeError):
+        bpfjit.compile(IP_ONLY.to_bytes())  # type: ignore[arg-type]
+
+
+def test_compile_validates_first() -> None:
+    with pytest.raises(bpfjit.ValidationError) as info:
+        bpfjit.compile([(0x15, 200, 0, 0x800), (0x6, 0, 0, 0)])
+    assert info.value.rule == "jump-out-of-range" and info.value.index == 0
+
+
+def test_compile_accepts_tuples_and_insns() -> None:
+    assert bpfjit.compile([Insn(0x6, 0, 0, 7)])(b"") == 7
+    assert bpfjit.compile(iter([(0x6, 0, 0, 7)]))(b"") == 7
+
+
+def test_filter_pickles_by_recompiling() -> None:
+    f = bpfjit.compile(IP_ONLY, opt_level=3)
+    g = pickle.loads(pickle.dumps(f))
+    assert g is not f and g.program == f.program and g.opt_level == 3
+    assert g(IPV4_FRAME) == 262144
+
+
+def test_compiling_twice_reuses_machine_code() -> None:
+    program = Program([(0x6, 0, 0, 12345)])
+    first = bpfjit.compile(program)
+    second = bpfjit.compile(Program([(0x6, 0, 0, 12345)]))
+    assert first is not second and first._code is second._code
+    assert bpfjit.compile(program, opt_level=0)._code is not first._code
+
+
+def test_calls_from_many_threads() -> None:
+    f = bpfjit.compile(IP_ONLY)
+    frames = [IPV4_FRAME, bytes(60), IPV4_FRAME[:13]]
+    expected = [262144, 0, 0]
+    errors: list[object] = []
+
+    def work() -> None:
+        for _ in range(2000):
+            if [f(p) for p in frames] != expected:
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_compile_from_many_threads() -> None:
+    results: dict[int, int] = {}
+
+    def work(i: int) -> None:
+        f = bpfjit.compile([(0x0, 0, 0, 1000 + i), (0x16, 0, 0, 0)])
+        results[i] = f(b"")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: 1000 + i for i in range(16)}
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_compiling_and_dropping_filters_keeps_memory_flat() -> None:
+    def churn(count: int, base: int) -> None:
+        for i in range(count):
+            f = bpfjit.compile([(0x20, 0, 0, i % 64), (0x54, 0, 0, base + i), (0x16, 0, 0, 0)])
+            assert f(bytes(80)) == 0
+            del f
+        bpfjit.filter.clear_cache()
+        gc.collect()
+
+    churn(300, 0)  # warm up allocators and LLVM's own caches
+    before = _rss_kib()
+    churn(2000, 10_000)
+    grown = _rss_kib() - before
+    # A leaked engine costs ~20 KiB or more; 2000 of them would be 40 MiB.
+    assert grown < 15_000, f"RSS grew by {grown} KiB over 2000 compile/drop cycles"
+
+
+def test_bounds_checks_are_merged_for_tcp_port_80() -> None:
+    # tcpdump -dd -y EN10MB 'tcp port 80' (fixture-free: this is the listing of libpcap 1.10).
+    program = Program.parse(
+        "20\n40 0 0 12\n21 0 6 34525\n48 0 0 20\n21 0 15 6\n40 0 0 54\n21 12 0 80\n40 0 0 56\n"
+        "21 10 11 80\n21 0 10 2048\n48 0 0 23\n21 0 8 6\n40 0 0 20\n69 6 0 8191\n177 0 0 14\n"
+        "72 0 0 14\n21 2 0 80\n72 0 0 16\n21 0 1 80\n6 0 0 262144\n6 0 0 0\n"
+    )
+    plan = bounds_plan(program)
+    # 6 constant loads, 3 static checks: [56] cannot be hoisted above (004), which may accept at 56.
+    assert plan.checks == {0: 24, 4: 56, 6: 58}
+    f = bpfjit.compile(program)
+    compares = [line for line in f.llvm_ir.split("define ptr")[0].splitlines() if "icmp" in line and "caplen" in line]
+    loads = sum(1 for insn in program if insn.code in (0x28, 0x30, 0x48, 0xB1))
+    assert loads == 9 and len(compares) == 5, compares  # 3 static + 2 for [x + k]
+
+
+def test_merged_check_never_hoists_above_an_accepting_path() -> None:
+    # ldb [0]; jeq #1 -> ret #7; ldh [10]; ret a.  A 1-byte packet [1] must return 7.
+    program = Program([(0x30, 0, 0, 0), (0x15, 0, 1, 1), (0x6, 0, 0, 7), (0x28, 0, 0, 10), (0x16, 0, 0, 0)])
+    f = bpfjit.compile(program)
+    assert f(b"\x01") == 7 and f(b"\x02") == 0 and f(b"\x02" + bytes(11)) == 0
+    assert bounds_plan(program).checks == {0: 1, 3: 12}
