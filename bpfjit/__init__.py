@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .batch import Batch
 from .errors import (
     BpfjitError,
     ExpressionError,
@@ -38,6 +39,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'bpfjit' has no attribute {name!r}")
 
 __all__ = [
+    "Batch",
     "BpfjitError",
     "ExpressionError",
     "Filter",

@@ -267,3 +267,38 @@ def lower_filter(module: ir.Module, program: Program, name: str) -> ir.Function:
 def new_module(name: str) -> ir.Module:
     module = ir.Module(name=name)
     return module
+
+
+BATCH_TYPE = ir.FunctionType(
+    ir.VoidType(), [I8.as_pointer(), I64.as_pointer(), I32.as_pointer(), I32.as_pointer(), I64, I32.as_pointer()]
+)
+
+
+def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Function:
+    """void NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out):
+    out[i] <- filter(base + offsets[i], caplens[i], wirelens[i]) for i < n, the filter inlined."""
+    fn = ir.Function(module, BATCH_TYPE, name)
+    base, offsets, caplens, wirelens, count, out = fn.args
+    for arg, label in zip(fn.args, ("base", "offsets", "caplens", "wirelens", "n", "out"), strict=True):
+        arg.name = label
+    for pointer in (offsets, caplens, wirelens):
+        pointer.attributes.add("captures(none)")
+    out.attributes.add("noalias")
+    entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
+    b = ir.IRBuilder(entry)
+    counter = b.alloca(I64, name="i")  # promoted to a phi by sroa
+    b.store(ir.Constant(I64, 0), counter)
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.load(counter, name="i")
+    b.cbranch(b.icmp_unsigned("<", i, count), body, done)
+    b.position_at_end(body)
+    packet = b.gep(base, [b.load(b.gep(offsets, [i]), name="offset")], inbounds=True, name="packet")
+    caplen = b.load(b.gep(caplens, [i]), name="caplen")
+    wirelen = b.load(b.gep(wirelens, [i]), name="wirelen")
+    b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
+    b.store(b.add(i, ir.Constant(I64, 1)), counter)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
