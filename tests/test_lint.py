@@ -14,7 +14,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    result = _run("ruff", "check", "bpfjit", "tests", "bench", "examples")
+    paths = [name for name in ("bpfjit", "tests", "bench", "examples") if (ROOT / name).is_dir()]
+    result = _run("ruff", "check", *paths)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
