@@ -26,6 +26,7 @@ from .program import Insn, Program
 from .validate import validate
 
 if TYPE_CHECKING:
+    from .classifier import MultiFilter, compile_many
     from .filter import Filter, compile
 
 
@@ -36,6 +37,10 @@ def __getattr__(name: str) -> object:
         from . import filter as _filter
 
         return getattr(_filter, name)
+    if name in ("compile_many", "MultiFilter"):
+        from . import classifier
+
+        return getattr(classifier, name)
     raise AttributeError(f"module 'bpfjit' has no attribute {name!r}")
 
 __all__ = [
@@ -45,10 +50,12 @@ __all__ = [
     "Filter",
     "Insn",
     "LibraryMissingError",
+    "MultiFilter",
     "ParseError",
     "Program",
     "ValidationError",
     "compile",
+    "compile_many",
     "interpret",
     "validate",
 ]

@@ -57,7 +57,8 @@ class BoundsPlan:
     need: tuple[int, ...]
 
 
-def bounds_plan(program: Program) -> BoundsPlan:
+def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
+    """Static checks for `program`, given that the caller already proved caplen >= known_caplen."""
     n = len(program)
     need = [0] * n
     for index in range(n - 1, -1, -1):  # jumps go forward, so one backward sweep is a fixpoint
@@ -72,7 +73,7 @@ def bounds_plan(program: Program) -> BoundsPlan:
             need[index] = max(after, static_requirement(program, index))
     # Forward: the caplen every path to i has already proven; emit a check only where a load needs more.
     known_in = [NEVER] * n
-    known_in[0] = 0
+    known_in[0] = known_caplen
     checks: dict[int, int] = {}
     for index in range(n):
         known = known_in[index]

@@ -176,8 +176,9 @@ def native_symbol_address(name: str) -> int:
 
     The library stays loaded for the life of the process, so the address stays valid.
     """
+    lib = library()
     try:
-        function = getattr(library(), name)
+        function = lib[name]  # a symbol lookup, unlike getattr (which also finds CDLL attributes)
     except AttributeError:
         raise ValueError(f"libpcap has no symbol {name!r}") from None
     address = ctypes.cast(function, ctypes.c_void_p).value

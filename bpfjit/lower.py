@@ -30,7 +30,7 @@ LIKELY = (2000, 1)
 class Lowering:
     """State of one function being built: the builder, registers, blocks and the reject exit."""
 
-    def __init__(self, module: ir.Module, program: Program, name: str):
+    def __init__(self, module: ir.Module, program: Program, name: str, known_caplen: int = 0):
         self.program = program
         self.function = ir.Function(module, FILTER_TYPE, name)
         self.packet, self.caplen, self.wirelen = self.function.args
@@ -51,10 +51,31 @@ class Lowering:
         self.blocks = {i: self.function.append_basic_block(f"insn{i}") for i in leaders(program)}
         self.reject = self.function.append_basic_block("reject")
         ir.IRBuilder(self.reject).ret(ir.Constant(I32, 0))
-        self.checks = bounds_plan(program).checks
+        self.checks = bounds_plan(program, known_caplen).checks
+        self.preloaded = self.preload(known_caplen)
         b.branch(self.blocks[0])
 
     # -- helpers -----------------------------------------------------------------------------
+    def preload(self, known_caplen: int) -> dict[tuple[int, int], ir.Value]:
+        """Load, in the entry block, every P[k:width] that the proven caplen already covers.
+
+        Safe (those bytes exist) and free of side effects; it pays off when several filters are
+        inlined one after another (the classifier): each filter's entry then dominates the next
+        one's, so GVN merges their identical loads and jump threading their identical tests."""
+        preloaded: dict[tuple[int, int], ir.Value] = {}
+        for insn in self.program:
+            info = OPCODES[insn.code]
+            if info.kind in ("ld_abs", "ldx_msh") and insn.k + info.width <= known_caplen:
+                key = (insn.k, info.width)
+                if key not in preloaded:
+                    preloaded[key] = self.load_packet(ir.Constant(I64, insn.k), info.width)
+        return preloaded
+
+    def load_abs(self, k: int, width: int) -> ir.Value:
+        """P[k:width] for a constant k (the caller's static check covers it)."""
+        value = self.preloaded.get((k, width))
+        return value if value is not None else self.load_packet(ir.Constant(I64, k), width)
+
     def check(self, ok: ir.Value, what: str) -> None:
         """Continue when `ok`, else return 0 through the shared reject block (weighted cold)."""
         cont = self.function.append_basic_block(f"{self.builder.block.name}.{what}")
@@ -133,8 +154,7 @@ def ld_mem(lo: Lowering, insn: Insn, index: int) -> None:
 
 def ld_abs(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- P[k:width] (the static check before it covers k + width)"""
-    value = lo.load_packet(ir.Constant(I64, insn.k), OPCODES[insn.code].width)
-    lo.builder.store(value, lo.a)
+    lo.builder.store(lo.load_abs(insn.k, OPCODES[insn.code].width), lo.a)
 
 
 def ld_ind(lo: Lowering, insn: Insn, index: int) -> None:
@@ -165,7 +185,7 @@ def ldx_mem(lo: Lowering, insn: Insn, index: int) -> None:
 def ldx_msh(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- 4*(P[k:1]&0xf)"""
     b = lo.builder
-    byte = lo.load_packet(ir.Constant(I64, insn.k), 1)
+    byte = lo.load_abs(insn.k, 1)
     b.store(b.shl(b.and_(byte, ir.Constant(I32, 0xF)), ir.Constant(I32, 2)), lo.x)
 
 
@@ -259,9 +279,12 @@ EMITTERS: dict[str, Emitter] = {
 }  # fmt: skip
 
 
-def lower_filter(module: ir.Module, program: Program, name: str) -> ir.Function:
-    """Add the filter function for a VALIDATED program to `module` and return it."""
-    return Lowering(module, program, name).run()
+def lower_filter(module: ir.Module, program: Program, name: str, known_caplen: int = 0) -> ir.Function:
+    """Add the filter function for a VALIDATED program to `module` and return it.
+
+    `known_caplen`: callers that only call it once caplen >= known_caplen is proven (the classifier)
+    pass that bound, and checks it already covers are not emitted."""
+    return Lowering(module, program, name, known_caplen).run()
 
 
 def new_module(name: str) -> ir.Module:

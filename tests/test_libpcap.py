@@ -256,7 +256,7 @@ def test_dlt_from_linktype_checks_its_argument() -> None:
         with pytest.raises(ValueError):
             libpcap.dlt_from_linktype(bad)
     with pytest.raises(TypeError):
-        libpcap.dlt_from_linktype("RAW")  # type: ignore[arg-type]
+        libpcap.dlt_from_linktype("RAW")
 
 
 def test_linktype_raw_from_a_capture_file_compiles_as_dlt_raw() -> None:

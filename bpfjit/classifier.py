@@ -1,0 +1,129 @@
+"""`compile_many`: many filters evaluated by one native function (see `lower_many`)."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from . import lower, lower_many, native
+from .batch import Batch
+from .buffers import check_lengths, packet_view
+from .program import InsnLike, Program
+from .validate import validate
+
+Mode = Literal["bitmask", "first"]
+_names = itertools.count()
+
+
+def _address(view: memoryview) -> tuple[int, object]:
+    array = np.frombuffer(view, dtype=np.uint8)
+    return array.ctypes.data, array
+
+
+class MultiFilter:
+    """Filters evaluated together on each packet.
+
+    `mode="bitmask"`: `m(packet)` is an int whose bit i says whether filter i accepts;
+    `m.run_batch(batch)` a bool matrix (packets x filters).
+    `mode="first"`: `m(packet)` is `(index, value)` of the first accepting filter, `(-1, 0)` for
+    none; `m.run_batch(batch)` gives `(indices, values)` arrays.
+    """
+
+    def __init__(self, programs: Sequence[Program], mode: Mode, opt_level: int, expressions: Sequence[str | None]):
+        self.programs = tuple(programs)
+        self.mode: Mode = mode
+        self.opt_level = opt_level
+        self.expressions = tuple(expressions)
+        serial = next(_names)
+        name = f"bpf_classify_{serial}"
+        module = lower.new_module(name)
+        classifier = lower_many.lower_classifier(module, self.programs, name, mode)
+        lower_many.lower_classifier_batch(module, classifier, name + "_batch", mode, len(self.programs))
+        self._code = native.build(module, opt_level, (name, name + "_batch"), extra_passes=native.CLASSIFIER_EXTRA)
+        self._words = lower_many.words_for(len(self.programs))
+        pointer = ctypes.c_void_p
+        if mode == "bitmask":
+            self._one = ctypes.CFUNCTYPE(None, pointer, ctypes.c_uint32, ctypes.c_uint32, pointer)(
+                self._code.addresses[name]
+            )
+        else:
+            self._one = ctypes.CFUNCTYPE(ctypes.c_int32, pointer, ctypes.c_uint32, ctypes.c_uint32, pointer)(
+                self._code.addresses[name]
+            )
+        self._batch = ctypes.CFUNCTYPE(None, *(7 * [pointer]))(self._code.addresses[name + "_batch"])
+
+    def __len__(self) -> int:
+        return len(self.programs)
+
+    def __call__(self, packet: object, wirelen: int | None = None) -> int | tuple[int, int]:
+        view = packet_view(packet)
+        wire = check_lengths(len(view), wirelen)
+        address, keep = _address(view)
+        if self.mode == "bitmask":
+            words = (ctypes.c_uint64 * self._words)()
+            self._one(address, len(view), wire, words)
+            del keep
+            return sum(int(word) << (64 * i) for i, word in enumerate(words))
+        value = ctypes.c_uint32(0)
+        index = int(self._one(address, len(view), wire, ctypes.byref(value)))
+        del keep
+        return index, int(value.value) if index >= 0 else 0
+
+    def run_batch(self, packets: Batch | Sequence[Any]) -> Any:
+        batch = packets if isinstance(packets, Batch) else Batch.from_packets(packets)
+        n = len(batch)
+        if self.mode == "bitmask":
+            words = np.zeros((n, self._words), dtype=np.uint64)
+            if n:
+                self._call_batch(batch, words, None)
+            bits = np.unpackbits(words.view(np.uint8), axis=1, count=len(self.programs), bitorder="little")
+            matrix: npt.NDArray[np.bool_] = bits.view(np.bool_)
+            return matrix
+        indices = np.full(n, -1, dtype=np.int32)
+        values = np.zeros(n, dtype=np.uint32)
+        if n:
+            self._call_batch(batch, indices, values)
+        return indices, values
+
+    def _call_batch(self, batch: Batch, out: npt.NDArray[Any], values: npt.NDArray[np.uint32] | None) -> None:
+        self._batch(
+            batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
+            batch.wirelens.ctypes.data, len(batch), out.ctypes.data, None if values is None else values.ctypes.data,
+        )  # fmt: skip
+
+    @property
+    def llvm_ir(self) -> str:
+        return self._code.llvm_ir
+
+    def __repr__(self) -> str:
+        return f"<bpfjit.MultiFilter of {len(self)} filters, mode={self.mode!r}>"
+
+
+def compile_many(
+    sources: Iterable[Program | Iterable[InsnLike] | str],
+    *,
+    mode: Mode = "bitmask",
+    opt_level: int = 2,
+    linktype: int | str = "EN10MB",
+    snaplen: int = 262144,
+) -> MultiFilter:
+    """Compile programs and/or pcap-filter expressions into one classifier (see MultiFilter)."""
+    if mode not in ("bitmask", "first"):
+        raise ValueError(f"mode must be 'bitmask' or 'first', not {mode!r}")
+    programs: list[Program] = []
+    expressions: list[str | None] = []
+    for source in sources:
+        if isinstance(source, str):
+            programs.append(Program.from_expr(source, linktype, snaplen=snaplen))
+            expressions.append(source)
+        else:
+            programs.append(validate(source if isinstance(source, Program) else Program(source)))
+            expressions.append(None)
+    if not programs:
+        raise ValueError("compile_many needs at least one filter")
+    return MultiFilter(programs, mode, opt_level, expressions)
