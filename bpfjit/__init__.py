@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .batch import Batch
 from .errors import (
     BpfjitError,
+    CaptureFileError,
     ExpressionError,
     LibraryMissingError,
     ParseError,
@@ -26,6 +26,8 @@ from .program import Insn, Program
 from .validate import validate
 
 if TYPE_CHECKING:
+    from .batch import Batch
+    from .capfile import filter_file, read_batches, read_file
     from .classifier import MultiFilter, compile_many
     from .filter import Filter, compile
 
@@ -41,11 +43,21 @@ def __getattr__(name: str) -> object:
         from . import classifier
 
         return getattr(classifier, name)
+    # numpy (Batch) costs ~60 ms of start-up that `bpfjit filter -r IN -w OUT` does without.
+    if name == "Batch":
+        from .batch import Batch
+
+        return Batch
+    if name in ("filter_file", "read_file", "read_batches"):
+        from . import capfile
+
+        return getattr(capfile, name)
     raise AttributeError(f"module 'bpfjit' has no attribute {name!r}")
 
 __all__ = [
     "Batch",
     "BpfjitError",
+    "CaptureFileError",
     "ExpressionError",
     "Filter",
     "Insn",
@@ -56,7 +68,10 @@ __all__ = [
     "ValidationError",
     "compile",
     "compile_many",
+    "filter_file",
     "interpret",
+    "read_batches",
+    "read_file",
     "validate",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `bpfjit` command: `demo` (the default), `compile`."""
+"""The `bpfjit` command: `demo` (the default), `compile`, `filter`."""
 
 from __future__ import annotations
 
@@ -125,6 +125,131 @@ def _looks_like_bytecode(text: str) -> bool:
     return stripped[:1] in ("(", "{") or stripped[:1].isdigit()
 
 
+# -- bpfjit filter: tcpdump -r IN [-w OUT] [EXPR] ------------------------------------------------------
+# Start-up is most of a run's time (tcpdump needs ~0.2 s for a 370 MB file), so this path imports only
+# what it uses: no numpy, llvmlite only to compile, tqdm only once a run proves slow.
+PROGRESS_AFTER = 0.5  # seconds before a progress bar appears
+BPF_MNEMONICS = frozenset(
+    "ld ldi ldh ldb ldx ldxi ldxb st stx jmp ja jeq jneq jne jlt jle jgt jge jset add sub mul div mod neg "
+    "and or xor lsh rsh tax txa ret".split()
+)
+
+
+def _filter_spec(args: argparse.Namespace) -> object:
+    """The filter: an expression (str), a Program (-F with bytecode or bpf_asm), or None (keep all)."""
+    from . import Program
+    from .errors import ParseError
+
+    if args.file:
+        with open(args.file, encoding="utf-8") as handle:
+            text = handle.read()
+        if _looks_like_bytecode(text):
+            return Program.parse(text)
+        try:
+            return Program.parse(text)
+        except ParseError:
+            words = text.split()
+            if words and words[0].rstrip(":").lower() in BPF_MNEMONICS:
+                raise
+            return " ".join(words)  # a pcap-filter expression, as tcpdump -F reads it
+    return " ".join(args.expression) if args.expression else None
+
+
+class _Progress:
+    """Counts from filter_file's callback, and a tqdm bar on stderr once the run takes a while."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+        self.read = self.accepted = self.done = 0
+        self.bar: object | None = None
+
+    def __call__(self, done: int, read: int, accepted: int) -> None:
+        self.read, self.accepted = read, accepted
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.perf_counter() - self.start < PROGRESS_AFTER:
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+        self.bar.update(done - self.done)  # type: ignore[attr-defined]
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()  # type: ignore[attr-defined]
+
+
+def filter_command(args: argparse.Namespace) -> int:
+    """Filter a capture file as tcpdump -r IN [-w OUT] [EXPR] does; report packets read and accepted."""
+    import os
+
+    from . import capfile
+    from .errors import CaptureFileError
+
+    spec = _filter_spec(args)
+    if args.d:
+        return _dump_filter(args, spec)
+    if args.read is None:
+        print("bpfjit filter: give the capture file to read with -r FILE", file=sys.stderr)
+        return 2
+    if args.count is not None and args.count < 1:
+        print(f"bpfjit filter: invalid packet count {args.count}", file=sys.stderr)
+        return 2
+    progress = _Progress(os.path.getsize(args.read), args.progress)
+    try:
+        if args.write is None:
+            _print_packets(args, spec, progress)
+        else:
+            capfile.filter_file(args.read, args.write, spec, count=args.count, linktype=args.linktype,  # type: ignore[arg-type]
+                                progress=progress)  # fmt: skip
+    except CaptureFileError:
+        progress.close()
+        print(f"{progress.read} packets read, {progress.accepted} accepted", file=sys.stderr)
+        raise
+    progress.close()
+    print(f"{progress.read} packets read, {progress.accepted} accepted", file=sys.stderr)
+    return 0
+
+
+def _print_packets(args: argparse.Namespace, spec: object, progress: _Progress) -> None:
+    """One line per accepted packet: its timestamp (the file's precision) and its length on the wire."""
+    from . import capfile
+
+    out = sys.stdout
+    lines: list[str] = []
+    for timestamp, wirelen in capfile.packet_lines(args.read, spec, linktype=args.linktype,  # type: ignore[arg-type]
+                                                   count=args.count, progress=progress):  # fmt: skip
+        lines.append(f"{timestamp} {wirelen}\n")
+        if len(lines) >= 4096:
+            out.write("".join(lines))
+            lines.clear()
+    out.write("".join(lines))
+    out.flush()
+
+
+def _dump_filter(args: argparse.Namespace, spec: object) -> int:
+    """-d/-dd/-ddd: the program for the file's (first) link type, or for -y (default EN10MB) without -r."""
+    from . import Program
+    from . import capfile
+
+    if spec is None:
+        print("bpfjit filter: -d needs an expression or -F FILE", file=sys.stderr)
+        return 2
+    if isinstance(spec, Program):
+        program = spec
+    elif args.read is not None:
+        program = capfile.file_program(args.read, spec, linktype=args.linktype)  # type: ignore[arg-type]
+    else:
+        program = Program.from_expr(str(spec), args.linktype or "EN10MB")
+    style: Style = "ddd" if args.d >= 3 else "dd" if args.d == 2 else "d"
+    sys.stdout.write(program.dump(style))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bpfjit", description="Classic BPF compiled to native code.")
     parser.add_argument("--version", action="version", version=f"bpfjit {__version__}")
@@ -145,7 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
     p_compile.add_argument("--asm", action="store_true", help="print the host assembly")
     p_compile.add_argument("--opt-level", type=int, default=2, choices=(0, 1, 2, 3))
     p_compile.set_defaults(func=compile_command)
+
+    p_filter = sub.add_parser("filter", help="filter a pcap/pcapng file, as tcpdump -r IN -w OUT EXPR does")
+    p_filter.add_argument("expression", nargs="*", help="a pcap-filter expression (none: keep every packet)")
+    p_filter.add_argument("-r", dest="read", metavar="FILE", help="the capture file to read (pcap or pcapng)")
+    p_filter.add_argument("-w", dest="write", metavar="FILE",
+                          help="write accepted packets here (same format); without it, print one line each")
+    p_filter.add_argument("-c", dest="count", type=int, help="stop after COUNT accepted packets")
+    p_filter.add_argument("-y", dest="linktype", help="compile the expression for this link type, not the file's")
+    p_filter.add_argument("-F", dest="file", help="read the expression, or a program (-d/-dd/-ddd/bpf_asm), from FILE")
+    p_filter.add_argument("-d", action="count", default=0, help="print the program (-d, -dd, -ddd) and exit")
+    p_filter.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                          help="progress bar on stderr (default: when it is a terminal and the run is slow)")
+    p_filter.set_defaults(func=filter_command)
+
+    # bench: bpfjit.benchmark parses its own options (shared with `python -m bench`), so that the
+    # CLI's start-up does not import it and numpy.
+    p_bench = sub.add_parser("bench", add_help=False, prefix_chars="\0",  # every word is passed on
+                             help="benchmark the JIT against the interpreter and libpcap")  # fmt: skip
+    p_bench.add_argument("options", nargs="*", help="see bpfjit bench --help")
+    p_bench.set_defaults(func=bench_command)
     return parser
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """The benchmark harness (bpfjit/benchmark.py)."""
+    from . import benchmark
+
+    return benchmark.main(args.options, prog="bpfjit bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@
     ├── ValidationError (also a ValueError): a program breaks a rule of SEMANTICS.md
     ├── ParseError (also a ValueError): text that is no cBPF listing we know
     ├── ExpressionError (also a ValueError): libpcap rejected a filter expression
+    ├── CaptureFileError (also a ValueError): a pcap/pcapng file is truncated or corrupt at `.offset`
     └── LibraryMissingError (also an ImportError): a system library is not installed
 """
 
@@ -54,3 +55,20 @@ class ExpressionError(BpfjitError, ValueError):
 
 class LibraryMissingError(BpfjitError, ImportError):
     """A system library bpfjit needs is not installed; the message names the package."""
+
+
+class CaptureFileError(BpfjitError, ValueError):
+    """A capture file is not pcap/pcapng, is corrupt or is truncated; `offset` is the byte where.
+
+    Raised after every complete record before `offset` has been delivered (written or yielded).
+    """
+
+    def __init__(self, offset: int, reason: str, path: str | None = None):
+        self.offset = offset
+        self.reason = reason
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}byte {offset}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.offset, self.reason, self.path), None)

@@ -62,8 +62,10 @@ def _build(program: Program, opt_level: int) -> native.NativeCode:
     serial = next(_names)
     name = f"bpf_filter_{serial}"
     module = lower.new_module(f"bpfjit_{serial}")
-    filter_fn = lower.lower_filter(module, program, name)
-    lower.lower_batch(module, filter_fn, name + "_batch")
+    body = lower.lower_filter(module, program, name + "_body")
+    body.linkage = "internal"  # machine-coded once, inside the batch loop
+    batch_fn = lower.lower_batch(module, body, name + "_batch")
+    filter_fn = lower.lower_single(module, batch_fn, name)
     symbols = [name, name + "_batch"]
     data_symbols: list[str] = []
     results = _cached_results(program)

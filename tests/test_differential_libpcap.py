@@ -48,7 +48,7 @@ def test_interpreter_agrees_with_libpcap_on_short_packets(program: Program, pack
     assert ours == theirs
 
 
-@given(programs(max_insns=200, min_insns=100), packets())
+@given(programs(max_insns=128, min_insns=64), packets())
 def test_interpreter_agrees_with_libpcap_on_long_programs(program: Program, packet: bytes) -> None:
     ours, theirs = both(program, packet)
     assert ours == theirs

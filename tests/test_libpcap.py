@@ -129,8 +129,9 @@ def test_syntax_error_keeps_libpcaps_message() -> None:
 def test_semantic_error_keeps_libpcaps_message() -> None:
     with pytest.raises(ExpressionError, match="rejects all packets"):
         libpcap.compile_expression("tcp and udp")
-    with pytest.raises(ExpressionError, match="port 99999"):
+    with pytest.raises(ExpressionError) as caught:
         libpcap.compile_expression("port 99999")
+    assert caught.value.message == "illegal port number 99999 > 65535"
 
 
 def test_expression_type_and_nul() -> None:
@@ -410,7 +411,7 @@ def test_import_loads_neither_libpcap_nor_llvm() -> None:
     code = (
         "import sys, bpfjit, bpfjit.libpcap as L\n"
         "assert L._library is None\n"
-        "assert not any(m.startswith('llvmlite') for m in sys.modules), 'llvmlite imported'\n"
+        "assert 'llvmlite.binding' not in sys.modules, 'LLVM loaded by import'\n"
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,923 @@
+"""Capture files: read and filter classic pcap and pcapng, with the per-packet loop in native code.
+
+    stats = bpfjit.filter_file("in.pcap", "out.pcap", "tcp port 80")   # like tcpdump -r IN -w OUT EXPR
+    for timestamp, packet, wirelen in bpfjit.read_file("in.pcapng", filter="udp"):
+        ...
+
+Formats: classic pcap in either byte order with microsecond or nanosecond timestamps (and the
+"modified" pcap with 24-byte record headers); pcapng with SHB, IDB, EPB, SPB and the obsolete PB,
+any number of sections (each with its own byte order) and interfaces, of any link types.
+
+How a file is filtered. The file is mmap'd (no copy into Python). Native kernels (`walkers`) walk the
+records a chunk at a time, tens of thousands per call, into offset/caplen/wirelen arrays; the filter's
+batch entry runs on the chunk in one call; a planning kernel turns the verdicts into iovecs over the
+mapping and one writev call per ~1000 runs of accepted records writes them. Python runs per chunk, never
+per record: a Python loop costs about a microsecond a record, the whole native pipeline a few
+nanoseconds. Accepted records are written byte for byte, as are the pcap file header and every
+pcapng block that is not a packet (SHB, IDB, NRB, ISB, custom blocks), in their order.
+
+An expression is compiled for each link type the file holds (libpcap's `pcap_compile`, with the file's
+snaplen, as `tcpdump -r` does); a `Program` applies to every packet; a `Filter` compiled from an
+expression is recompiled for link types other than its own.
+
+A truncated last record or a corrupt header raises `CaptureFileError` naming the byte offset, after
+every complete record before it has been written (or yielded).
+
+Differences from libpcap's reader: a record whose caplen exceeds the file's snaplen (but not the
+sanity limit, 256 KiB or the snaplen if larger) is kept whole where libpcap cuts it to the snaplen; a
+pcapng file may mix link types (libpcap refuses); SPB timestamps are 0 (libpcap's too).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Union
+
+from . import walkers
+from .errors import CaptureFileError
+from .walkers import Status
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from .batch import Batch
+    from .filter import Filter
+    from .program import InsnLike, Program
+
+    FilterSpec = Union[str, Program, Iterable[InsnLike], Filter, None]
+    Source = Union[str, os.PathLike[str], IO[bytes]]
+
+__all__ = ["CaptureFileError", "FileStats", "PacketBatch", "filter_file", "read_batches", "read_file"]
+
+DEFAULT_CHUNK = 1 << 15  # records per native call: the chunk's arrays (~1.5 MB) stay in L2/L3
+HOST_ORDER = "<" if sys.byteorder == "little" else ">"
+U64_MAX = (1 << 64) - 1
+
+# classic pcap: magic -> (timestamp digits, record header length)
+PCAP_MAGICS = {0xA1B2C3D4: (6, 16), 0xA1B23C4D: (9, 16), 0xA1B2CD34: (6, 24)}
+PCAP_HEADER_LEN = 24
+# libpcap's sanity limit on caplen (MAXIMUM_SNAPLEN); files with a larger snaplen get that, up to
+# 256 MiB: beyond it a caplen is a corrupt header, not a packet.
+MAX_SNAPLEN = 262144
+CAPLEN_CEILING = 1 << 28
+
+BT_SHB, BT_IDB = 0x0A0D0D0A, 1
+PACKET_BLOCKS = (walkers.BT_EPB, walkers.BT_SPB, walkers.BT_PB)
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+OPT_ENDOFOPT, OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 0, 9, 14
+SHB_MIN, IDB_MIN, BLOCK_MIN = 28, 20, 12
+
+
+class FileStats(NamedTuple):
+    """What `filter_file` did: packet records read, accepted (and written), bytes written."""
+
+    read: int
+    accepted: int
+    written: int
+
+
+class PacketBatch(NamedTuple):
+    """One chunk from `read_batches`: packets of one link type, in file order."""
+
+    batch: Batch
+    timestamps: npt.NDArray[np.float64]  # seconds since the epoch (float64: ~0.1 µs resolution today)
+    linktype: int  # LINKTYPE_* value from the file (1 = Ethernet)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A pcapng interface (IDB), or the single implicit interface of a classic pcap file."""
+
+    linktype: int  # LINKTYPE_* value
+    snaplen: int
+    ts_units: int = 10**6  # timestamp ticks per second (if_tsresol)
+    ts_offset: int = 0  # seconds added to every timestamp (if_tsoffset)
+
+    def timestamp_text(self, ticks: int) -> str:
+        """`ticks` as exact decimal seconds: 6 digits for microseconds, 9 for nanoseconds, ..."""
+        seconds, frac = divmod(ticks, self.ts_units)
+        digits = len(str(self.ts_units)) - 1
+        if self.ts_units != 10**digits:  # a binary resolution (2^-k): show nanoseconds
+            frac, digits = frac * 10**9 // self.ts_units, 9
+        return f"{seconds + self.ts_offset}.{frac:0{digits}d}"
+
+
+# -- the mapped file ---------------------------------------------------------------------------------
+class _PyBuffer(ctypes.Structure):
+    """CPython's Py_buffer: the way to the address of a read-only buffer (a PROT_READ mapping)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]  # fmt: skip
+
+
+def _get_buffer(obj: object) -> _PyBuffer:
+    """Export `obj`'s buffer (held until `_release_buffer`): its address without needing numpy.
+
+    A private writable mapping (ACCESS_COPY, which ctypes could take) is charged against the commit
+    limit in full, so a capture larger than RAM could not be mapped; a PROT_READ mapping costs nothing.
+    """
+    view = _PyBuffer()
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+    get.restype = ctypes.c_int
+    if get(obj, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE; raises the Python error on failure
+        raise BufferError("cannot export the mapping's buffer")
+    return view
+
+
+def _release_buffer(view: _PyBuffer) -> None:
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.POINTER(_PyBuffer)]
+    release.restype = None
+    release(ctypes.byref(view))
+
+
+class _Arrays:
+    """Per-record arrays one walker call fills (ctypes, so that the command line needs no numpy)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.starts = (ctypes.c_uint64 * (capacity + 1))()
+        self.offsets = (ctypes.c_uint64 * capacity)()
+        self.caplens = (ctypes.c_uint32 * capacity)()
+        self.wirelens = (ctypes.c_uint32 * capacity)()
+        self.ifaces = (ctypes.c_uint32 * capacity)()
+        self.state = (ctypes.c_uint64 * 4)()
+        self.at = {name: ctypes.addressof(getattr(self, name)) for name in
+                   ("starts", "offsets", "caplens", "wirelens", "ifaces", "state")}  # fmt: skip
+
+
+@dataclass(eq=False)
+class _Section:
+    """A pcapng section: its byte order and interfaces, with the tables the walker reads."""
+
+    start: int
+    order: str
+    interfaces: list[Interface] = field(default_factory=list)
+    snaplens: Any = None  # ctypes u32 arrays indexed by interface id
+    classes: Any = None
+
+    def add(self, interface: Interface, cls: int) -> None:
+        self.interfaces.append(interface)
+        n = len(self.interfaces)
+        if self.snaplens is None or len(self.snaplens) < n:
+            size = max(8, 2 * n)
+            snaplens, classes = (ctypes.c_uint32 * size)(), (ctypes.c_uint32 * size)()
+            if self.snaplens is not None:
+                ctypes.memmove(snaplens, self.snaplens, ctypes.sizeof(self.snaplens))
+                ctypes.memmove(classes, self.classes, ctypes.sizeof(self.classes))
+            self.snaplens, self.classes = snaplens, classes
+        self.snaplens[n - 1] = min(interface.snaplen, 0xFFFFFFFF)
+        self.classes[n - 1] = cls
+
+
+class _Records(NamedTuple):
+    """Event: `n` packet records in `arrays` (valid until the next event), of the classes in `mask`."""
+
+    arrays: _Arrays
+    n: int
+    mask: int
+    section: _Section | None
+
+
+class _Block(NamedTuple):
+    """Event: bytes to copy to the output as they are (file header, non-packet blocks)."""
+
+    start: int
+    end: int
+    replacement: bytes | None = None
+
+
+class Capture:
+    """An open, mapped capture file (pcap or pcapng) and what its headers say.
+
+    `linktypes` lists the LINKTYPE_* values seen so far, in order: the index of a link type is its
+    *class*, which selects the filter for the packets of every interface of that type.
+    """
+
+    def __init__(self, source: Source):
+        self.path = _describe(source)
+        if hasattr(source, "fileno") and not isinstance(source, (str, bytes, os.PathLike)):
+            fd, own = source.fileno(), False
+        else:
+            fd, own = os.open(os.fspath(source), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), True  # type: ignore[arg-type]
+        try:
+            self.size = os.fstat(fd).st_size
+            if self.size == 0:
+                raise CaptureFileError(0, "empty file: no pcap or pcapng header", self.path)
+            self.map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
+        finally:
+            if own:
+                os.close(fd)
+        if hasattr(self.map, "madvise"):
+            self.map.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead: the walk reads the file front to back
+        self._buffer: _PyBuffer | None = _get_buffer(self.map)
+        self.address = int(self._buffer.buf or 0)
+        self.linktypes: list[int] = []
+        self.interfaces: list[Interface] = []  # pcap: the one interface; pcapng: all seen, in order
+        self.snaplen = MAX_SNAPLEN
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- headers -----------------------------------------------------------------------------------
+    def _error(self, offset: int, reason: str) -> CaptureFileError:
+        return CaptureFileError(offset, reason, self.path)
+
+    def _read_header(self) -> None:
+        if self.size < 4:
+            raise self._error(0, f"truncated file header: {self.size} bytes")
+        (magic_le,) = struct.unpack_from("<I", self.map, 0)
+        (magic_be,) = struct.unpack_from(">I", self.map, 0)
+        if magic_le == BT_SHB:
+            self.format = "pcapng"
+            self.order = HOST_ORDER  # each section sets its own
+            self.first_linktypes = self._scan_linktypes()
+            return
+        for magic, order in ((magic_le, "<"), (magic_be, ">")):
+            if magic in PCAP_MAGICS:
+                break
+        else:
+            raise self._error(0, f"not a pcap or pcapng file (magic 0x{magic_le:08x})")
+        self.format = "pcap"
+        self.order = order
+        self.digits, self.record_header = PCAP_MAGICS[magic]
+        if self.size < PCAP_HEADER_LEN:
+            raise self._error(0, f"truncated pcap file header: {self.size} of {PCAP_HEADER_LEN} bytes")
+        major, minor, _, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", self.map, 4)
+        if major != 2:
+            raise self._error(4, f"unsupported pcap version {major}.{minor} (only 2.x exists)")
+        self.snaplen = snaplen
+        self.linktype = linktype & 0xFFFF  # the upper bits carry FCS information
+        self.max_caplen = max(snaplen, MAX_SNAPLEN) if 0 < snaplen <= CAPLEN_CEILING else MAX_SNAPLEN
+        self.linktypes = [self.linktype]
+        self.interfaces = [Interface(self.linktype, snaplen, 10**self.digits)]
+        self.first_linktypes = [self.linktype]
+
+    @property
+    def linktype_name(self) -> str:
+        return ", ".join(str(t) for t in (self.linktypes or self.first_linktypes)) or "none"
+
+    @property
+    def precision(self) -> str:
+        """`micro` or `nano` (classic pcap); pcapng timestamps depend on each interface."""
+        return "nano" if self.format == "pcap" and self.digits == 9 else "micro"
+
+    def class_of(self, linktype: int) -> int:
+        if linktype not in self.linktypes:
+            if len(self.linktypes) >= walkers.MAX_CLASSES:
+                raise ValueError(f"more than {walkers.MAX_CLASSES} link types in one file")
+            self.linktypes.append(linktype)
+        return self.linktypes.index(linktype)
+
+    def _scan_linktypes(self, limit: int = 256) -> list[int]:
+        """The link types of the IDBs before the first packet (compiled before walking, in one go)."""
+        found: list[int] = []
+        pos, order = 0, "<"
+        for _ in range(limit):
+            if self.size - pos < 12:
+                break
+            btype = struct.unpack_from(order + "I", self.map, pos)[0]
+            if btype == BT_SHB or struct.unpack_from(">I", self.map, pos)[0] == BT_SHB:
+                magic = struct.unpack_from("<I", self.map, pos + 8)[0]
+                order = "<" if magic == BYTE_ORDER_MAGIC else ">"
+            elif btype in PACKET_BLOCKS:
+                break
+            elif btype == BT_IDB and self.size - pos >= IDB_MIN:
+                linktype, _, snaplen = struct.unpack_from(order + "HHI", self.map, pos + 8)
+                if not found:
+                    self.snaplen = snaplen or MAX_SNAPLEN  # what tcpdump compiles with (pcap_snapshot)
+                found.append(linktype)
+            length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
+            if length < BLOCK_MIN or length % 4:
+                break
+            pos += length
+        return list(dict.fromkeys(found))
+
+    # -- walking -----------------------------------------------------------------------------------
+    def events(self, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
+        """The file as events in file order: packet records a chunk at a time, and bytes to copy.
+
+        Raises `CaptureFileError` at a truncated or corrupt spot, after yielding everything before it.
+        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones).
+        """
+        if self.format == "pcap":
+            return self._pcap_events(arrays)
+        return self._pcapng_events(arrays)
+
+    def _pcap_events(self, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
+        walk = walkers.kernel("walk_pcap")
+        swapped = int(self.order != HOST_ORDER)
+        yield _Block(0, PCAP_HEADER_LEN)
+        pos = PCAP_HEADER_LEN
+        while True:
+            arr = arrays()
+            at = arr.at
+            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen, arr.capacity,
+                     at["starts"], at["offsets"], at["caplens"], at["wirelens"], at["state"])  # fmt: skip
+            pos, status = arr.state[0], arr.state[1]
+            if n:
+                yield _Records(arr, n, 1, None)
+            if status == Status.FULL:
+                continue
+            if status == Status.END:
+                return
+            raise self._pcap_error(pos, status)
+
+    def _pcap_error(self, pos: int, status: int) -> CaptureFileError:
+        left = self.size - pos
+        if left < self.record_header:
+            return self._error(pos, f"truncated record header: {left} of {self.record_header} bytes")
+        caplen, wirelen = struct.unpack_from(self.order + "II", self.map, pos + 8)
+        if status == Status.BAD_CAPLEN:
+            return self._error(pos, f"corrupt record header: caplen {caplen} is larger than the limit "
+                                    f"{self.max_caplen} (snaplen {self.snaplen})")  # fmt: skip
+        return self._error(pos, f"truncated record: {caplen} captured bytes, only {left - self.record_header} left")
+
+    def _pcapng_events(self, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
+        walk = None
+        pos = 0
+        section: _Section | None = None
+        while True:
+            left = self.size - pos
+            if left == 0:
+                return
+            if left < 8:
+                raise self._error(pos, f"truncated block header: {left} of 8 bytes")
+            order = section.order if section is not None else "<"
+            btype = struct.unpack_from(order + "I", self.map, pos)[0]
+            if section is None or btype not in PACKET_BLOCKS:
+                block, section = self._pcapng_block(pos, section)
+                yield block
+                pos = block.end
+                continue
+            if walk is None:
+                walk = walkers.kernel("walk_pcapng")
+            arr = arrays()
+            at = arr.at
+            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), arr.capacity, at["starts"],
+                     at["offsets"], at["caplens"], at["wirelens"], at["ifaces"], ctypes.addressof(section.snaplens),
+                     ctypes.addressof(section.classes), len(section.interfaces), at["state"])  # fmt: skip
+            pos, status, mask = arr.state[0], arr.state[1], arr.state[2]
+            if n:
+                yield _Records(arr, n, mask, section)
+            if status in (Status.FULL, Status.OTHER_BLOCK):
+                continue
+            if status == Status.END:
+                return
+            raise self._pcapng_error(pos, status, section)
+
+    def _pcapng_error(self, pos: int, status: int, section: _Section) -> CaptureFileError:
+        btype, length = struct.unpack_from(section.order + "II", self.map, pos)
+        name = {walkers.BT_EPB: "enhanced packet block", walkers.BT_SPB: "simple packet block",
+                walkers.BT_PB: "packet block"}.get(btype, f"block of type 0x{btype:x}")  # fmt: skip
+        left = self.size - pos
+        if status == Status.TRUNCATED:
+            return self._error(pos, f"truncated {name}: block length {length}, only {left} bytes left")
+        if status == Status.BAD_INTERFACE:
+            ifaces = len(section.interfaces)
+            iface_format = {walkers.BT_EPB: "I", walkers.BT_PB: "H"}.get(btype)
+            iface = struct.unpack_from(section.order + iface_format, self.map, pos + 8)[0] if iface_format else 0
+            return self._error(pos, f"{name} names interface {iface}, but the section has {ifaces}")
+        trailer = struct.unpack_from(section.order + "I", self.map, pos + length - 4)[0] if 12 <= length <= left else None
+        if length < 16 or length % 4:
+            return self._error(pos, f"corrupt {name}: block length {length}")
+        if trailer is not None and trailer != length:
+            return self._error(pos, f"corrupt {name}: block length {length} at its start, {trailer} at its end")
+        return self._error(pos, f"corrupt {name}: captured length larger than the block (length {length})")
+
+    def _pcapng_block(self, pos: int, section: _Section | None) -> tuple[_Block, _Section]:
+        """Check and interpret one non-packet block (or a first block that is not an SHB)."""
+        left = self.size - pos
+        order = section.order if section is not None else "<"
+        btype = struct.unpack_from(order + "I", self.map, pos)[0]
+        if btype == BT_SHB:
+            if left < 12:
+                raise self._error(pos, f"truncated section header block: {left} bytes left")
+            magic = struct.unpack_from("<I", self.map, pos + 8)[0]
+            if magic == BYTE_ORDER_MAGIC:
+                order = "<"
+            elif magic == int.from_bytes(BYTE_ORDER_MAGIC.to_bytes(4, "little"), "big"):
+                order = ">"
+            else:
+                raise self._error(pos + 8, f"corrupt section header block: byte-order magic 0x{magic:08x}")
+        elif section is None:
+            raise self._error(pos, f"not a pcapng file: first block has type 0x{btype:08x}, not a section header")
+        length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
+        minimum = SHB_MIN if btype == BT_SHB else IDB_MIN if btype == BT_IDB else BLOCK_MIN
+        kind = {BT_SHB: "section header block", BT_IDB: "interface description block"}.get(
+            btype, f"block of type 0x{btype:x}"
+        )
+        if length < minimum or length % 4:
+            raise self._error(pos, f"corrupt {kind}: block length {length}")
+        if length > left:
+            raise self._error(pos, f"truncated {kind}: block length {length}, only {left} bytes left")
+        trailer = struct.unpack_from(order + "I", self.map, pos + length - 4)[0]
+        if trailer != length:
+            raise self._error(pos, f"corrupt {kind}: block length {length} at its start, {trailer} at its end")
+        replacement = None
+        if btype == BT_SHB:
+            major, minor, section_length = struct.unpack_from(order + "HHq", self.map, pos + 12)
+            if major != 1:
+                raise self._error(pos + 12, f"unsupported pcapng version {major}.{minor}")
+            section = _Section(pos, order)
+            if section_length != -1:  # the filtered section is shorter: say "unknown", as the spec allows
+                data = bytearray(self.map[pos : pos + length])
+                struct.pack_into(order + "q", data, 16, -1)
+                replacement = bytes(data)
+        elif btype == BT_IDB:
+            assert section is not None
+            linktype, _, snaplen = struct.unpack_from(order + "HHI", self.map, pos + 8)
+            units, offset = self._idb_options(pos + 16, pos + length - 4, order)
+            interface = Interface(linktype, snaplen, units, offset)
+            section.add(interface, self.class_of(linktype))
+            self.interfaces.append(interface)
+        assert section is not None
+        return _Block(pos, pos + length, replacement), section
+
+    def _idb_options(self, pos: int, end: int, order: str) -> tuple[int, int]:
+        """if_tsresol (ticks per second) and if_tsoffset (seconds) from an IDB's options."""
+        units, offset = 10**6, 0
+        while end - pos >= 4:
+            code, length = struct.unpack_from(order + "HH", self.map, pos)
+            if code == OPT_ENDOFOPT or pos + 4 + length > end:
+                break
+            if code == OPT_IF_TSRESOL and length >= 1:
+                value = self.map[pos + 4]
+                units = 2 ** (value & 0x7F) if value & 0x80 else 10**value
+            elif code == OPT_IF_TSOFFSET and length >= 8:
+                offset = struct.unpack_from(order + "q", self.map, pos + 4)[0]
+            pos += 4 + (length + 3) // 4 * 4
+        return units, offset
+
+    # -- per-record details (for the readers; per accepted packet, so Python is fine) ----------------
+    def timestamp_ticks(self, start: int, iface: int, section: _Section | None) -> tuple[int, Interface]:
+        """The timestamp of the record at `start` in its interface's ticks, and that interface."""
+        if section is None:
+            seconds, frac = struct.unpack_from(self.order + "II", self.map, start)
+            interface = self.interfaces[0]
+            return seconds * interface.ts_units + frac, interface
+        interface = section.interfaces[iface]
+        btype = struct.unpack_from(section.order + "I", self.map, start)[0]
+        if btype == walkers.BT_SPB:
+            return 0, interface
+        high, low = struct.unpack_from(section.order + "II", self.map, start + 12)
+        return (high << 32) | low, interface
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            _release_buffer(self._buffer)
+            self._buffer = None
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # Batches from read_batches still use the mapping; it goes when they do
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return os.fsdecode(source)
+    return str(getattr(source, "name", source))
+
+
+# -- filters per link type --------------------------------------------------------------------------
+class _Filters:
+    """Which batch entry filters each class (link type) of a capture: None keeps every packet."""
+
+    def __init__(self, spec: FilterSpec, capture: Capture, linktype: int | str | None = None, opt_level: int = 2):
+        self.capture = capture
+        self.override = linktype
+        self.opt_level = opt_level
+        self.expression: str | None = None
+        self.program: Program | None = None
+        self.filter: Filter | None = None
+        self.entries: list[Any] = []
+        if spec is None:
+            return
+        if isinstance(spec, str):
+            self.expression = spec
+        elif _is_filter(spec):
+            self.filter = spec  # type: ignore[assignment]
+            self.opt_level = spec.opt_level  # type: ignore[union-attr]
+        else:
+            from .program import Program
+            from .validate import validate
+
+            self.program = validate(spec if isinstance(spec, Program) else Program(spec))  # type: ignore[arg-type]
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.expression is None and self.program is None and self.filter is None
+
+    def program_for(self, linktype: int) -> Program | None:
+        """The program the packets of `linktype` (a LINKTYPE_* value) go through (None: no filter)."""
+        if self.program is not None:
+            return self.program
+        expression = self.expression
+        if self.filter is not None:
+            if self.filter.expression is None or self._dlt(linktype) == _dlt_of(self.filter.linktype):
+                return self.filter.program
+            expression = self.filter.expression
+        if expression is None:
+            return None
+        from .program import Program
+        from .validate import validate
+
+        snaplen = self.capture.snaplen if 0 < self.capture.snaplen <= 0x7FFFFFFF else MAX_SNAPLEN
+        # netmask 0, as tcpdump -r passes it (it only matters to `ip broadcast`)
+        return validate(Program.from_expr(expression, self._dlt(linktype), snaplen=snaplen, netmask=0))
+
+    def _dlt(self, linktype: int) -> int:
+        if self.override is not None:
+            return _dlt_of(self.override)
+        return _dlt_from_linktype(linktype)
+
+    def prepare(self, kernels: Iterable[str]) -> None:
+        """Compile the kernels and the filters of the link types known so far, in one module."""
+        linktypes = self.capture.linktypes or self.capture.first_linktypes
+        for linktype in linktypes:
+            self.capture.class_of(linktype)
+        self._extend(tuple(kernels))
+
+    def _extend(self, kernels: tuple[str, ...] = ()) -> None:
+        programs = [self.program_for(linktype) for linktype in self.capture.linktypes[len(self.entries) :]]
+        own = self.filter.program if self.filter is not None else None
+        compiled = iter(walkers.prepare(kernels, [p for p in programs if p is not None and p is not own],
+                                        self.opt_level))  # fmt: skip
+        for program in programs:
+            if program is None:
+                self.entries.append(None)
+            elif program is own:
+                assert self.filter is not None
+                self.entries.append(self.filter._batch)  # the Filter's own batch entry
+            else:
+                self.entries.append(next(compiled))
+
+    def entry(self, cls: int) -> Any:
+        if cls >= len(self.entries):
+            self._extend()
+        return self.entries[cls]
+
+
+def _is_filter(spec: object) -> bool:
+    module = sys.modules.get("bpfjit.filter")  # a Filter exists only once bpfjit.filter is imported
+    return module is not None and isinstance(spec, module.Filter)
+
+
+def _dlt_of(linktype: int | str | None) -> int:
+    from .libpcap import linktype_value
+
+    return linktype_value(linktype if linktype is not None else "EN10MB")
+
+
+def _dlt_from_linktype(linktype: int) -> int:
+    # LINKTYPE_ 0..10 (Ethernet is 1) equal their DLT_ values on every platform (libpcap's
+    # linktype_to_dlt); skipping the lookup saves a temporary file and libpcap's reader at start-up.
+    if 0 <= linktype <= 10:
+        return linktype
+    from .libpcap import dlt_from_linktype
+
+    return dlt_from_linktype(linktype)
+
+
+class _Verdicts:
+    """Runs each chunk through the filters: one batch call, or one per link type when a chunk mixes them."""
+
+    def __init__(self, filters: _Filters, capacity: int):
+        self.filters = filters
+        self.out = (ctypes.c_uint32 * capacity)()
+        self.out_at = ctypes.addressof(self.out)
+        self._tmp: Any = None
+        self._ones: Any = None
+
+    def ones(self, capacity: int) -> Any:
+        if self._ones is None:
+            self._ones = (ctypes.c_uint32 * capacity)()
+            ctypes.memset(self._ones, 1, ctypes.sizeof(self._ones))  # 0x01010101: non-zero, accepted
+        return self._ones
+
+    def __call__(self, capture: Capture, records: _Records) -> Any:
+        """The chunk's verdicts, a ctypes u32 array (non-zero = accepted)."""
+        arr, n = records.arrays, records.n
+        classes = [c for c in range(walkers.MAX_CLASSES) if records.mask >> c & 1]
+        at = arr.at
+        if len(classes) == 1:
+            entry = self.filters.entry(classes[0])
+            if entry is None:
+                return self.ones(arr.capacity)
+            entry(capture.address, at["offsets"], at["caplens"], at["wirelens"], n, self.out_at)
+            return self.out
+        if self._tmp is None:
+            self._tmp = (ctypes.c_uint32 * arr.capacity)()
+        tmp = ctypes.addressof(self._tmp)
+        merge = walkers.kernel("merge")
+        assert records.section is not None
+        for cls in classes:
+            entry = self.filters.entry(cls)
+            results = ctypes.addressof(self.ones(arr.capacity)) if entry is None else tmp
+            if entry is not None:
+                entry(capture.address, at["offsets"], at["caplens"], at["wirelens"], n, tmp)
+            merge(self.out_at, results, at["ifaces"], ctypes.addressof(records.section.classes), cls, n)
+        return self.out
+
+
+# -- writing --------------------------------------------------------------------------------------------
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+class _Writer:
+    """The output: a file descriptor written with writev straight from the mapping, or a file object."""
+
+    def __init__(self, dst: Source):
+        self.fd = -1
+        self.own = False
+        self.file: IO[bytes] | None = None
+        self.written = 0
+        if isinstance(dst, (str, bytes, os.PathLike)):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+            self.fd, self.own = os.open(dst, flags, 0o666), True
+            return
+        try:
+            fd = dst.fileno()
+        except (AttributeError, OSError, ValueError):  # io.BytesIO and friends
+            self.file = dst
+            return
+        dst.flush()  # what the caller wrote before must come first
+        self.fd = fd
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return ("write_iov",) if self.fd >= 0 else ("gather",)
+
+    def block(self, data: bytes | memoryview) -> None:
+        if self.file is not None:
+            self.file.write(data)
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        self.written += len(data)
+
+    def records(self, iov: Any, count: int, nbytes: int) -> None:
+        if not count:
+            return
+        if self.file is not None:
+            buffer = bytearray(nbytes)
+            walkers.kernel("gather")(ctypes.addressof(iov), count, ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
+            self.file.write(buffer)
+        else:
+            write_iov = walkers.kernel("write_iov")
+            while write_iov(self.fd, ctypes.addressof(iov), count, IOV_MAX) != 0:
+                code = ctypes.get_errno()
+                if code != errno.EINTR:  # written entries are zeroed: a retry resumes
+                    raise OSError(code or errno.EIO, os.strerror(code or errno.EIO))
+        self.written += nbytes
+
+    def close(self) -> None:
+        if self.own and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        elif self.file is not None and hasattr(self.file, "flush"):
+            self.file.flush()
+
+
+def _walker_kernel(capture: Capture) -> str:
+    return "walk_pcap" if capture.format == "pcap" else "walk_pcapng"
+
+
+# -- public API ------------------------------------------------------------------------------------------
+def filter_file(
+    src: Source,
+    dst: Source | None,
+    filter: FilterSpec = None,
+    *,
+    count: int | None = None,
+    linktype: int | str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> FileStats:
+    """Copy the packets of capture file `src` that `filter` accepts to `dst`, as `tcpdump -r -w` does.
+
+    `filter` is an expression (compiled for each link type in the file, or for `linktype` if given),
+    a `Program` (applied to every packet), a `Filter` or None (keep everything). `dst` is a path, a
+    binary file object, or None to only count. The output keeps the input's format, byte order,
+    header (link type, snaplen, timestamp precision) and accepted records byte for byte. `count` stops
+    after that many accepted packets (tcpdump's -c). `progress(bytes_done, read, accepted)` is called
+    after each chunk. A truncated or corrupt file raises `CaptureFileError` once every complete record
+    before the bad spot has been written.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, not {chunk}")
+    if count is not None and count < 0:
+        raise ValueError(f"count must be >= 0, not {count}")
+    with Capture(src) as capture:
+        filters = _Filters(filter, capture, linktype)
+        writer = _Writer(dst) if dst is not None else None
+        try:
+            filters.prepare((_walker_kernel(capture), "plan", *(writer.kernels if writer else ())))
+            return _filter_into(capture, filters, writer, count, chunk, progress)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def _filter_into(capture: Capture, filters: _Filters, writer: _Writer | None, count: int | None, chunk: int,
+                 progress: Callable[[int, int, int], None] | None) -> FileStats:  # fmt: skip
+    arrays = _Arrays(chunk)
+    verdicts = _Verdicts(filters, chunk)
+    iov = (ctypes.c_uint64 * (2 * chunk))()
+    state = (ctypes.c_uint64 * 4)()
+    plan = walkers.kernel("plan")
+    read = accepted = 0
+    limit = U64_MAX if count is None else count
+    with memoryview(capture.map) as view:
+        for event in capture.events(lambda: arrays):
+            if isinstance(event, _Block):
+                if writer is not None:
+                    writer.block(event.replacement or view[event.start : event.end])
+                continue
+            if accepted >= limit:
+                break
+            keep = ctypes.addressof(verdicts(capture, event))
+            runs = plan(capture.address, arrays.at["starts"], keep, event.n, limit - accepted,
+                        ctypes.addressof(iov), ctypes.addressof(state))  # fmt: skip
+            got, consumed, nbytes = state[0], state[1], state[2]
+            if writer is not None:
+                writer.records(iov, runs, nbytes)
+            read += consumed
+            accepted += got
+            if progress is not None:
+                progress(arrays.starts[consumed], read, accepted)
+            if accepted >= limit:
+                break
+    return FileStats(read, accepted, writer.written if writer is not None else 0)
+
+
+def read_file(
+    path: Source, filter: FilterSpec = None, *, linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK
+) -> Iterator[tuple[float, bytes, int]]:
+    """Yield `(timestamp, packet, wirelen)` for each packet of a capture file that `filter` accepts.
+
+    `timestamp` is float seconds since the epoch, as dpkt and scapy give them: a float64 resolves about
+    0.2 µs for today's dates, so nanosecond files lose their last digits. `packet` is a copy of the
+    captured bytes. Filtering runs natively a chunk at a time; only accepted packets reach Python. A
+    truncated or corrupt file raises `CaptureFileError` after the packets before the bad spot.
+    """
+    with Capture(path) as capture, memoryview(capture.map) as view:
+        for start, iface, section, offset, caplen, wirelen in _accepted(capture, filter, linktype, chunk, _Counts()):
+            ticks, interface = capture.timestamp_ticks(start, iface, section)
+            yield ticks / interface.ts_units + interface.ts_offset, bytes(view[offset : offset + caplen]), wirelen
+
+
+def packet_lines(
+    path: Source,
+    filter: FilterSpec = None,
+    *,
+    linktype: int | str | None = None,
+    count: int | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Iterator[tuple[str, int]]:
+    """`(timestamp, wirelen)` of each accepted packet, the timestamp as exact decimal text in the
+    file's precision (`1700000000.000032`): what `bpfjit filter` prints without -w."""
+    counts = _Counts(progress)
+    with Capture(path) as capture:
+        for start, iface, section, _, _, wirelen in _accepted(capture, filter, linktype, DEFAULT_CHUNK, counts):
+            ticks, interface = capture.timestamp_ticks(start, iface, section)
+            yield interface.timestamp_text(ticks), wirelen
+            if count is not None and counts.accepted >= count:
+                counts.report(start)
+                return
+
+
+def file_program(path: Source, filter: FilterSpec, *, linktype: int | str | None = None) -> Program | None:
+    """The program `filter_file` runs on the packets of the file's first link type (None: no filter)."""
+    with Capture(path) as capture:
+        linktypes = capture.linktypes or capture.first_linktypes
+        if not linktypes:
+            raise CaptureFileError(0, "no interface describes a link type before the first packet", capture.path)
+        return _Filters(filter, capture, linktype).program_for(linktypes[0])
+
+
+@dataclass
+class _Counts:
+    """Packets read and accepted so far (`read` counts up to the packet being yielded)."""
+
+    progress: Callable[[int, int, int], None] | None = None
+    read: int = 0
+    accepted: int = 0
+
+    def report(self, position: int) -> None:
+        if self.progress is not None:
+            self.progress(position, self.read, self.accepted)
+
+
+def _accepted(
+    capture: Capture, filter: FilterSpec, linktype: int | str | None, chunk: int, counts: _Counts
+) -> Iterator[tuple[int, int, _Section | None, int, int, int]]:
+    """(record start, interface, section, data offset, caplen, wirelen) of each accepted packet."""
+    filters = _Filters(filter, capture, linktype)
+    filters.prepare((_walker_kernel(capture), "accepted_indices"))
+    arrays = _Arrays(chunk)
+    verdicts = _Verdicts(filters, chunk)
+    indices = (ctypes.c_uint32 * chunk)()
+    select = walkers.kernel("accepted_indices")
+    for event in capture.events(lambda: arrays):
+        if isinstance(event, _Block):
+            continue
+        n, read = event.n, counts.read
+        if filters.keeps_all:
+            chosen: Iterable[int] = range(n)
+        else:
+            keep = ctypes.addressof(verdicts(capture, event))
+            chosen = indices[: select(keep, n, ctypes.addressof(indices))]
+        starts, offsets = arrays.starts[: n + 1], arrays.offsets[:n]
+        caplens, wirelens, ifaces = arrays.caplens[:n], arrays.wirelens[:n], arrays.ifaces[:n]
+        pcap = event.section is None
+        for i in chosen:
+            counts.read, counts.accepted = read + i + 1, counts.accepted + 1
+            yield starts[i], 0 if pcap else ifaces[i], event.section, offsets[i], caplens[i], wirelens[i]
+        counts.read = read + n
+        counts.report(starts[n])
+
+
+def read_batches(
+    path: Source, filter: FilterSpec = None, *, linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK
+) -> Iterator[PacketBatch]:
+    """Yield the accepted packets of a capture file as `PacketBatch(batch, timestamps, linktype)`.
+
+    Each `Batch` points into the mapped file (zero-copy) and holds packets of one link type, in file
+    order (a chunk that mixes link types is split where the type changes). A packet whose recorded
+    wirelen is below its caplen (a broken writer) gets wirelen = caplen.
+    """
+    import numpy as np
+
+    from .batch import Batch
+
+    with Capture(path) as capture:
+        filters = _Filters(filter, capture, linktype)
+        filters.prepare((_walker_kernel(capture),))
+        data = np.frombuffer(capture.map, dtype=np.uint8)
+        verdicts = _Verdicts(filters, chunk)
+        for event in capture.events(lambda: _Arrays(chunk)):  # fresh arrays: the batches keep them
+            if isinstance(event, _Block):
+                continue
+            arr, n = event.arrays, event.n
+            starts = np.frombuffer(arr.starts, dtype=np.uint64, count=n)
+            offsets = np.frombuffer(arr.offsets, dtype=np.uint64, count=n)
+            caplens = np.frombuffer(arr.caplens, dtype=np.uint32, count=n)
+            wirelens = np.maximum(np.frombuffer(arr.wirelens, dtype=np.uint32, count=n), caplens)
+            if event.section is None:
+                classes = np.zeros(n, dtype=np.uint32)
+                units = np.full(n, capture.interfaces[0].ts_units, dtype=np.float64)
+                shift = np.zeros(n, dtype=np.float64)
+            else:
+                ifaces = np.frombuffer(arr.ifaces, dtype=np.uint32, count=n)
+                section = event.section
+                classes = np.frombuffer(section.classes, dtype=np.uint32)[ifaces]
+                units = np.array([i.ts_units for i in section.interfaces], dtype=np.float64)[ifaces]
+                shift = np.array([i.ts_offset for i in section.interfaces], dtype=np.float64)[ifaces]
+            timestamps = _timestamps(data, starts, event.section, capture) / units + shift
+            keep = np.ones(n, dtype=bool)
+            if not filters.keeps_all:
+                keep = np.frombuffer(verdicts(capture, event), dtype=np.uint32, count=n) != 0
+            cuts = np.flatnonzero(np.diff(classes)) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+                chosen = np.flatnonzero(keep[lo:hi]) + lo
+                if len(chosen):
+                    batch = Batch(capture.map, offsets[chosen], caplens[chosen], wirelens[chosen])
+                    yield PacketBatch(batch, timestamps[chosen], capture.linktypes[int(classes[lo])])
+
+
+def _timestamps(data: Any, starts: Any, section: _Section | None, capture: Capture) -> Any:
+    """Timestamp ticks of the records at `starts`, vectorised (float64)."""
+    import numpy as np
+
+    if section is None:
+        fields = data[starts[:, None].astype(np.int64) + np.arange(8)].view(capture.order + "u4")
+        return fields[:, 0].astype(np.float64) * capture.interfaces[0].ts_units + fields[:, 1]
+    index = np.minimum(starts[:, None].astype(np.int64) + np.arange(20), len(data) - 1)  # an SPB may be 16 bytes
+    raw = data[index]
+    btype = raw[:, 0:4].copy().view(section.order + "u4")[:, 0]
+    words = raw[:, 12:20].copy().view(section.order + "u4")
+    ticks = words[:, 0].astype(np.float64) * 2.0**32 + words[:, 1]
+    return np.where(btype == walkers.BT_SPB, 0.0, ticks)

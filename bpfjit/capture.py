@@ -1,0 +1,597 @@
+"""Live capture on Linux: an AF_PACKET socket with a memory-mapped TPACKET_V3 ring, as libpcap uses.
+
+    with Capture("eth0", "udp port 53") as cap:
+        for timestamp, packet, wirelen in cap.packets(count=10, timeout=5):
+            ...
+
+The kernel fills the ring block by block; a block is ours once its status says TP_STATUS_USER, and
+goes back to the kernel when we write TP_STATUS_KERNEL. Two ways to filter:
+
+- `in_kernel=True` (default): the program is attached with SO_ATTACH_FILTER, so rejected packets
+  never reach the ring. bpfjit attaches it only when the kernel computes what bpfjit computes
+  (`kernel_program`); otherwise it filters in user space, as libpcap does, and `in_kernel` says so.
+- `in_kernel=False`: every packet lands in the ring and the JIT filters a whole block in one native
+  call: a `Batch` whose offsets point into the mapped ring (no copy), through `Filter.run_batch`.
+
+Either way the packets yielded are `bytes` copied out of the ring before its block is handed back,
+so they stay valid. A packet is cut to `min(snaplen, BPF result)` bytes, as the kernel does.
+Not thread-safe, except that `close()` from another thread stops a `packets()` loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .opcodes import OPCODES
+from .program import Insn, InsnLike, Program
+from .validate import validate
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from .filter import Filter
+
+__all__ = ["Capture", "CaptureStats", "PacketRecord", "interface_linktype", "kernel_program"]
+
+# -- <linux/if_packet.h>, <linux/if_ether.h>, <linux/filter.h>, <linux/if_arp.h> -------------------
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_RESERVE = 12
+TPACKET_V3 = 2
+PACKET_OUTGOING = 4
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
+SIOCGIFHWADDR = 0x8927
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+ETH_P_8021Q = 0x8100
+
+SKF_AD_OFF = 0xFFFFF000  # -0x1000: Linux's ancillary-data loads start here
+SKF_AD_PROTOCOL = 0
+SKF_AD_PKTTYPE = 4
+SKF_NEGATIVE = 0x80000000  # k as an s32 < 0: the kernel treats these offsets specially
+
+SLL_HDR_LEN = 16  # struct sll_header, DLT_LINUX_SLL: pkttype, hatype, halen, addr[8], protocol
+VLAN_TAG_LEN = 4
+TPACKET_ALIGNMENT = 16
+
+# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
+# offset_to_first_pkt, ...
+BLOCK_DESC = struct.Struct("=8xIII")
+BLOCK_STATUS = struct.Struct("=I")
+BLOCK_STATUS_OFFSET = 8
+# struct tpacket3_hdr (48 bytes: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status,
+# tp_mac, tp_net, hv1 {tp_rxhash, tp_vlan_tci, tp_vlan_tpid}, padding), then at TPACKET_ALIGN(48) the
+# struct sockaddr_ll the kernel writes beside every packet (family, protocol, ifindex, hatype,
+# pkttype, halen, addr[8]).
+PACKET_HEADER = struct.Struct("=IIIIII HH 4xIH 10x 2x2siHBB8s")
+TPACKET3_HDRLEN = 48 + 20
+TPACKET_REQ3 = struct.Struct("=7I")  # block_size, block_nr, frame_size, frame_nr, retire_blk_tov, priv, features
+TPACKET_STATS_V3 = struct.Struct("=III")  # tp_packets (drops included), tp_drops, tp_freeze_q_cnt
+
+# ARPHRD_* (device type) -> the DLT that packets from a SOCK_RAW socket carry (libpcap's
+# map_arphrd_to_dlt, the part that needs no special handling). Other types run in cooked mode.
+ARPHRD_LINKTYPES: dict[int, tuple[str, int]] = {
+    1: ("EN10MB", 1),  # ARPHRD_ETHER
+    772: ("EN10MB", 1),  # ARPHRD_LOOPBACK: Linux's lo carries (all-zero) Ethernet headers
+    0xFFFE: ("RAW", 12),  # ARPHRD_NONE (tun): packets start at the IP header
+    519: ("RAW", 12),  # ARPHRD_RAWIP
+    768: ("RAW", 12),  # ARPHRD_TUNNEL (ipip)
+    776: ("RAW", 12),  # ARPHRD_SIT
+    801: ("IEEE802_11", 105),  # ARPHRD_IEEE80211
+    803: ("IEEE802_11_RADIO", 127),  # ARPHRD_IEEE80211_RADIOTAP
+}
+COOKED = ("LINUX_SLL", 113)
+ANY = "any"
+
+BLOCK_TIMEOUT = 0.05
+BUFFER_SIZE = 4 << 20
+POLL_SLICE_MS = 200  # a poll wakes this often to notice close() from another thread
+
+
+def _permission_message(interface: str) -> str:
+    python = os.path.realpath(sys.executable)
+    return (
+        f"capturing on {interface!r} needs CAP_NET_RAW (an AF_PACKET socket): "
+        f"run as root or grant CAP_NET_RAW: setcap cap_net_raw+ep {python}"
+    )
+
+
+class PacketRecord(NamedTuple):
+    """One captured packet: `timestamp` (seconds since the epoch), `packet` (bytes), `wirelen`."""
+
+    timestamp: float
+    packet: bytes
+    wirelen: int
+
+
+class CaptureStats(NamedTuple):
+    """Counters since the capture opened (libpcap's `ps_recv` and `ps_drop`, plus `rejected`).
+
+    received: packets the socket took in, after an in-kernel filter (dropped ones included);
+    dropped:  packets lost because the ring was full;
+    rejected: packets the user-space filter rejected (0 when the kernel filters).
+    """
+
+    received: int
+    dropped: int
+    rejected: int
+
+
+# -- link types ------------------------------------------------------------------------------------
+def _interface_index(interface: str) -> int:
+    if not isinstance(interface, str):
+        raise TypeError(f"interface must be a str (a name such as 'eth0'), not {type(interface).__name__}")
+    if interface == ANY:
+        return 0
+    try:
+        return socket.if_nametoindex(interface)
+    except OSError:
+        names = ", ".join(name for _, name in socket.if_nameindex())
+        raise ValueError(f"no network interface named {interface!r} (this namespace has: {names}, any)") from None
+
+
+def _hardware_type(interface: str) -> int:
+    """The interface's ARPHRD_* type (SIOCGIFHWADDR; any socket will do, no privilege needed)."""
+    request = interface.encode() + bytes(40 - len(interface.encode()))  # struct ifreq
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        reply = fcntl.ioctl(probe.fileno(), SIOCGIFHWADDR, request)
+    return int(struct.unpack_from("=H", reply, 16)[0])
+
+
+def interface_linktype(interface: str) -> tuple[str, int, bool]:
+    """(DLT name, DLT value, cooked) for capturing on `interface`, as libpcap chooses them.
+
+    `any` and device types without a known link-layer mapping use cooked mode (a SOCK_DGRAM socket;
+    the 16-byte LINUX_SLL header is built from what the kernel reports).
+    """
+    _interface_index(interface)
+    if interface == ANY:
+        return (*COOKED, True)
+    hatype = _hardware_type(interface)
+    if hatype in ARPHRD_LINKTYPES:
+        return (*ARPHRD_LINKTYPES[hatype], False)
+    return (*COOKED, True)
+
+
+# -- what the kernel may run -----------------------------------------------------------------------
+def kernel_program(program: Program, cooked: bool = False) -> Program | None:
+    """The program to attach with SO_ATTACH_FILTER, or None when the kernel would compute differently.
+
+    The kernel gives loads at offsets >= 2^31 a meaning (ancillary data, negative offsets) and masks
+    shift counts by X, where bpfjit returns 0 (SEMANTICS.md): such programs are filtered in user
+    space. In cooked mode the kernel's packet starts after the 16-byte LINUX_SLL header, so loads
+    move back 16 bytes, the header's pkttype and protocol become ancillary loads, and `ret #k` keeps
+    k - 16 bytes (libpcap's fix_program, made exact: `len`, `ret a` and other header loads fall back).
+    What remains different: `[x + k]` where X + k wraps past 2^32 (the kernel wraps, bpfjit does not).
+    """
+    insns: list[Insn] = []
+    for insn in program:
+        kind = OPCODES[insn.code].kind if insn.code in OPCODES else ""
+        k = insn.k
+        if kind == "alu_x" and insn.code & 0xF0 in (0x60, 0x70):  # lsh x, rsh x
+            return None
+        if kind in ("ld_abs", "ld_ind", "ldx_msh"):
+            if k >= SKF_NEGATIVE:
+                return None
+            if cooked:
+                if k >= SLL_HDR_LEN:
+                    k -= SLL_HDR_LEN
+                elif kind == "ld_abs" and OPCODES[insn.code].width == 2 and k in (0, 14):
+                    k = SKF_AD_OFF + (SKF_AD_PKTTYPE if k == 0 else SKF_AD_PROTOCOL)
+                else:
+                    return None
+        elif cooked and kind in ("ld_len", "ldx_len", "ret_a"):
+            return None
+        elif cooked and kind == "ret_k" and k:
+            if k < SLL_HDR_LEN:
+                return None
+            k -= SLL_HDR_LEN
+            k = max(k, 1)  # never turn an accept into a drop
+        insns.append(insn._replace(k=k))
+    return Program(insns)
+
+
+def _resolve(
+    source: Filter | Program | Iterable[InsnLike] | str, linktype: str, snaplen: int
+) -> tuple[Program, Filter | None]:
+    """The program to run, and the Filter when one was given (an expression is compiled for `linktype`)."""
+    if isinstance(source, str):
+        return Program.from_expr(source, linktype, snaplen=snaplen), None
+    if isinstance(source, Program):
+        return validate(source), None
+    from .filter import Filter  # only now: a capture that the kernel filters never loads LLVM
+
+    if isinstance(source, Filter):
+        if source.expression is not None and source.linktype is not None:
+            from .libpcap import linktype_value
+
+            if linktype_value(source.linktype) != linktype_value(linktype):
+                raise ValueError(
+                    f"the filter {source.expression!r} was compiled for link type {source.linktype!r}, "
+                    f"but this interface captures {linktype}: pass the expression instead"
+                )
+        return source.program, source
+    return validate(Program(source)), None
+
+
+# -- the capture -----------------------------------------------------------------------------------
+class Capture:
+    """Packets from a network interface, filtered in the kernel or by the JIT (see the module doc).
+
+    `interface` is a name (`eth0`, `lo`) or `any`; `filter` a pcap-filter expression (compiled for
+    the interface's link type), a `Filter` or a `Program`. Iterating yields `PacketRecord`s,
+    `(timestamp, packet, wirelen)` with `packet` a `bytes` copy. Needs root or CAP_NET_RAW
+    (`PermissionError` otherwise). `block_timeout` (seconds) is how long the kernel waits before it
+    hands over a partly filled block; `buffer_size` the ring's size in bytes.
+    """
+
+    interface: str
+    linktype: str
+    dlt: int
+    cooked: bool
+    ifindex: int
+    snaplen: int
+    program: Program | None
+    in_kernel: bool
+
+    def __init__(
+        self,
+        interface: str,
+        filter: Filter | Program | Iterable[InsnLike] | str | None = None,
+        *,
+        snaplen: int = 262144,
+        promisc: bool = False,
+        in_kernel: bool = True,
+        block_timeout: float = BLOCK_TIMEOUT,
+        buffer_size: int = BUFFER_SIZE,
+    ):
+        self._closed = True  # until the ring exists: close() and __del__ may run on a half-built object
+        self._sock: socket.socket | None = None
+        self._filter: Filter | None = None
+        self._mmap: mmap.mmap | None = None
+        self._ring: npt.NDArray[np.uint8] | None = None
+        self.program = None
+        self.in_kernel = in_kernel
+        if not isinstance(snaplen, int) or isinstance(snaplen, bool) or not 0 < snaplen <= 0x7FFFFFFF:
+            raise ValueError(f"snaplen must be an int between 1 and 2^31-1, not {snaplen!r}")
+        self.interface = interface
+        self.ifindex = _interface_index(interface)
+        if promisc and interface == ANY:
+            raise ValueError("promiscuous mode is not supported on the 'any' device; name an interface")
+        self.linktype, self.dlt, self.cooked = interface_linktype(interface)
+        self.snaplen = snaplen
+        self._lo_index = _loopback_index()
+        # Where a VLAN tag goes back into the link header: after the MACs, or the SLL header's protocol.
+        self._tag_at = SLL_HDR_LEN - 2 if self.cooked else (12 if self.dlt == 1 else 0)
+        self._pending: deque[PacketRecord] = deque()
+        self._counts = [0, 0, 0]  # received, dropped, rejected
+        self._lock = threading.Lock()
+        self._block_size = _block_size(snaplen)
+        self._block_nr = max(2, buffer_size // self._block_size)
+        self._cursor = 0
+        self._sock = _packet_socket(interface, self.cooked)  # first: without privileges, fail before any work
+        try:
+            self.program, self._filter = (None, None) if filter is None else _resolve(filter, self.linktype, snaplen)
+            attach = kernel_program(self.program, self.cooked) if in_kernel and self.program is not None else None
+            # With a program, in_kernel says where it actually runs (see kernel_program).
+            self.in_kernel = in_kernel if self.program is None else attach is not None
+            self._open(attach, promisc, block_timeout)
+            if self.program is not None and not self.in_kernel:
+                self._filter = self.filter  # compile now, not on the first block
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _open(self, attach: Program | None, promisc: bool, block_timeout: float) -> None:
+        """Set the socket up in the order the kernel needs: version, reserve, filter, ring, mmap, bind."""
+        sock = self._sock
+        assert sock is not None
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        # Room in front of each packet for a VLAN tag (and the SLL header in cooked mode) we write back.
+        sock.setsockopt(SOL_PACKET, PACKET_RESERVE, VLAN_TAG_LEN + (SLL_HDR_LEN if self.cooked else 0))
+        if attach is not None:
+            self._attach(attach)
+        frame_size = TPACKET_ALIGNMENT << 7  # V3 packs packets freely; frames only satisfy the checks
+        request = TPACKET_REQ3.pack(
+            self._block_size, self._block_nr, frame_size, self._block_size // frame_size * self._block_nr,
+            max(1, round(block_timeout * 1000)), 0, 0,
+        )  # fmt: skip
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
+        # (Python's mmap keeps a dup of the fd: the ring lives until both are closed.)
+        self._mmap = mmap.mmap(
+            sock.fileno(), self._block_size * self._block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        self._closed = False
+        if promisc:
+            mreq = struct.pack("=iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b"")  # struct packet_mreq
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        _bind(sock, self.ifindex)
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
+
+    def _attach(self, program: Program) -> None:
+        """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter} (the kernel copies it)."""
+        assert self._sock is not None
+        code = ctypes.create_string_buffer(program.to_bytes(), len(program) * 8)
+        fprog = struct.pack("@HP", len(program), ctypes.addressof(code))
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            # bpfjit validated the program, so these are kernel limits, not errors: ENOMEM when it is
+            # bigger than net.core.optmem_max, EINVAL when its eBPF translation overflows a jump.
+            if exc.errno not in (errno.ENOMEM, errno.EINVAL):
+                raise
+            self.in_kernel = False
+            self._filter = self.filter
+        del code
+
+    @property
+    def filter(self) -> Filter | None:
+        """The compiled filter (compiled on first use; None without a program)."""
+        if self._filter is None and self.program is not None:
+            from .filter import compile as jit_compile
+
+            self._filter = jit_compile(self.program)
+        return self._filter
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (readable when a ring block is ready), for select loops."""
+        if self._sock is None or self._closed:
+            raise ValueError("the capture is closed")
+        return self._sock.fileno()
+
+    # -- reading -----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[PacketRecord]:
+        return self.packets()
+
+    def packets(self, count: int | None = None, timeout: float | None = None) -> Iterator[PacketRecord]:
+        """Yield accepted packets: at most `count`, for at most `timeout` seconds (None: no limit).
+
+        Stops early when the capture is closed (from another thread, say); a KeyboardInterrupt
+        closes the capture and propagates.
+        """
+        if self._closed:
+            raise ValueError("the capture is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = count
+        try:
+            while left is None or left > 0:
+                if not self._pending:
+                    if not self._fill(deadline):
+                        return
+                    continue
+                yield self._pending.popleft()
+                if left is not None:
+                    left -= 1
+        except KeyboardInterrupt:
+            self.close()
+            raise
+
+    def _fill(self, deadline: float | None) -> bool:
+        """Wait for the next ring block, take its packets and give it back; False at the deadline or on close."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return False
+                assert self._mmap is not None
+                base = self._cursor * self._block_size
+                status, count, first = BLOCK_DESC.unpack_from(self._mmap, base)
+                if status & TP_STATUS_USER:
+                    try:
+                        self._take(base, count, first)
+                    finally:
+                        BLOCK_STATUS.pack_into(self._mmap, base + BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+                        self._cursor = (self._cursor + 1) % self._block_nr
+                    return True
+            wait = POLL_SLICE_MS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = min(wait, max(1, int(left * 1000) + 1))
+            for _, events in self._poll.poll(wait):
+                if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    self._check_error()
+
+    def _check_error(self) -> None:
+        if self._closed or self._sock is None:
+            return
+        error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, f"capture on {self.interface!r}: {os.strerror(error)}")
+
+    def _take(self, base: int, count: int, first: int) -> None:
+        """Walk one block's packets (the tp_next_offset chain), filter them, copy the accepted ones out.
+
+        This loop is the per-packet cost of a capture (~1 µs a packet), so the common case is inline.
+        """
+        ring = self._mmap
+        assert ring is not None
+        unpack, lo_index, rebuild = PACKET_HEADER.unpack_from, self._lo_index, self.cooked
+        found: list[tuple[float, int, int, int]] = []  # (timestamp, start, caplen, wirelen)
+        position = base + first
+        for _ in range(count):
+            header = unpack(ring, position)
+            # lo shows every packet twice, outgoing and incoming: keep the incoming copy, as libpcap does.
+            if header[13] != PACKET_OUTGOING or header[11] != lo_index:
+                if rebuild or header[5] & TP_STATUS_VLAN_VALID or header[8]:
+                    start, added = self._link_header(ring, position, header)
+                    found.append((header[1] + header[2] * 1e-9, start, header[3] + added, header[4] + added))
+                else:
+                    found.append((header[1] + header[2] * 1e-9, position + header[6], header[3], header[4]))
+            position += header[0]
+        if not found:
+            return
+        if self.in_kernel or self.program is None:
+            snaplen = self.snaplen
+            self._pending.extend(
+                PacketRecord(when, ring[start : start + min(caplen, snaplen)], wirelen)
+                for when, start, caplen, wirelen in found
+            )
+            return
+        times, starts, caplens, wirelens = zip(*found, strict=True)
+        keep = self._run_filter(starts, caplens, wirelens)
+        self._pending.extend(
+            PacketRecord(when, ring[start : start + length], wirelen)
+            for when, start, wirelen, length in zip(times, starts, wirelens, keep, strict=True)
+            if length
+        )
+
+    def _link_header(self, ring: mmap.mmap, position: int, header: tuple[Any, ...]) -> tuple[int, int]:
+        """Rebuild what the kernel took out of the packet in front of it, in the reserved room.
+
+        Returns where the packet now starts and how many bytes were added: the LINUX_SLL header
+        in cooked mode, and an 802.1Q tag the kernel moved into tp_vlan_tci (as libpcap does).
+        """
+        status, mac, vlan_tci, vlan_tpid, protocol, _, hatype, pkttype, halen, address = header[5:7] + header[8:]
+        start = position + mac
+        added = 0
+        if self.cooked:
+            start -= SLL_HDR_LEN
+            ring[start : start + SLL_HDR_LEN] = struct.pack("!HHH8s", pkttype, hatype, halen, address) + protocol
+            added = SLL_HDR_LEN
+        if (status & TP_STATUS_VLAN_VALID or vlan_tci) and self._tag_at:
+            tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
+            ring.move(start - VLAN_TAG_LEN, start, self._tag_at)
+            start -= VLAN_TAG_LEN
+            tag = start + self._tag_at
+            ring[tag : tag + VLAN_TAG_LEN] = struct.pack("!HH", tpid, vlan_tci)
+            added += VLAN_TAG_LEN
+        return start, added
+
+    def _run_filter(self, starts: Sequence[int], caplens: Sequence[int], wirelens: Sequence[int]) -> list[int]:
+        """The JIT over the whole block in one call, reading the ring in place; bytes to keep per packet."""
+        import numpy as np
+
+        from .batch import Batch
+
+        if self._ring is None:
+            assert self._mmap is not None
+            self._ring = np.frombuffer(self._mmap, dtype=np.uint8)
+        filter = self.filter
+        assert filter is not None
+        verdicts = filter.run_batch(Batch(self._ring, starts, caplens, wirelens))
+        # The BPF result is the number of bytes to keep, as the kernel applies it.
+        keep = np.minimum(np.minimum(verdicts, np.asarray(caplens, dtype=np.uint32)), self.snaplen)
+        self._counts[2] += int(np.count_nonzero(verdicts == 0))
+        return keep.tolist()
+
+    # -- statistics and closing --------------------------------------------------------------------
+    def stats(self) -> CaptureStats:
+        """Received and dropped counts from the kernel (PACKET_STATISTICS), since the capture opened."""
+        if not self._closed and self._sock is not None:
+            # The kernel resets its counters on every read: keep the sums.
+            packets, drops, _ = TPACKET_STATS_V3.unpack(
+                self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS_V3.size)
+            )
+            self._counts[0] += packets
+            self._counts[1] += drops
+        return CaptureStats(*self._counts)
+
+    def close(self) -> None:
+        """Unmap the ring and close the socket (idempotent)."""
+        if self._closed and self._sock is None:
+            return
+        if not self._closed:
+            self.stats()  # the last counts, while the socket can still be asked
+        with self._lock:
+            self._teardown()
+
+    def _teardown(self) -> None:
+        self._closed = True
+        self._pending.clear()
+        self._ring = None  # the numpy view exports the mmap; drop it before closing the mmap
+        if self._mmap is not None:
+            # BufferError: someone still holds a view of the ring; it is unmapped when freed.
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_sock", None) is not None:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("kernel filter" if self.in_kernel else "JIT filter")
+        source = "" if self.program is None else f", {len(self.program)} insns"
+        return f"<bpfjit.Capture {self.interface!r} {self.linktype}{source}, {state}>"
+
+
+def _packet_socket(interface: str, cooked: bool) -> socket.socket:
+    try:
+        # Protocol 0: the socket receives nothing until bind(), so the filter and the ring are in
+        # place before the first packet (libpcap swaps a drop-all filter in for the same reason).
+        return socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW, 0)
+    except PermissionError as exc:
+        raise PermissionError(exc.errno, _permission_message(interface)) from None
+
+
+def _block_size(snaplen: int) -> int:
+    """A power-of-two multiple of the page size that holds a packet of max(snaplen, 64 KiB) and its headers.
+
+    TPACKET_V3 cuts packets at the block size, so blocks are big enough that the user-space filter
+    sees as much of a packet as the kernel's filter would (lo's MTU is 64 KiB).
+    """
+    need = max(snaplen, 65536) + TPACKET3_HDRLEN + 2 * TPACKET_ALIGNMENT + SLL_HDR_LEN + VLAN_TAG_LEN
+    size = mmap.PAGESIZE
+    while size < need:
+        size <<= 1
+    return size
+
+
+def _loopback_index() -> int:
+    try:
+        return socket.if_nametoindex("lo")
+    except OSError:
+        return -1
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _bind(sock: socket.socket, ifindex: int) -> None:
+    """bind() to an ifindex (0 for `any`), which Python's AF_PACKET address tuple cannot express."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    # struct sockaddr_ll: family, protocol (network order), ifindex, hatype, pkttype, halen, addr[8]
+    address = struct.pack("=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL), ifindex, 0, 0, 0, b"")
+    if _libc.bind(sock.fileno(), address, len(address)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"bind to interface index {ifindex}: {os.strerror(code)}")
