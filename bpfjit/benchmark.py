@@ -12,11 +12,13 @@ worst cases) over one generated packet mix (`packetmix`), it measures:
                      `lower.lower_batch` too, so both loops have the same shape
     compile          cold (a program never compiled before) and cached (a live filter's program)
 
-Rounds interleave the methods (their order rotates each round) and repeat them; each method's
-samples give median, min and max. Speedups are paired: each round's libpcap-loop sample divided by
-that round's sample of the other method, then the median of those ratios, so slow phases of a
-noisy machine hit both sides. Every method's verdicts are checked against the others first.
-Outputs: a terminal table, `results.json` (every sample), `table.md` and `bench.png` in --out.
+Rounds interleave the methods (in a fresh seeded order per filter and round) and repeat them;
+each method's samples give median, min and max. Times are this thread's CPU time (wall-clock times
+are kept too), so other processes' time slices on a shared machine do not count. Speedups are
+paired: each round's libpcap-loop sample divided by that round's sample of the other method, then
+the median of those ratios, so slow phases of a noisy machine hit both sides. Every method's
+verdicts are checked against the others before anything is timed. Outputs, in --out (bench/out/):
+the terminal table (`table.txt`), `results.json` (every sample), `table.md` and `bench.png`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -256,6 +259,10 @@ class Inputs:
     packets: list[bytes]  # the first `per_packet` packets of the mix, for the per-packet methods
     wirelens: list[int]
     interpreted: list[bytes]  # the first `interpreted` of them, for the interpreter
+    out: npt.NDArray[np.uint32] = field(init=False)  # where both batch loops write their verdicts
+
+    def __post_init__(self) -> None:
+        self.out = np.empty(len(self.batch), dtype=np.uint32)
 
 
 def _timed(run: Callable[[], object], repeat: int) -> tuple[int, int]:
@@ -277,6 +284,62 @@ def _timed(run: Callable[[], object], repeat: int) -> tuple[int, int]:
             gc.enable()
 
 
+Work = tuple[Callable[[], object], int]  # a no-argument callable doing one unit of work, and its item count
+_sink = collections.deque[object](maxlen=0).extend  # consumes a map without keeping anything
+
+
+def _interpreter(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    from .interpret import interpret
+
+    reference = functools.partial(interpret, s.case.program)
+    return lambda: _sink(map(reference, inputs.interpreted)), len(inputs.interpreted)
+
+
+def _jit_call(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    f = s.filter
+    return lambda: _sink(map(f, inputs.packets)), len(inputs.packets)
+
+
+def _jit_ctypes(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    call = s.filter.call
+    return lambda: _sink(map(call, inputs.packets)), len(inputs.packets)
+
+
+def _libpcap_ctypes(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    pcap = s.libpcap
+    return lambda: _sink(map(pcap, inputs.packets)), len(inputs.packets)
+
+
+def _jit_batch(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    return lambda: s.filter.run_batch(inputs.batch, inputs.out), len(inputs.batch)
+
+
+def _libpcap_batch(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    return lambda: s.loop.run_batch(inputs.batch, inputs.out), len(inputs.batch)
+
+
+def _compile_cold(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    from .filter import compile as jit_compile
+
+    fresh = _fresh_variant(s.case.program)  # made before the clock starts
+    return lambda: jit_compile(fresh, opt_level=settings.opt_level), 1
+
+
+def _compile_cached(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    from .filter import compile as jit_compile
+
+    program, level = s.case.program, settings.opt_level
+    return lambda: jit_compile(program, opt_level=level), 1
+
+
+WORK: dict[str, Callable[[Subject, Inputs, Settings], Work]] = {
+    "interpreter": _interpreter, "jit_call": _jit_call, "jit_ctypes": _jit_ctypes, "libpcap_ctypes": _libpcap_ctypes,
+    "jit_batch": _jit_batch, "libpcap_batch": _libpcap_batch, "compile_cold": _compile_cold,
+    "compile_cached": _compile_cached,
+}  # fmt: skip
+BATCH_METHODS = ("jit_batch", "libpcap_batch")
+
+
 @dataclass
 class Subject:
     """A suite case ready to measure: its compiled filter, its libpcap program and loop, samples."""
@@ -290,54 +353,28 @@ class Subject:
     repeats: dict[str, int] = field(default_factory=dict)
     accepted: float = 0.0
 
-    def runner(self, key: str, inputs: Inputs, settings: Settings) -> tuple[Callable[[], object], int]:
-        """A no-argument callable doing one unit of `key`'s work, and how many items it processes."""
-        f, pcap, batch = self.filter, self.libpcap, inputs.batch
-        sink = collections.deque[object](maxlen=0).extend  # consumes a map without keeping anything
-        if key == "interpreter":
-            from .interpret import interpret
-
-            reference = functools.partial(interpret, self.case.program)
-            return lambda: sink(map(reference, inputs.interpreted)), len(inputs.interpreted)
-        if key == "jit_call":
-            return lambda: sink(map(f, inputs.packets)), len(inputs.packets)
-        if key == "jit_ctypes":
-            return lambda: sink(map(f.call, inputs.packets)), len(inputs.packets)
-        if key == "libpcap_ctypes":
-            return lambda: sink(map(pcap, inputs.packets)), len(inputs.packets)
-        if key == "jit_batch":
-            out = np.empty(len(batch), dtype=np.uint32)
-            return lambda: f.run_batch(batch, out), len(batch)
-        if key == "libpcap_batch":
-            out = np.empty(len(batch), dtype=np.uint32)
-            return lambda: self.loop.run_batch(batch, out), len(batch)
-        if key == "compile_cached":
-            from .filter import compile as jit_compile
-
-            program, level = self.case.program, settings.opt_level
-            return lambda: jit_compile(program, opt_level=level), 1
-        raise KeyError(key)
-
     def sample(self, key: str, inputs: Inputs, settings: Settings) -> None:
         """Take one sample of method `key`: nanoseconds per packet (per compile for compiles)."""
-        if key == "compile_cold":
-            from .filter import compile as jit_compile
+        run, items = WORK[key](self, inputs, settings)
+        repeat = self._repeat(key, run, settings)
+        if key in BATCH_METHODS:
+            # One untimed pass first, so both loops start from the same cache state (as warm as one
+            # pass over the mix leaves it), whichever method ran before them.
+            run()
+        cpu, wall = _timed(run, repeat)
+        self.samples.setdefault(key, []).append(cpu / (repeat * items))
+        self.wall.setdefault(key, []).append(wall / (repeat * items))
 
-            fresh = _fresh_variant(self.case.program)
-            self._record(key, _timed(lambda: jit_compile(fresh, opt_level=settings.opt_level), 1), 1)
-            return
-        run, items = self.runner(key, inputs, settings)
-        repeat = self.repeats.get(key)
-        if repeat is None:  # first sample: warm up, and size the repeat count to the minimum sample time
+    def _repeat(self, key: str, run: Callable[[], object], settings: Settings) -> int:
+        """Calls per sample: batch loops repeat until a sample lasts `min_sample_ms` (sized once)."""
+        if key == "compile_cached":
+            return settings.cached_compiles
+        if key not in BATCH_METHODS:
+            return 1
+        if key not in self.repeats:
             warm = max(_timed(run, 1)[0], 1)
-            base = settings.cached_compiles if key == "compile_cached" else 1
-            repeat = max(base, int(settings.min_sample_ms * 1e6 / warm) + 1) if key.endswith("batch") else base
-            self.repeats[key] = repeat
-        self._record(key, _timed(run, repeat), repeat * items)
-
-    def _record(self, key: str, times: tuple[int, int], items: int) -> None:
-        self.samples.setdefault(key, []).append(times[0] / items)
-        self.wall.setdefault(key, []).append(times[1] / items)
+            self.repeats[key] = int(settings.min_sample_ms * 1e6 / warm) + 1
+        return self.repeats[key]
 
 
 _variants = iter(range(1, 1 << 31))
@@ -368,7 +405,7 @@ def _check(subject: Subject, inputs: Inputs) -> None:
 
     batch = inputs.batch
     jit = subject.filter.run_batch(batch)
-    pcap = subject.loop.run_batch(batch, np.empty(len(batch), dtype=np.uint32))
+    pcap = subject.loop.run_batch(batch, inputs.out).copy()
     name = subject.case.name
     if not np.array_equal(jit, pcap):
         bad = int(np.flatnonzero(jit != pcap)[0])
@@ -406,12 +443,14 @@ def measure(cases: Sequence[Case], settings: Settings, progress: Callable[[str],
     jit_compile(Program([Insn(BPF_RET | BPF_K, 0, 0, 1)]))  # LLVM's one-time set-up is not a cold compile
     subjects = _prepare(cases, settings, inputs)
     keys = [m.key for m in METHODS]
+    shuffle = random.Random(settings.seed)
     for round_index in range(settings.rounds):
         if progress:
             progress(f"round {round_index + 1}/{settings.rounds}")
-        for position, subject in enumerate(subjects):
-            shift = (round_index + position) % len(keys)
-            for key in keys[shift:] + keys[:shift]:  # rotate, so no method always goes first
+        for subject in subjects:
+            # A fresh order per filter and round: a fixed or rotated one would always run the same
+            # method after the same neighbour (libpcap's loop right after the JIT's, on data it warmed).
+            for key in shuffle.sample(keys, len(keys)):
                 subject.sample(key, inputs, settings)
     return Report(settings, subjects, batch, mix_seconds, started, time.time() - started)
 
@@ -633,7 +672,7 @@ HEADLINE = ("interpreter", "jit_call", "libpcap_ctypes", "jit_batch", "libpcap_b
 
 def markdown(report: Report) -> str:
     """The README's headline table: real filters, ns per packet, batch speedup, cold compile."""
-    header = ["filter", "insns", *(METHOD[k].label for k in HEADLINE), "JIT batch vs libpcap loop", "compile"]
+    header = ["filter", "insns", *(METHOD[k].label for k in HEADLINE), "JIT batch vs libpcap loop", "cold compile"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
     for sub in report.subjects:
         cells = [
@@ -648,7 +687,9 @@ def markdown(report: Report) -> str:
         "",
         f"ns per packet, median of {s.rounds} interleaved rounds over {s.count:,} generated packets (per-packet "
         f"calls from Python on {s.per_packet:,}, the interpreter on {s.interpreted:,}); {env['cpu']}, "
-        f"Python {env['python']}, LLVM {env['llvm']}, {env['libpcap']}.",
+        f"Python {env['python']}, LLVM {env['llvm']}, {env['libpcap']}. Targets in this run:",
+        "",
+        *(f"- {'met' if t.met else '**missed**'}: {t.name}: {t.value} (goal {t.goal})" for t in report.targets()),
     ]
     return "\n".join(lines) + "\n"
 
@@ -667,7 +708,7 @@ def chart(report: Report, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     subjects = report.subjects
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.42 * len(subjects)), dpi=90)
+    fig, ax = plt.subplots(figsize=(10.5, 1.2 + 0.42 * len(subjects)), dpi=90)
     height = 0.8 / len(CHART_METHODS)
     colors = ("#9e9e9e", "#ef9a9a", "#90caf9", "#1e88e5", "#c62828", "#0d47a1")
     positions = np.arange(len(subjects))
@@ -683,7 +724,7 @@ def chart(report: Report, path: Path) -> Path | None:
     ax.grid(axis="x", which="major", alpha=0.3)
     ax.set_title(f"bpfjit {__version__}: ns per packet, median of {report.settings.rounds} rounds (* synthetic)",
                  fontsize=10)  # fmt: skip
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside, covering nothing
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

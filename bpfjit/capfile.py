@@ -8,17 +8,18 @@ Formats: classic pcap in either byte order with microsecond or nanosecond timest
 "modified" pcap with 24-byte record headers); pcapng with SHB, IDB, EPB, SPB and the obsolete PB,
 any number of sections (each with its own byte order) and interfaces, of any link types.
 
-How a file is filtered. The file is mmap'd (no copy into Python). Native kernels (`walkers`) walk the
-records a chunk at a time, tens of thousands per call, into offset/caplen/wirelen arrays; the filter's
-batch entry runs on the chunk in one call; a planning kernel turns the verdicts into iovecs over the
-mapping and one writev call per ~1000 runs of accepted records writes them. Python runs per chunk, never
-per record: a Python loop costs about a microsecond a record, the whole native pipeline a few
-nanoseconds. Accepted records are written byte for byte, as are the pcap file header and every
-pcapng block that is not a packet (SHB, IDB, NRB, ISB, custom blocks), in their order.
+How a file is filtered. The file is mmap'd read-only (no copy into Python). A native walker
+(`walkers`) walks the records a chunk at a time, thousands per call, into offset/caplen/wirelen
+arrays, running the filter on each record as it goes; a planning kernel turns the verdicts into
+iovecs over the mapping, merging adjacent records, and a writing kernel hands them to writev, ~1000
+runs a call. Python runs per chunk, never per record: a Python loop costs about a microsecond a
+record, the whole native pipeline tens of nanoseconds. Accepted records are written byte for byte,
+as are the pcap file header and every pcapng block that is not a packet (SHB, IDB, NRB, ISB, custom
+blocks), in their order.
 
 An expression is compiled for each link type the file holds (libpcap's `pcap_compile`, with the file's
-snaplen, as `tcpdump -r` does); a `Program` applies to every packet; a `Filter` compiled from an
-expression is recompiled for link types other than its own.
+snaplen, as `tcpdump -r` does); a `Program` applies to every packet; a `Filter` contributes its program,
+and its expression is recompiled for link types other than its own.
 
 A truncated last record or a corrupt header raises `CaptureFileError` naming the byte offset, after
 every complete record before it has been written (or yielded).
@@ -30,6 +31,7 @@ pcapng file may mix link types (libpcap refuses); SPB timestamps are 0 (libpcap'
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -38,7 +40,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, Union
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import walkers
 from .errors import CaptureFileError
@@ -52,12 +54,12 @@ if TYPE_CHECKING:
     from .filter import Filter
     from .program import InsnLike, Program
 
-    FilterSpec = Union[str, Program, Iterable[InsnLike], Filter, None]
-    Source = Union[str, os.PathLike[str], IO[bytes]]
+    FilterSpec = str | Program | Iterable[InsnLike] | Filter | None
+    Source = str | os.PathLike[str] | IO[bytes]
 
 __all__ = ["CaptureFileError", "FileStats", "PacketBatch", "filter_file", "read_batches", "read_file"]
 
-DEFAULT_CHUNK = 1 << 15  # records per native call: the chunk's arrays (~1.5 MB) stay in L2/L3
+DEFAULT_CHUNK = 1 << 12  # records per walker call: the chunk (~1.5 MB of file) is still in cache when written
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 U64_MAX = (1 << 64) - 1
 
@@ -154,9 +156,10 @@ class _Arrays:
         self.caplens = (ctypes.c_uint32 * capacity)()
         self.wirelens = (ctypes.c_uint32 * capacity)()
         self.ifaces = (ctypes.c_uint32 * capacity)()
-        self.state = (ctypes.c_uint64 * 4)()
+        self.verdicts = (ctypes.c_uint32 * capacity)()
+        self.state = (ctypes.c_uint64 * 2)()
         self.at = {name: ctypes.addressof(getattr(self, name)) for name in
-                   ("starts", "offsets", "caplens", "wirelens", "ifaces", "state")}  # fmt: skip
+                   ("starts", "offsets", "caplens", "wirelens", "ifaces", "verdicts", "state")}  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -184,12 +187,12 @@ class _Section:
 
 
 class _Records(NamedTuple):
-    """Event: `n` packet records in `arrays` (valid until the next event), of the classes in `mask`."""
+    """Event: `n` packet records in `arrays` (valid until the next event); `filtered`: verdicts set."""
 
     arrays: _Arrays
     n: int
-    mask: int
     section: _Section | None
+    filtered: bool
 
 
 class _Block(NamedTuple):
@@ -212,7 +215,7 @@ class Capture:
         if hasattr(source, "fileno") and not isinstance(source, (str, bytes, os.PathLike)):
             fd, own = source.fileno(), False
         else:
-            fd, own = os.open(os.fspath(source), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), True  # type: ignore[arg-type]
+            fd, own = os.open(os.fspath(source), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), True
         try:
             self.size = os.fstat(fd).st_size
             if self.size == 0:
@@ -248,13 +251,14 @@ class Capture:
             self.order = HOST_ORDER  # each section sets its own
             self.first_linktypes = self._scan_linktypes()
             return
-        for magic, order in ((magic_le, "<"), (magic_be, ">")):
-            if magic in PCAP_MAGICS:
-                break
+        if magic_le in PCAP_MAGICS:
+            magic, self.order = magic_le, "<"
+        elif magic_be in PCAP_MAGICS:
+            magic, self.order = magic_be, ">"
         else:
             raise self._error(0, f"not a pcap or pcapng file (magic 0x{magic_le:08x})")
         self.format = "pcap"
-        self.order = order
+        order = self.order
         self.digits, self.record_header = PCAP_MAGICS[magic]
         if self.size < PCAP_HEADER_LEN:
             raise self._error(0, f"truncated pcap file header: {self.size} of {PCAP_HEADER_LEN} bytes")
@@ -279,8 +283,6 @@ class Capture:
 
     def class_of(self, linktype: int) -> int:
         if linktype not in self.linktypes:
-            if len(self.linktypes) >= walkers.MAX_CLASSES:
-                raise ValueError(f"more than {walkers.MAX_CLASSES} link types in one file")
             self.linktypes.append(linktype)
         return self.linktypes.index(linktype)
 
@@ -292,7 +294,7 @@ class Capture:
             if self.size - pos < 12:
                 break
             btype = struct.unpack_from(order + "I", self.map, pos)[0]
-            if btype == BT_SHB or struct.unpack_from(">I", self.map, pos)[0] == BT_SHB:
+            if btype == BT_SHB:  # a palindrome: the same in either byte order
                 magic = struct.unpack_from("<I", self.map, pos + 8)[0]
                 order = "<" if magic == BYTE_ORDER_MAGIC else ">"
             elif btype in PACKET_BLOCKS:
@@ -309,18 +311,18 @@ class Capture:
         return list(dict.fromkeys(found))
 
     # -- walking -----------------------------------------------------------------------------------
-    def events(self, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
+    def events(self, filters: _Filters, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
         """The file as events in file order: packet records a chunk at a time, and bytes to copy.
 
         Raises `CaptureFileError` at a truncated or corrupt spot, after yielding everything before it.
         `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones).
         """
         if self.format == "pcap":
-            return self._pcap_events(arrays)
-        return self._pcapng_events(arrays)
+            return self._pcap_events(filters, arrays)
+        return self._pcapng_events(filters, arrays)
 
-    def _pcap_events(self, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
-        walk = walkers.kernel("walk_pcap")
+    def _pcap_events(self, filters: _Filters, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
+        walk, filtered = filters.walker()
         swapped = int(self.order != HOST_ORDER)
         yield _Block(0, PCAP_HEADER_LEN)
         pos = PCAP_HEADER_LEN
@@ -328,10 +330,11 @@ class Capture:
             arr = arrays()
             at = arr.at
             n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen, arr.capacity,
-                     at["starts"], at["offsets"], at["caplens"], at["wirelens"], at["state"])  # fmt: skip
+                     at["starts"], at["offsets"], at["caplens"], at["wirelens"], at["verdicts"],
+                     at["state"])  # fmt: skip
             pos, status = arr.state[0], arr.state[1]
             if n:
-                yield _Records(arr, n, 1, None)
+                yield _Records(arr, n, None, filtered)
             if status == Status.FULL:
                 continue
             if status == Status.END:
@@ -342,14 +345,14 @@ class Capture:
         left = self.size - pos
         if left < self.record_header:
             return self._error(pos, f"truncated record header: {left} of {self.record_header} bytes")
-        caplen, wirelen = struct.unpack_from(self.order + "II", self.map, pos + 8)
+        (caplen,) = struct.unpack_from(self.order + "I", self.map, pos + 8)
         if status == Status.BAD_CAPLEN:
             return self._error(pos, f"corrupt record header: caplen {caplen} is larger than the limit "
                                     f"{self.max_caplen} (snaplen {self.snaplen})")  # fmt: skip
         return self._error(pos, f"truncated record: {caplen} captured bytes, only {left - self.record_header} left")
 
-    def _pcapng_events(self, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
-        walk = None
+    def _pcapng_events(self, filters: _Filters, arrays: Callable[[], _Arrays]) -> Iterator[_Records | _Block]:
+        walk, filtered = filters.walker()
         pos = 0
         section: _Section | None = None
         while True:
@@ -365,16 +368,18 @@ class Capture:
                 yield block
                 pos = block.end
                 continue
-            if walk is None:
-                walk = walkers.kernel("walk_pcapng")
             arr = arrays()
             at = arr.at
             n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), arr.capacity, at["starts"],
-                     at["offsets"], at["caplens"], at["wirelens"], at["ifaces"], ctypes.addressof(section.snaplens),
-                     ctypes.addressof(section.classes), len(section.interfaces), at["state"])  # fmt: skip
-            pos, status, mask = arr.state[0], arr.state[1], arr.state[2]
+                     at["offsets"], at["caplens"], at["wirelens"], at["ifaces"], at["verdicts"],
+                     ctypes.addressof(section.snaplens), ctypes.addressof(section.classes), len(section.interfaces),
+                     at["state"])  # fmt: skip
+            pos, status = arr.state[0], arr.state[1]
             if n:
-                yield _Records(arr, n, mask, section)
+                yield _Records(arr, n, section, filtered)
+            if status == Status.NEW_CLASS:  # an IDB brought a link type: a walker with its filter too
+                walk, filtered = filters.walker()
+                continue
             if status in (Status.FULL, Status.OTHER_BLOCK):
                 continue
             if status == Status.END:
@@ -393,7 +398,9 @@ class Capture:
             iface_format = {walkers.BT_EPB: "I", walkers.BT_PB: "H"}.get(btype)
             iface = struct.unpack_from(section.order + iface_format, self.map, pos + 8)[0] if iface_format else 0
             return self._error(pos, f"{name} names interface {iface}, but the section has {ifaces}")
-        trailer = struct.unpack_from(section.order + "I", self.map, pos + length - 4)[0] if 12 <= length <= left else None
+        trailer = None
+        if 12 <= length <= left:
+            trailer = struct.unpack_from(section.order + "I", self.map, pos + length - 4)[0]
         if length < 16 or length % 4:
             return self._error(pos, f"corrupt {name}: block length {length}")
         if trailer is not None and trailer != length:
@@ -482,10 +489,8 @@ class Capture:
         if self._buffer is not None:
             _release_buffer(self._buffer)
             self._buffer = None
-        try:
-            self.map.close()
-        except BufferError:
-            pass  # Batches from read_batches still use the mapping; it goes when they do
+        with contextlib.suppress(BufferError):  # Batches from read_batches still use the mapping:
+            self.map.close()  # it goes when they do
 
     def __enter__(self) -> Capture:
         return self
@@ -502,7 +507,7 @@ def _describe(source: object) -> str:
 
 # -- filters per link type --------------------------------------------------------------------------
 class _Filters:
-    """Which batch entry filters each class (link type) of a capture: None keeps every packet."""
+    """The program each class (link type) of a capture runs through: None keeps every packet."""
 
     def __init__(self, spec: FilterSpec, capture: Capture, linktype: int | str | None = None, opt_level: int = 2):
         self.capture = capture
@@ -511,7 +516,8 @@ class _Filters:
         self.expression: str | None = None
         self.program: Program | None = None
         self.filter: Filter | None = None
-        self.entries: list[Any] = []
+        self.programs: list[Program | None] = []  # by class
+        self.kernels: tuple[str, ...] = ()  # compiled with the first walker
         if spec is None:
             return
         if isinstance(spec, str):
@@ -523,7 +529,7 @@ class _Filters:
             from .program import Program
             from .validate import validate
 
-            self.program = validate(spec if isinstance(spec, Program) else Program(spec))  # type: ignore[arg-type]
+            self.program = validate(spec if isinstance(spec, Program) else Program(spec))
 
     @property
     def keeps_all(self) -> bool:
@@ -552,31 +558,16 @@ class _Filters:
             return _dlt_of(self.override)
         return _dlt_from_linktype(linktype)
 
-    def prepare(self, kernels: Iterable[str]) -> None:
-        """Compile the kernels and the filters of the link types known so far, in one module."""
-        linktypes = self.capture.linktypes or self.capture.first_linktypes
-        for linktype in linktypes:
-            self.capture.class_of(linktype)
-        self._extend(tuple(kernels))
-
-    def _extend(self, kernels: tuple[str, ...] = ()) -> None:
-        programs = [self.program_for(linktype) for linktype in self.capture.linktypes[len(self.entries) :]]
-        own = self.filter.program if self.filter is not None else None
-        compiled = iter(walkers.prepare(kernels, [p for p in programs if p is not None and p is not own],
-                                        self.opt_level))  # fmt: skip
-        for program in programs:
-            if program is None:
-                self.entries.append(None)
-            elif program is own:
-                assert self.filter is not None
-                self.entries.append(self.filter._batch)  # the Filter's own batch entry
-            else:
-                self.entries.append(next(compiled))
-
-    def entry(self, cls: int) -> Any:
-        if cls >= len(self.entries):
-            self._extend()
-        return self.entries[cls]
+    def walker(self) -> tuple[Any, bool]:
+        """The walker running each class's program (compiled with `kernels` the first time), and
+        whether it sets verdicts."""
+        capture = self.capture
+        for linktype in capture.linktypes or capture.first_linktypes:
+            capture.class_of(linktype)
+        for linktype in capture.linktypes[len(self.programs) :]:
+            self.programs.append(self.program_for(linktype))
+        walk = walkers.walker(capture.format, self.programs, self.kernels, self.opt_level)
+        return walk, any(program is not None for program in self.programs)
 
 
 def _is_filter(spec: object) -> bool:
@@ -600,45 +591,11 @@ def _dlt_from_linktype(linktype: int) -> int:
     return dlt_from_linktype(linktype)
 
 
-class _Verdicts:
-    """Runs each chunk through the filters: one batch call, or one per link type when a chunk mixes them."""
-
-    def __init__(self, filters: _Filters, capacity: int):
-        self.filters = filters
-        self.out = (ctypes.c_uint32 * capacity)()
-        self.out_at = ctypes.addressof(self.out)
-        self._tmp: Any = None
-        self._ones: Any = None
-
-    def ones(self, capacity: int) -> Any:
-        if self._ones is None:
-            self._ones = (ctypes.c_uint32 * capacity)()
-            ctypes.memset(self._ones, 1, ctypes.sizeof(self._ones))  # 0x01010101: non-zero, accepted
-        return self._ones
-
-    def __call__(self, capture: Capture, records: _Records) -> Any:
-        """The chunk's verdicts, a ctypes u32 array (non-zero = accepted)."""
-        arr, n = records.arrays, records.n
-        classes = [c for c in range(walkers.MAX_CLASSES) if records.mask >> c & 1]
-        at = arr.at
-        if len(classes) == 1:
-            entry = self.filters.entry(classes[0])
-            if entry is None:
-                return self.ones(arr.capacity)
-            entry(capture.address, at["offsets"], at["caplens"], at["wirelens"], n, self.out_at)
-            return self.out
-        if self._tmp is None:
-            self._tmp = (ctypes.c_uint32 * arr.capacity)()
-        tmp = ctypes.addressof(self._tmp)
-        merge = walkers.kernel("merge")
-        assert records.section is not None
-        for cls in classes:
-            entry = self.filters.entry(cls)
-            results = ctypes.addressof(self.ones(arr.capacity)) if entry is None else tmp
-            if entry is not None:
-                entry(capture.address, at["offsets"], at["caplens"], at["wirelens"], n, tmp)
-            merge(self.out_at, results, at["ifaces"], ctypes.addressof(records.section.classes), cls, n)
-        return self.out
+def _ones(capacity: int) -> Any:
+    """Verdicts that keep every packet (0x01010101 each)."""
+    ones = (ctypes.c_uint32 * capacity)()
+    ctypes.memset(ones, 1, ctypes.sizeof(ones))
+    return ones
 
 
 # -- writing --------------------------------------------------------------------------------------------
@@ -701,10 +658,6 @@ class _Writer:
             self.file.flush()
 
 
-def _walker_kernel(capture: Capture) -> str:
-    return "walk_pcap" if capture.format == "pcap" else "walk_pcapng"
-
-
 # -- public API ------------------------------------------------------------------------------------------
 def filter_file(
     src: Source,
@@ -734,7 +687,7 @@ def filter_file(
         filters = _Filters(filter, capture, linktype)
         writer = _Writer(dst) if dst is not None else None
         try:
-            filters.prepare((_walker_kernel(capture), "plan", *(writer.kernels if writer else ())))
+            filters.kernels = ("plan", *(writer.kernels if writer else ()))
             return _filter_into(capture, filters, writer, count, chunk, progress)
         finally:
             if writer is not None:
@@ -744,21 +697,25 @@ def filter_file(
 def _filter_into(capture: Capture, filters: _Filters, writer: _Writer | None, count: int | None, chunk: int,
                  progress: Callable[[int, int, int], None] | None) -> FileStats:  # fmt: skip
     arrays = _Arrays(chunk)
-    verdicts = _Verdicts(filters, chunk)
+    ones = None
     iov = (ctypes.c_uint64 * (2 * chunk))()
     state = (ctypes.c_uint64 * 4)()
     plan = walkers.kernel("plan")
     read = accepted = 0
     limit = U64_MAX if count is None else count
     with memoryview(capture.map) as view:
-        for event in capture.events(lambda: arrays):
+        for event in capture.events(filters, lambda: arrays):
             if isinstance(event, _Block):
                 if writer is not None:
                     writer.block(event.replacement or view[event.start : event.end])
                 continue
             if accepted >= limit:
                 break
-            keep = ctypes.addressof(verdicts(capture, event))
+            if event.filtered:
+                keep = arrays.at["verdicts"]
+            else:
+                ones = ones or _ones(chunk)
+                keep = ctypes.addressof(ones)
             runs = plan(capture.address, arrays.at["starts"], keep, event.n, limit - accepted,
                         ctypes.addressof(iov), ctypes.addressof(state))  # fmt: skip
             got, consumed, nbytes = state[0], state[1], state[2]
@@ -836,20 +793,19 @@ def _accepted(
 ) -> Iterator[tuple[int, int, _Section | None, int, int, int]]:
     """(record start, interface, section, data offset, caplen, wirelen) of each accepted packet."""
     filters = _Filters(filter, capture, linktype)
-    filters.prepare((_walker_kernel(capture), "accepted_indices"))
+    filters.kernels = ("accepted_indices",)
     arrays = _Arrays(chunk)
-    verdicts = _Verdicts(filters, chunk)
     indices = (ctypes.c_uint32 * chunk)()
-    select = walkers.kernel("accepted_indices")
-    for event in capture.events(lambda: arrays):
+    select = None
+    for event in capture.events(filters, lambda: arrays):
         if isinstance(event, _Block):
             continue
         n, read = event.n, counts.read
-        if filters.keeps_all:
+        if not event.filtered:
             chosen: Iterable[int] = range(n)
         else:
-            keep = ctypes.addressof(verdicts(capture, event))
-            chosen = indices[: select(keep, n, ctypes.addressof(indices))]
+            select = select or walkers.kernel("accepted_indices")
+            chosen = indices[: select(arrays.at["verdicts"], n, ctypes.addressof(indices))]
         starts, offsets = arrays.starts[: n + 1], arrays.offsets[:n]
         caplens, wirelens, ifaces = arrays.caplens[:n], arrays.wirelens[:n], arrays.ifaces[:n]
         pcap = event.section is None
@@ -875,31 +831,29 @@ def read_batches(
 
     with Capture(path) as capture:
         filters = _Filters(filter, capture, linktype)
-        filters.prepare((_walker_kernel(capture),))
         data = np.frombuffer(capture.map, dtype=np.uint8)
-        verdicts = _Verdicts(filters, chunk)
-        for event in capture.events(lambda: _Arrays(chunk)):  # fresh arrays: the batches keep them
+        for event in capture.events(filters, lambda: _Arrays(chunk)):  # fresh arrays: the batches keep them
             if isinstance(event, _Block):
                 continue
             arr, n = event.arrays, event.n
-            starts = np.frombuffer(arr.starts, dtype=np.uint64, count=n)
-            offsets = np.frombuffer(arr.offsets, dtype=np.uint64, count=n)
-            caplens = np.frombuffer(arr.caplens, dtype=np.uint32, count=n)
-            wirelens = np.maximum(np.frombuffer(arr.wirelens, dtype=np.uint32, count=n), caplens)
+            starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n)
+            offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
+            caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
+            wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
             if event.section is None:
                 classes = np.zeros(n, dtype=np.uint32)
                 units = np.full(n, capture.interfaces[0].ts_units, dtype=np.float64)
                 shift = np.zeros(n, dtype=np.float64)
             else:
-                ifaces = np.frombuffer(arr.ifaces, dtype=np.uint32, count=n)
+                ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
                 section = event.section
-                classes = np.frombuffer(section.classes, dtype=np.uint32)[ifaces]
+                classes = np.frombuffer(memoryview(section.classes), dtype=np.uint32)[ifaces]
                 units = np.array([i.ts_units for i in section.interfaces], dtype=np.float64)[ifaces]
                 shift = np.array([i.ts_offset for i in section.interfaces], dtype=np.float64)[ifaces]
             timestamps = _timestamps(data, starts, event.section, capture) / units + shift
             keep = np.ones(n, dtype=bool)
-            if not filters.keeps_all:
-                keep = np.frombuffer(verdicts(capture, event), dtype=np.uint32, count=n) != 0
+            if event.filtered:
+                keep = np.frombuffer(memoryview(arr.verdicts), dtype=np.uint32, count=n) != 0
             cuts = np.flatnonzero(np.diff(classes)) + 1
             for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
                 chosen = np.flatnonzero(keep[lo:hi]) + lo

@@ -16,6 +16,13 @@ goes back to the kernel when we write TP_STATUS_KERNEL. Two ways to filter:
 Either way the packets yielded are `bytes` copied out of the ring before its block is handed back,
 so they stay valid. A packet is cut to `min(snaplen, BPF result)` bytes, as the kernel does.
 Not thread-safe, except that `close()` from another thread stops a `packets()` loop.
+
+Link layers, as libpcap makes them (packets come out byte-identical to tcpdump's): the link type
+follows the device (Ethernet and lo: EN10MB; tun and IP tunnels: RAW); `any` and devices without a
+known mapping use cooked mode, a SOCK_DGRAM socket with the LINUX_SLL header rebuilt in front of each
+packet. lo shows every packet twice (going out, coming in): the outgoing copy is skipped. An 802.1Q
+tag the kernel moved out of the frame is put back; a filter attached in the kernel sees the frame
+without it, so `vlan` expressions need `in_kernel=False`.
 """
 
 from __future__ import annotations
@@ -185,13 +192,14 @@ def kernel_program(program: Program, cooked: bool = False) -> Program | None:
     space. In cooked mode the kernel's packet starts after the 16-byte LINUX_SLL header, so loads
     move back 16 bytes, the header's pkttype and protocol become ancillary loads, and `ret #k` keeps
     k - 16 bytes (libpcap's fix_program, made exact: `len`, `ret a` and other header loads fall back).
-    What remains different: `[x + k]` where X + k wraps past 2^32 (the kernel wraps, bpfjit does not).
+    What remains different, and cannot be seen in the program: `[x + k]` where X + k reaches 2^31
+    (the kernel reads it as a negative offset, or wraps past 2^32; bpfjit reads out of bounds).
     """
     insns: list[Insn] = []
     for insn in program:
-        kind = OPCODES[insn.code].kind if insn.code in OPCODES else ""
-        k = insn.k
-        if kind == "alu_x" and insn.code & 0xF0 in (0x60, 0x70):  # lsh x, rsh x
+        info = OPCODES[insn.code]
+        kind, k = info.kind, insn.k
+        if kind == "alu_x" and info.alu is not None and info.alu.hazard == "shift":  # lsh x, rsh x
             return None
         if kind in ("ld_abs", "ld_ind", "ldx_msh"):
             if k >= SKF_NEGATIVE:
@@ -199,17 +207,16 @@ def kernel_program(program: Program, cooked: bool = False) -> Program | None:
             if cooked:
                 if k >= SLL_HDR_LEN:
                     k -= SLL_HDR_LEN
-                elif kind == "ld_abs" and OPCODES[insn.code].width == 2 and k in (0, 14):
+                elif kind == "ld_abs" and info.width == 2 and k in (0, 14):
                     k = SKF_AD_OFF + (SKF_AD_PKTTYPE if k == 0 else SKF_AD_PROTOCOL)
                 else:
                     return None
         elif cooked and kind in ("ld_len", "ldx_len", "ret_a"):
             return None
         elif cooked and kind == "ret_k" and k:
-            if k < SLL_HDR_LEN:
+            if k <= SLL_HDR_LEN:  # keeps no more than the header: the kernel cannot say so
                 return None
             k -= SLL_HDR_LEN
-            k = max(k, 1)  # never turn an accept into a drop
         insns.append(insn._replace(k=k))
     return Program(insns)
 
@@ -344,8 +351,7 @@ class Capture:
             # bigger than net.core.optmem_max, EINVAL when its eBPF translation overflows a jump.
             if exc.errno not in (errno.ENOMEM, errno.EINVAL):
                 raise
-            self.in_kernel = False
-            self._filter = self.filter
+            self.in_kernel = False  # __init__ compiles the filter for user space
         del code
 
     @property
@@ -375,11 +381,14 @@ class Capture:
         """Yield accepted packets: at most `count`, for at most `timeout` seconds (None: no limit).
 
         Stops early when the capture is closed (from another thread, say); a KeyboardInterrupt
-        closes the capture and propagates.
+        closes the capture and propagates. `OSError` when the socket reports an error (ENETDOWN:
+        the interface went down).
         """
         if self._closed:
             raise ValueError("the capture is closed")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._packets(count, None if timeout is None else time.monotonic() + timeout)
+
+    def _packets(self, count: int | None, deadline: float | None) -> Iterator[PacketRecord]:
         left = count
         try:
             while left is None or left > 0:

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 
@@ -96,15 +96,19 @@ def compile_command(args: argparse.Namespace) -> int:
     from . import Program
     from . import compile as jit_compile
 
-    if args.file:
-        with open(args.file, encoding="utf-8") as handle:
-            text = handle.read()
-        program = Program.parse(text) if _looks_like_bytecode(text) else _from_expr(" ".join(text.split()), args)
-    elif args.expression:
-        program = _from_expr(" ".join(args.expression), args)
-    else:
-        print("bpfjit compile: give an expression or -F FILE", file=sys.stderr)
-        return 2
+    try:
+        if args.file:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+            program = Program.parse(text) if _looks_like_bytecode(text) else _from_expr(" ".join(text.split()), args)
+        elif args.expression:
+            program = _from_expr(" ".join(args.expression), args)
+        else:
+            print("bpfjit compile: give an expression or -F FILE", file=sys.stderr)
+            return 2
+    except ValueError as error:  # an unknown link type or a bad --netmask: one line, as tcpdump does
+        print(f"bpfjit: {error}", file=sys.stderr)
+        return 1
     if args.ir or args.asm:
         f = jit_compile(program, opt_level=args.opt_level)
         sys.stdout.write(f.llvm_ir if args.ir else f.asm)
@@ -117,7 +121,10 @@ def compile_command(args: argparse.Namespace) -> int:
 def _from_expr(expression: str, args: argparse.Namespace) -> Program:
     from . import Program
 
-    return Program.from_expr(expression, args.linktype, snaplen=args.snaplen, optimize=not args.no_optimize)
+    netmask = None if args.netmask == "unknown" else args.netmask
+    return Program.from_expr(
+        expression, args.linktype, snaplen=args.snaplen, optimize=not args.no_optimize, netmask=netmask
+    )
 
 
 def _looks_like_bytecode(text: str) -> bool:
@@ -129,10 +136,11 @@ def _looks_like_bytecode(text: str) -> bool:
 # Start-up is most of a run's time (tcpdump needs ~0.2 s for a 370 MB file), so this path imports only
 # what it uses: no numpy, llvmlite only to compile, tqdm only once a run proves slow.
 PROGRESS_AFTER = 0.5  # seconds before a progress bar appears
-BPF_MNEMONICS = frozenset(
-    "ld ldi ldh ldb ldx ldxi ldxb st stx jmp ja jeq jneq jne jlt jle jgt jge jset add sub mul div mod neg "
-    "and or xor lsh rsh tax txa ret".split()
-)
+BPF_MNEMONICS = frozenset({
+    "ld", "ldi", "ldh", "ldb", "ldx", "ldxi", "ldxb", "st", "stx", "jmp", "ja", "jeq", "jneq", "jne", "jlt",
+    "jle", "jgt", "jge", "jset", "add", "sub", "mul", "div", "mod", "neg", "and", "or", "xor", "lsh", "rsh",
+    "tax", "txa", "ret",
+})  # fmt: skip
 
 
 def _filter_spec(args: argparse.Namespace) -> object:
@@ -163,7 +171,7 @@ class _Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
         self.read = self.accepted = self.done = 0
-        self.bar: object | None = None
+        self.bar: Any = None
 
     def __call__(self, done: int, read: int, accepted: int) -> None:
         self.read, self.accepted = read, accepted
@@ -175,12 +183,12 @@ class _Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
-        self.bar.update(done - self.done)  # type: ignore[attr-defined]
+        self.bar.update(done - self.done)
         self.done = done
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()  # type: ignore[attr-defined]
+            self.bar.close()
 
 
 def filter_command(args: argparse.Namespace) -> int:
@@ -233,16 +241,17 @@ def _print_packets(args: argparse.Namespace, spec: object, progress: _Progress) 
 
 def _dump_filter(args: argparse.Namespace, spec: object) -> int:
     """-d/-dd/-ddd: the program for the file's (first) link type, or for -y (default EN10MB) without -r."""
-    from . import Program
-    from . import capfile
+    from . import Program, capfile
 
     if spec is None:
         print("bpfjit filter: -d needs an expression or -F FILE", file=sys.stderr)
         return 2
+    program: Program | None
     if isinstance(spec, Program):
         program = spec
     elif args.read is not None:
         program = capfile.file_program(args.read, spec, linktype=args.linktype)  # type: ignore[arg-type]
+        assert program is not None  # there is an expression
     else:
         program = Program.from_expr(str(spec), args.linktype or "EN10MB")
     style: Style = "ddd" if args.d >= 3 else "dd" if args.d == 2 else "d"
@@ -265,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_compile.add_argument("-y", dest="linktype", default="EN10MB", help="link type (default EN10MB)")
     p_compile.add_argument("-s", dest="snaplen", type=int, default=262144, help="snap length (default 262144)")
     p_compile.add_argument("-O", dest="no_optimize", action="store_true", help="don't run libpcap's optimizer")
+    # tcpdump -d with no interface compiles with netmask 0 (so `ip broadcast` compiles); match it.
+    p_compile.add_argument("--netmask", default="0.0.0.0",
+                           help="netmask for `ip broadcast`: a dotted quad or 'unknown' (default 0.0.0.0)")  # fmt: skip
     p_compile.add_argument("-d", action="count", default=0, help="-d, -dd or -ddd as tcpdump prints them")
     p_compile.add_argument("--ir", action="store_true", help="print the optimised LLVM IR")
     p_compile.add_argument("--asm", action="store_true", help="print the host assembly")

@@ -11,7 +11,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,6 +205,13 @@ class Filter(_FilterBase):
         if isinstance(packets, Batch):
             return packets.select(verdicts)
         return [packet for packet, keep in zip(packets, verdicts.tolist(), strict=True) if keep]
+
+    @property
+    def scapy(self) -> Callable[[Any], bool]:
+        """This filter as scapy's `lfilter=` (takes a scapy packet; see bpfjit.adapters)."""
+        from .adapters import scapy_lfilter
+
+        return scapy_lfilter(self)
 
     @property
     def address(self) -> int:

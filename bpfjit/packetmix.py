@@ -1,6 +1,6 @@
 """A deterministic, seeded mix of Ethernet frames, built with numpy: the input of benchmarks and demos.
 
-    batch = packetmix.generate(100_000, seed=1)         # a Batch (with wirelens), ~37 MB
+    batch = packetmix.generate(100_000, seed=1)         # a Batch (with wirelens), ~35 MB
     packets = packetmix.to_list(batch)                  # [(bytes, wirelen), ...] for per-packet paths
     packetmix.write_pcap("mix.pcap", batch)             # a classic pcap file of the same frames
 

@@ -1,40 +1,44 @@
-"""Native kernels for capture files: record walkers, write planning and writing, built with `llvmlite.ir`.
+"""Native kernels for capture files: record walkers (with the filter inside), write planning and writing.
 
 Walking a capture file is sequential (each record's position depends on the previous record's
-length), so it cannot be vectorised with numpy, and a Python loop costs about 1 µs a record — more
-than filtering it. These kernels walk records, plan and write the accepted ones in native code, so
-Python runs once per chunk of thousands of records, never once per record. They are generic (no
-filter inside) and each is compiled once per process, when first needed; `prepare(names, programs)`
-compiles the kernels and the batch entries of the filters a file needs in ONE module (one LLVM compile
-instead of two matters to a command-line run that lives for a fraction of a second).
+length), so numpy cannot vectorise it, and a Python loop costs about a microsecond a record — far more
+than filtering it. These kernels, built with `llvmlite.ir`, walk the records, run the filter and plan
+and write the accepted ones in native code, so that Python runs once per chunk of thousands of
+records, never once per record.
 
     u64 walk_pcap(u8 *file, u64 size, u64 pos, u32 swapped, u32 hdrlen, u32 max_caplen, u64 max,
-                  u64 *starts, u64 *offsets, u32 *caplens, u32 *wirelens, u64 *state)
+                  u64 *starts, u64 *offsets, u32 *caplens, u32 *wirelens, u32 *verdicts, u64 *state)
     u64 walk_pcapng(u8 *file, u64 size, u64 pos, u32 swapped, u64 max, u64 *starts, u64 *offsets,
-                    u32 *caplens, u32 *wirelens, u32 *ifaces, u32 *iface_snaplens, u32 *iface_class,
-                    u32 n_ifaces, u64 *state)
+                    u32 *caplens, u32 *wirelens, u32 *ifaces, u32 *verdicts, u32 *iface_snaplens,
+                    u32 *iface_class, u32 n_ifaces, u64 *state)
     u64 plan(u8 *file, u64 *starts, u32 *verdicts, u64 n, u64 limit, iovec *iov, u64 *state)
     i64 write_iov(i32 fd, iovec *iov, u64 count, u64 iov_max)
     u64 gather(iovec *iov, u64 count, u8 *out)
-    void merge(u32 *verdicts, u32 *results, u32 *ifaces, u32 *iface_class, u32 cls, u64 n)
     u64 accepted_indices(u32 *verdicts, u64 n, u32 *out)
 
-A walker fills record i's start (`starts[i]`), packet data offset, caplen and wirelen (and, for
-pcapng, interface) for up to `max` records from `pos`, writes `starts[n]` = where it stopped and
-`state[0..2]` = (stop position, status, classes seen), and returns n. Records it returns are whole
-and lie inside the file; everything it cannot vouch for is a status for Python to explain. Record i
-occupies `[starts[i], starts[i + 1])`: the records a walker returns are contiguous.
+A walker fills record i's start (`starts[i]`), packet data offset, caplen and wirelen (and, for pcapng,
+interface) for up to `max` records from `pos`, writes `starts[n]` = where it stopped and `state[0..1]`
+= (stop position, `Status`), and returns n. Records it returns are whole and lie inside the file;
+whatever it cannot vouch for is a status for Python to explain. The records of one call are
+contiguous: record i occupies `[starts[i], starts[i + 1])`.
+
+`walker(format, programs)` builds a walker that also runs `programs[class]` on each record, inlined,
+and stores its result in `verdicts[i]` (a record's class is its link type's index; pcap has one): the
+filter reads the packet while the walk has just brought it into L1, instead of in a second pass over
+the chunk, and no separate batch loop needs compiling. Each walker is compiled once per process
+(cached by its programs), in ONE module with whichever other kernels are not compiled yet: an LLVM
+module costs milliseconds of fixed overhead, which matters to a command that lives 0.2 s.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
 import itertools
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from llvmlite import ir
@@ -53,6 +57,7 @@ class Status(IntEnum):
     BAD_BLOCK = 4  # pcapng: a packet block whose lengths are inconsistent
     BAD_INTERFACE = 5  # pcapng: a packet block naming an interface no IDB described
     OTHER_BLOCK = 6  # pcapng: a non-packet block (SHB, IDB, NRB, ISB, ...), for Python to handle
+    NEW_CLASS = 7  # pcapng: a packet of a link type this walker has no filter for (compile one, resume)
 
 
 # A walk is a dependency chain through memory (each record's position comes from the previous record's
@@ -63,32 +68,21 @@ PREFETCH = (4096, 4096 + 128, 4096 + 256, 4096 + 384)
 
 # pcapng block types the walker handles; every other block goes back to Python.
 BT_PB, BT_SPB, BT_EPB = 2, 3, 6
-MAX_CLASSES = 64  # `state[2]` is a bit mask of the interface classes (link types) seen
 
 
 VOIDP = ctypes.c_void_p
-WALK_PCAP = ctypes.CFUNCTYPE(
-    ctypes.c_uint64, VOIDP, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
-    ctypes.c_uint64, VOIDP, VOIDP, VOIDP, VOIDP, VOIDP,
-)  # fmt: skip
-WALK_PCAPNG = ctypes.CFUNCTYPE(
-    ctypes.c_uint64, VOIDP, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint64, VOIDP, VOIDP,
-    VOIDP, VOIDP, VOIDP, VOIDP, VOIDP, ctypes.c_uint32, VOIDP,
-)  # fmt: skip
-PLAN = ctypes.CFUNCTYPE(ctypes.c_uint64, VOIDP, VOIDP, VOIDP, ctypes.c_uint64, ctypes.c_uint64, VOIDP, VOIDP)
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+WALK_PCAP = ctypes.CFUNCTYPE(U64, VOIDP, U64, U64, U32, U32, U32, U64, *(6 * [VOIDP]))
+WALK_PCAPNG = ctypes.CFUNCTYPE(U64, VOIDP, U64, U64, U32, U64, *(9 * [VOIDP]), U32, VOIDP)
+PLAN = ctypes.CFUNCTYPE(U64, VOIDP, VOIDP, VOIDP, U64, U64, VOIDP, VOIDP)
 # use_errno: the kernel's writev sets errno, which ctypes saves for ctypes.get_errno().
-WRITE_IOV = ctypes.CFUNCTYPE(
-    ctypes.c_int64, ctypes.c_int32, VOIDP, ctypes.c_uint64, ctypes.c_uint64, use_errno=True
-)
-GATHER = ctypes.CFUNCTYPE(ctypes.c_uint64, VOIDP, ctypes.c_uint64, VOIDP)
-MERGE = ctypes.CFUNCTYPE(None, VOIDP, VOIDP, VOIDP, VOIDP, ctypes.c_uint32, ctypes.c_uint64)
-ACCEPTED_INDICES = ctypes.CFUNCTYPE(ctypes.c_uint64, VOIDP, ctypes.c_uint64, VOIDP)
-# void batch(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out): lower.lower_batch's
-BATCH = ctypes.CFUNCTYPE(None, *(6 * [VOIDP]))
+WRITE_IOV = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int32, VOIDP, U64, U64, use_errno=True)
+GATHER = ctypes.CFUNCTYPE(U64, VOIDP, U64, VOIDP)
+ACCEPTED_INDICES = ctypes.CFUNCTYPE(U64, VOIDP, U64, VOIDP)
 
+WALKERS = {"pcap": WALK_PCAP, "pcapng": WALK_PCAPNG}
 KERNELS: dict[str, Any] = {
-    "walk_pcap": WALK_PCAP, "walk_pcapng": WALK_PCAPNG, "plan": PLAN, "write_iov": WRITE_IOV,
-    "gather": GATHER, "merge": MERGE, "accepted_indices": ACCEPTED_INDICES,
+    "plan": PLAN, "write_iov": WRITE_IOV, "gather": GATHER, "accepted_indices": ACCEPTED_INDICES,
 }  # fmt: skip
 PREFIX = "bpfjit_file_"
 WRITEV_SYMBOL = "bpfjit_writev"  # resolved to libc's writev (registered before the first build)
@@ -166,6 +160,29 @@ class _Builder:
             address = self.b.gep(base, [self.add64(pos, offset)])  # not inbounds: may point past the end
             self.b.call(prefetch, [address, read, keep, data])
 
+    def verdict(self, filters: Sequence[ir.Function | None], cls: ir.Value, packet: ir.Value, caplen: ir.Value,
+                wirelen: ir.Value) -> ir.Value:  # fmt: skip
+        """filters[cls](packet, caplen, wirelen), inlined; 1 (keep) where the filter is None."""
+        one = self.const(self.i32, 1)
+
+        def run(fn: ir.Function | None) -> ir.Value:
+            return one if fn is None else self.b.call(fn, [packet, caplen, wirelen], name="verdict")
+
+        if len(filters) == 1:
+            return run(filters[0])
+        result = self.b.alloca(self.i32, name="verdict.slot")  # promoted by sroa
+        join = self.block("verdict.join")
+        blocks = [self.block(f"verdict.class{k}") for k in range(len(filters))]
+        switch = self.b.switch(cls, blocks[-1])  # Python guarantees cls < len(filters)
+        for k, block in enumerate(blocks[:-1]):
+            switch.add_case(self.const(self.i32, k), block)
+        for fn, block in zip(filters, blocks, strict=True):
+            self.b.position_at_end(block)
+            self.b.store(run(fn), result)
+            self.b.branch(join)
+        self.b.position_at_end(join)
+        return self.b.load(result)
+
     def add64(self, a: ir.Value, k: int) -> ir.Value:
         return self.b.add(a, self.const(self.i64, k))
 
@@ -186,9 +203,8 @@ def _iovec(module: ir.Module) -> ir.Type:
     return ir.LiteralStructType([ir.IntType(8).as_pointer(), ir.IntType(64)])  # struct iovec
 
 
-def _finish_walk(b: _Builder, done: ir.Block, i: ir.Value, pos: ir.Value, status: ir.Value,
-                 mask: ir.Value | None) -> None:  # fmt: skip
-    """done: starts[n] <- pos; state <- (pos, status, mask); return n."""
+def _finish_walk(b: _Builder, done: ir.Block, i: ir.Value, pos: ir.Value, status: ir.Value) -> None:
+    """done: starts[n] <- pos; state <- (pos, status); return n."""
     b.b.position_at_end(done)
     n = b.b.load(i, name="n")
     end = b.b.load(pos, name="end")
@@ -196,19 +212,19 @@ def _finish_walk(b: _Builder, done: ir.Block, i: ir.Value, pos: ir.Value, status
     state = b["state"]
     b.b.store(end, b.at(state, b.const(b.i64, 0)))
     b.b.store(b.b.zext(b.b.load(status), b.i64), b.at(state, b.const(b.i64, 1)))
-    b.b.store(b.b.load(mask) if mask is not None else b.const(b.i64, 0), b.at(state, b.const(b.i64, 2)))
     b.b.ret(n)
 
 
-def _emit_walk_pcap(module: ir.Module) -> None:
+def _emit_walk_pcap(module: ir.Module, name: str, filters: Sequence[ir.Function | None] = ()) -> ir.Function:
     """Classic pcap: a 16-byte (or 24-byte, modified pcap) header before each packet's data."""
     from llvmlite import ir
 
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     args = [("file", i8.as_pointer()), ("size", i64), ("pos", i64), ("swapped", i32), ("hdrlen", i32),
             ("max_caplen", i32), ("max", i64), ("starts", i64.as_pointer()), ("offsets", i64.as_pointer()),
-            ("caplens", i32.as_pointer()), ("wirelens", i32.as_pointer()), ("state", i64.as_pointer())]  # fmt: skip
-    b = _Builder(module, "walk_pcap", i64, args)
+            ("caplens", i32.as_pointer()), ("wirelens", i32.as_pointer()), ("verdicts", i32.as_pointer()),
+            ("state", i64.as_pointer())]  # fmt: skip
+    b = _Builder(module, name, i64, args)
     bb = b.b
     b.swapped = bb.icmp_unsigned("!=", b["swapped"], b.const(i32, 0), name="swapped")
     hdrlen = bb.zext(b["hdrlen"], i64, name="hdrlen64")
@@ -231,6 +247,10 @@ def _emit_walk_pcap(module: ir.Module) -> None:
     caplen64 = bb.zext(caplen, i64)
     b.stop_if(bb.icmp_unsigned(">", caplen64, bb.sub(left, hdrlen)), Status.TRUNCATED, status, done, "short_data")
     data = bb.add(at, hdrlen, name="data")
+    if filters:
+        packet = bb.gep(b["file"], [data], inbounds=True, name="packet")
+        verdict = b.verdict(filters, b.const(i32, 0), packet, caplen, wirelen)
+        bb.store(verdict, b.at(b["verdicts"], n))
     bb.store(at, b.at(b["starts"], n))
     bb.store(data, b.at(b["offsets"], n))
     bb.store(caplen, b.at(b["caplens"], n))
@@ -238,25 +258,26 @@ def _emit_walk_pcap(module: ir.Module) -> None:
     bb.store(bb.add(data, caplen64), pos)
     bb.store(b.add64(n, 1), i)
     bb.branch(head)
-    _finish_walk(b, done, i, pos, status, None)
+    _finish_walk(b, done, i, pos, status)
+    return b.fn
 
 
-def _emit_walk_pcapng(module: ir.Module) -> None:
+def _emit_walk_pcapng(module: ir.Module, name: str, filters: Sequence[ir.Function | None] = ()) -> ir.Function:
     """pcapng: EPB, SPB and PB blocks in one section's byte order; any other block returns to Python."""
     from llvmlite import ir
 
     i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     args = [("file", i8.as_pointer()), ("size", i64), ("pos", i64), ("swapped", i32), ("max", i64),
             ("starts", i64.as_pointer()), ("offsets", i64.as_pointer()), ("caplens", i32.as_pointer()),
-            ("wirelens", i32.as_pointer()), ("ifaces", i32.as_pointer()), ("iface_snaplens", i32.as_pointer()),
-            ("iface_class", i32.as_pointer()), ("n_ifaces", i32), ("state", i64.as_pointer())]  # fmt: skip
-    b = _Builder(module, "walk_pcapng", i64, args)
+            ("wirelens", i32.as_pointer()), ("ifaces", i32.as_pointer()), ("verdicts", i32.as_pointer()),
+            ("iface_snaplens", i32.as_pointer()), ("iface_class", i32.as_pointer()), ("n_ifaces", i32),
+            ("state", i64.as_pointer())]  # fmt: skip
+    b = _Builder(module, name, i64, args)
     bb = b.b
     b.swapped = bb.icmp_unsigned("!=", b["swapped"], b.const(i32, 0), name="swapped")
     i = b.var(i64, b.const(i64, 0), "i")
     pos = b.var(i64, b["pos"], "pos")
     status = b.var(i32, b.const(i32, Status.END), "status")
-    mask = b.var(i64, b.const(i64, 0), "mask")
     # what the per-type blocks found, for the common tail
     v_iface = b.var(i32, b.const(i32, 0), "iface")
     v_caplen = b.var(i32, b.const(i32, 0), "caplen")
@@ -330,18 +351,23 @@ def _emit_walk_pcapng(module: ir.Module) -> None:
     bb.position_at_end(common)
     iface = bb.load(v_iface, name="iface")
     b.stop_if(bb.icmp_unsigned(">=", iface, b["n_ifaces"]), Status.BAD_INTERFACE, status, done, "iface")
-    cls = bb.zext(bb.load(b.at(b["iface_class"], bb.zext(iface, i64)), name="class"), i64)
-    bit = bb.select(bb.icmp_unsigned("<", cls, b.const(i64, MAX_CLASSES)), cls, b.const(i64, MAX_CLASSES - 1))
-    bb.store(bb.or_(bb.load(mask), bb.shl(b.const(i64, 1), bit)), mask)
+    data, caplen, wirelen = bb.load(v_data), bb.load(v_caplen), bb.load(v_wirelen)
+    if filters:
+        cls = bb.load(b.at(b["iface_class"], bb.zext(iface, i64)), name="class")
+        unknown = bb.icmp_unsigned(">=", cls, b.const(i32, len(filters)))
+        b.stop_if(unknown, Status.NEW_CLASS, status, done, "class")
+        packet = bb.gep(b["file"], [data], inbounds=True, name="packet")
+        bb.store(b.verdict(filters, cls, packet, caplen, wirelen), b.at(b["verdicts"], n))
     bb.store(at, b.at(b["starts"], n))
-    bb.store(bb.load(v_data), b.at(b["offsets"], n))
-    bb.store(bb.load(v_caplen), b.at(b["caplens"], n))
-    bb.store(bb.load(v_wirelen), b.at(b["wirelens"], n))
+    bb.store(data, b.at(b["offsets"], n))
+    bb.store(caplen, b.at(b["caplens"], n))
+    bb.store(wirelen, b.at(b["wirelens"], n))
     bb.store(iface, b.at(b["ifaces"], n))
     bb.store(bb.add(at, length), pos)
     bb.store(b.add64(n, 1), i)
     bb.branch(head)
-    _finish_walk(b, done, i, pos, status, mask)
+    _finish_walk(b, done, i, pos, status)
+    return b.fn
 
 
 def _counted_loop(b: _Builder, count: ir.Value, name: str) -> tuple[ir.Value, ir.Block, ir.Block]:
@@ -530,25 +556,6 @@ def _emit_gather(module: ir.Module) -> None:
     bb.ret(bb.load(at))
 
 
-def _emit_merge(module: ir.Module) -> None:
-    """verdicts[i] <- results[i] where record i's interface is of class `cls` (files mixing link types)."""
-    from llvmlite import ir
-
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    p32 = i32.as_pointer()
-    args = [("verdicts", p32), ("results", p32), ("ifaces", p32), ("iface_class", p32), ("cls", i32), ("n", i64)]
-    b = _Builder(module, "merge", ir.VoidType(), args)
-    bb = b.b
-    index, _, exit_ = _counted_loop(b, b["n"], "i")
-    iface = bb.zext(bb.load(b.at(b["ifaces"], index)), i64)
-    mine = bb.icmp_unsigned("==", bb.load(b.at(b["iface_class"], iface)), b["cls"])
-    slot = b.at(b["verdicts"], index)
-    bb.store(bb.select(mine, bb.load(b.at(b["results"], index)), bb.load(slot)), slot)
-    _next(b)
-    bb.position_at_end(exit_)
-    bb.ret_void()
-
-
 def _emit_accepted_indices(module: ir.Module) -> None:
     """out[j] <- i for each i with verdicts[i] != 0; returns how many (readers yield only those)."""
     from llvmlite import ir
@@ -569,23 +576,18 @@ def _emit_accepted_indices(module: ir.Module) -> None:
 
 
 EMITTERS: dict[str, Callable[[ir.Module], None]] = {
-    "walk_pcap": _emit_walk_pcap, "walk_pcapng": _emit_walk_pcapng, "plan": _emit_plan,
-    "write_iov": _emit_write_iov, "gather": _emit_gather, "merge": _emit_merge,
+    "plan": _emit_plan, "write_iov": _emit_write_iov, "gather": _emit_gather,
     "accepted_indices": _emit_accepted_indices,
 }  # fmt: skip
-
-
-def emit(module: ir.Module) -> None:
-    """Add every kernel to `module` (named `bpfjit_file_NAME`)."""
-    for emitter in EMITTERS.values():
-        emitter(module)
+WALKER_EMITTERS = {"pcap": _emit_walk_pcap, "pcapng": _emit_walk_pcapng}
 
 
 # -- compiling ----------------------------------------------------------------------------------------
 _lock = threading.Lock()
 _kernels: dict[str, tuple[Any, NativeCode]] = {}  # name -> (ctypes function, the code it lives in)
-_batches: OrderedDict[tuple[Program, int], tuple[Any, NativeCode]] = OrderedDict()
-BATCH_CACHE_SIZE = 64
+WalkerKey = tuple[str, tuple[Union["Program", None], ...], int]
+_walkers: OrderedDict[WalkerKey, tuple[Any, NativeCode]] = OrderedDict()
+WALKER_CACHE_SIZE = 32
 _serial = itertools.count()
 _writev_ready = False
 
@@ -600,29 +602,45 @@ def _register_writev() -> None:
         _writev_ready = True
 
 
-def prepare(names: Iterable[str], programs: Sequence[Program] = (), opt_level: int = 2) -> tuple[Any, ...]:
-    """Compile the kernels `names` and a batch entry for each VALIDATED program, whichever are not
-    compiled yet, in ONE module (each LLVM module costs milliseconds of fixed overhead); return the
-    batch entries, `BATCH` functions in the order of `programs`. Get kernels with `kernel(name)`.
+def walker(
+    format: str, programs: Sequence[Program | None] = (), also: Iterable[str] = (), opt_level: int = 2
+) -> Any:
+    """The walker for `format` ("pcap" or "pcapng") that runs `programs[class]` (VALIDATED; None keeps
+    the packet) on every record; no programs: a walker that leaves `verdicts` alone.
 
-    Kernels stay for the life of the process; batch entries are cached for the last few programs.
+    Compiled on first use, in one module with the kernels `also` that are not compiled yet.
     """
+    if all(program is None for program in programs):
+        programs = ()
+    key: WalkerKey = (format, tuple(programs), opt_level)
     with _lock:
-        missing = [name for name in dict.fromkeys(names) if name not in _kernels]
-        wanted = [(program, opt_level) for program in programs]
-        new_programs = [key for key in dict.fromkeys(wanted) if key not in _batches]
-        if missing or new_programs:
-            _compile(missing, [program for program, _ in new_programs], opt_level)
-        result = []
-        for key in wanted:
-            _batches.move_to_end(key)
-            result.append(_batches[key][0])
-        while len(_batches) > BATCH_CACHE_SIZE:
-            _batches.popitem(last=False)
-        return tuple(result)
+        entry = _walkers.get(key)
+        if entry is None:
+            _compile(key, [name for name in dict.fromkeys(also) if name not in _kernels])
+            entry = _walkers[key]
+        else:
+            _walkers.move_to_end(key)
+            missing = [name for name in dict.fromkeys(also) if name not in _kernels]
+            if missing:
+                _compile(None, missing)
+        while len(_walkers) > WALKER_CACHE_SIZE:
+            _walkers.popitem(last=False)
+        return entry[0]
 
 
-def _compile(names: Sequence[str], programs: Sequence[Program], opt_level: int) -> None:
+def kernel(name: str) -> Any:
+    """The compiled kernel `name` (a ctypes function), compiling it now if needed."""
+    entry = _kernels.get(name)
+    if entry is None:
+        with _lock:
+            if name not in _kernels:
+                _compile(None, [name])
+            entry = _kernels[name]
+    return entry[0]
+
+
+def _compile(key: WalkerKey | None, names: Sequence[str]) -> None:
+    """Compile a walker (if `key`) and the kernels `names` in one module (call with `_lock` held)."""
     from . import lower, native
 
     serial = next(_serial)
@@ -631,25 +649,22 @@ def _compile(names: Sequence[str], programs: Sequence[Program], opt_level: int) 
         _register_writev()
     for name in names:
         EMITTERS[name](module)
-    batch_names = []
-    for index, program in enumerate(programs):
-        name = f"bpfjit_file_{serial}_filter_{index}"
-        body = lower.lower_filter(module, program, name)
-        body.linkage = "internal"  # machine-coded once, inlined into its batch loop
-        lower.lower_batch(module, body, name + "_batch")
-        batch_names.append(name + "_batch")
-    symbols = tuple(PREFIX + name for name in names) + tuple(batch_names)
-    code = native.build(module, opt_level, symbols)
+    symbols = [PREFIX + name for name in names]
+    if key is not None:
+        format, programs, _ = key
+        filters: list[ir.Function | None] = []
+        for index, program in enumerate(programs):
+            if program is None:
+                filters.append(None)
+                continue
+            body = lower.lower_filter(module, program, f"bpfjit_file_{serial}_filter_{index}")
+            body.linkage = "internal"  # machine-coded once, inlined into the walker
+            filters.append(body)
+        name = f"walk_{format}_{serial}"
+        WALKER_EMITTERS[format](module, name, filters)
+        symbols.append(PREFIX + name)
+    code = native.build(module, key[2] if key is not None else 2, tuple(symbols))
     for name in names:
         _kernels[name] = (KERNELS[name](code.addresses[PREFIX + name]), code)
-    for program, name in zip(programs, batch_names, strict=True):
-        _batches[(program, opt_level)] = (BATCH(code.addresses[name]), code)
-
-
-def kernel(name: str) -> Any:
-    """The compiled kernel `name` (a ctypes function), compiling it now if needed."""
-    entry = _kernels.get(name)
-    if entry is None:
-        prepare((name,))
-        entry = _kernels[name]
-    return entry[0]
+    if key is not None:
+        _walkers[key] = (WALKERS[key[0]](code.addresses[symbols[-1]]), code)

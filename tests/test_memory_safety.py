@@ -68,10 +68,10 @@ CHILD = textwrap.dedent(
 
 def test_no_read_past_the_packet_end() -> None:
     examples = "400" if os.environ.get("CI") == "true" else "100"
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600, env={**os.environ, "EXAMPLES": examples}
-    )
+    env = {**os.environ, "EXAMPLES": examples}
+    result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600, env=env)
     if result.returncode < 0:
-        pytest.fail(f"the child died of signal {-result.returncode} (a read outside the packet?)\\n{result.stderr[-3000:]}")
+        signal = -result.returncode
+        pytest.fail(f"the child died of signal {signal} (a read outside the packet?)\n{result.stderr[-3000:]}")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stdout.startswith("ok")
