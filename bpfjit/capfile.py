@@ -147,7 +147,10 @@ def _release_buffer(view: _PyBuffer) -> None:
 
 
 class _Arrays:
-    """Per-record arrays one walker call fills (ctypes, so that the command line needs no numpy)."""
+    """The arrays one walker call fills, and the `walkers.Chunk` that points the walker at them.
+
+    ctypes arrays, so that the command line needs no numpy; numpy views them without copying.
+    """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -157,9 +160,12 @@ class _Arrays:
         self.wirelens = (ctypes.c_uint32 * capacity)()
         self.ifaces = (ctypes.c_uint32 * capacity)()
         self.verdicts = (ctypes.c_uint32 * capacity)()
-        self.state = (ctypes.c_uint64 * 2)()
-        self.at = {name: ctypes.addressof(getattr(self, name)) for name in
-                   ("starts", "offsets", "caplens", "wirelens", "ifaces", "verdicts", "state")}  # fmt: skip
+        self.iov = (ctypes.c_uint64 * (2 * capacity))()
+        self.group_bytes = (ctypes.c_uint64 * (capacity // walkers.IOV_GROUP + 1))()
+        arrays = {name: ctypes.addressof(getattr(self, name)) for name in
+                  ("starts", "offsets", "caplens", "wirelens", "ifaces", "verdicts", "iov", "group_bytes")}  # fmt: skip
+        self.chunk = walkers.Chunk(**arrays, capacity=capacity, limit=U64_MAX)
+        self.address = ctypes.addressof(self.chunk)
 
 
 @dataclass(eq=False)
@@ -328,16 +334,13 @@ class Capture:
         pos = PCAP_HEADER_LEN
         while True:
             arr = arrays()
-            at = arr.at
-            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen, arr.capacity,
-                     at["starts"], at["offsets"], at["caplens"], at["wirelens"], at["verdicts"],
-                     at["state"])  # fmt: skip
-            pos, status = arr.state[0], arr.state[1]
+            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen, arr.address)
+            pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield _Records(arr, n, None, filtered)
             if status == Status.FULL:
                 continue
-            if status == Status.END:
+            if status in (Status.END, Status.LIMIT):
                 return
             raise self._pcap_error(pos, status)
 
@@ -369,12 +372,9 @@ class Capture:
                 pos = block.end
                 continue
             arr = arrays()
-            at = arr.at
-            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), arr.capacity, at["starts"],
-                     at["offsets"], at["caplens"], at["wirelens"], at["ifaces"], at["verdicts"],
-                     ctypes.addressof(section.snaplens), ctypes.addressof(section.classes), len(section.interfaces),
-                     at["state"])  # fmt: skip
-            pos, status = arr.state[0], arr.state[1]
+            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
+                     ctypes.addressof(section.classes), len(section.interfaces), arr.address)  # fmt: skip
+            pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield _Records(arr, n, section, filtered)
             if status == Status.NEW_CLASS:  # an IDB brought a link type: a walker with its filter too
@@ -382,7 +382,7 @@ class Capture:
                 continue
             if status in (Status.FULL, Status.OTHER_BLOCK):
                 continue
-            if status == Status.END:
+            if status in (Status.END, Status.LIMIT):
                 return
             raise self._pcapng_error(pos, status, section)
 
@@ -591,15 +591,19 @@ def _dlt_from_linktype(linktype: int) -> int:
     return dlt_from_linktype(linktype)
 
 
-def _ones(capacity: int) -> Any:
-    """Verdicts that keep every packet (0x01010101 each)."""
-    ones = (ctypes.c_uint32 * capacity)()
-    ctypes.memset(ones, 1, ctypes.sizeof(ones))
-    return ones
-
-
 # -- writing --------------------------------------------------------------------------------------------
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+_writev: Any = None
+
+
+def _libc_writev() -> Any:
+    global _writev
+    if _writev is None:
+        writev = ctypes.CDLL(None, use_errno=True).writev
+        writev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        writev.restype = ctypes.c_ssize_t
+        _writev = writev
+    return _writev
 
 
 class _Writer:
@@ -624,31 +628,47 @@ class _Writer:
 
     @property
     def kernels(self) -> tuple[str, ...]:
-        return ("write_iov",) if self.fd >= 0 else ("gather",)
+        return () if self.file is None else ("gather",)
 
     def block(self, data: bytes | memoryview) -> None:
         if self.file is not None:
             self.file.write(data)
         else:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            _write_all(self.fd, memoryview(data))
         self.written += len(data)
 
-    def records(self, iov: Any, count: int, nbytes: int) -> None:
+    def records(self, arrays: _Arrays) -> None:
+        """The chunk's accepted records, as the walker listed them in `arrays.iov`."""
+        count, nbytes = arrays.chunk.iov_count, arrays.chunk.bytes
         if not count:
             return
         if self.file is not None:
             buffer = bytearray(nbytes)
-            walkers.kernel("gather")(ctypes.addressof(iov), count, ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
+            gather = walkers.kernel("gather")
+            gather(ctypes.addressof(arrays.iov), count, ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
             self.file.write(buffer)
         else:
-            write_iov = walkers.kernel("write_iov")
-            while write_iov(self.fd, ctypes.addressof(iov), count, IOV_MAX) != 0:
-                code = ctypes.get_errno()
-                if code != errno.EINTR:  # written entries are zeroed: a retry resumes
-                    raise OSError(code or errno.EIO, os.strerror(code or errno.EIO))
+            writev = _libc_writev()
+            group = walkers.IOV_GROUP
+            for first in range(0, count, group):  # one writev per 1024 runs of accepted records
+                n = min(group, count - first)
+                expected = arrays.group_bytes[first // group]
+                done = writev(self.fd, ctypes.addressof(arrays.iov) + 16 * first, n) if group <= IOV_MAX else 0
+                if done != expected:  # an error, a signal or a short write: finish this group slowly
+                    self._finish(arrays.iov, first, n, done, ctypes.get_errno())
         self.written += nbytes
+
+    def _finish(self, iov: Any, first: int, n: int, done: int, error: int) -> None:
+        if done < 0 and error != errno.EINTR:
+            raise OSError(error, os.strerror(error))
+        skip = max(done, 0)
+        for index in range(first, first + n):
+            base, length = iov[2 * index], iov[2 * index + 1]
+            if skip >= length:
+                skip -= length
+                continue
+            _write_all(self.fd, memoryview(ctypes.string_at(base + skip, length - skip)))
+            skip = 0
 
     def close(self) -> None:
         if self.own and self.fd >= 0:
@@ -656,6 +676,11 @@ class _Writer:
             self.fd = -1
         elif self.file is not None and hasattr(self.file, "flush"):
             self.file.flush()
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # -- public API ------------------------------------------------------------------------------------------
@@ -687,7 +712,7 @@ def filter_file(
         filters = _Filters(filter, capture, linktype)
         writer = _Writer(dst) if dst is not None else None
         try:
-            filters.kernels = ("plan", *(writer.kernels if writer else ()))
+            filters.kernels = writer.kernels if writer else ()
             return _filter_into(capture, filters, writer, count, chunk, progress)
         finally:
             if writer is not None:
@@ -697,36 +722,26 @@ def filter_file(
 def _filter_into(capture: Capture, filters: _Filters, writer: _Writer | None, count: int | None, chunk: int,
                  progress: Callable[[int, int, int], None] | None) -> FileStats:  # fmt: skip
     arrays = _Arrays(chunk)
-    ones = None
-    iov = (ctypes.c_uint64 * (2 * chunk))()
-    state = (ctypes.c_uint64 * 4)()
-    plan = walkers.kernel("plan")
     read = accepted = 0
     limit = U64_MAX if count is None else count
+    arrays.chunk.limit = limit
     with memoryview(capture.map) as view:
         for event in capture.events(filters, lambda: arrays):
             if isinstance(event, _Block):
                 if writer is not None:
                     writer.block(event.replacement or view[event.start : event.end])
                 continue
-            if accepted >= limit:
+            if limit == 0:  # -c 0: the file header only
                 break
-            if event.filtered:
-                keep = arrays.at["verdicts"]
-            else:
-                ones = ones or _ones(chunk)
-                keep = ctypes.addressof(ones)
-            runs = plan(capture.address, arrays.at["starts"], keep, event.n, limit - accepted,
-                        ctypes.addressof(iov), ctypes.addressof(state))  # fmt: skip
-            got, consumed, nbytes = state[0], state[1], state[2]
             if writer is not None:
-                writer.records(iov, runs, nbytes)
-            read += consumed
-            accepted += got
+                writer.records(arrays)
+            read += event.n
+            accepted += arrays.chunk.accepted
             if progress is not None:
-                progress(arrays.starts[consumed], read, accepted)
+                progress(arrays.chunk.end, read, accepted)
             if accepted >= limit:
                 break
+            arrays.chunk.limit = limit - accepted
     return FileStats(read, accepted, writer.written if writer is not None else 0)
 
 
@@ -805,7 +820,7 @@ def _accepted(
             chosen: Iterable[int] = range(n)
         else:
             select = select or walkers.kernel("accepted_indices")
-            chosen = indices[: select(arrays.at["verdicts"], n, ctypes.addressof(indices))]
+            chosen = indices[: select(ctypes.addressof(arrays.verdicts), n, ctypes.addressof(indices))]
         starts, offsets = arrays.starts[: n + 1], arrays.offsets[:n]
         caplens, wirelens, ifaces = arrays.caplens[:n], arrays.wirelens[:n], arrays.ifaces[:n]
         pcap = event.section is None
