@@ -273,15 +273,16 @@ class _Builder:
         def run(fn: ir.Function | None) -> ir.Value:
             return one if fn is None else self.b.call(fn, [packet, caplen, wirelen], name="verdict")
 
-        if len(filters) == 1:
-            return run(filters[0])
+        distinct = list(dict.fromkeys(filters))  # classes sharing a program share its code
+        if len(distinct) == 1:
+            return run(distinct[0])
         result = self.b.alloca(self.i32, name="verdict.slot")  # promoted by sroa
         join = self.block("verdict.join")
-        blocks = [self.block(f"verdict.class{k}") for k in range(len(filters))]
-        switch = self.b.switch(cls, blocks[-1])  # the caller checked cls < len(filters)
-        for k, block in enumerate(blocks[:-1]):
-            switch.add_case(self.const(self.i32, k), block)
-        for fn, block in zip(filters, blocks, strict=True):
+        blocks = {fn: self.block(f"verdict.{k}") for k, fn in enumerate(distinct)}
+        switch = self.b.switch(cls, blocks[filters[-1]])  # the caller checked cls < len(filters)
+        for k, fn in enumerate(filters[:-1]):
+            switch.add_case(self.const(self.i32, k), blocks[fn])
+        for fn, block in blocks.items():
             self.b.position_at_end(block)
             self.b.store(run(fn), result)
             self.b.branch(join)
@@ -524,13 +525,13 @@ def _compile(key: WalkerKey | None, names: Sequence[str]) -> None:
     symbols = [PREFIX + name for name in names]
     if key is not None:
         format, programs, _ = key
-        filters: list[ir.Function | None] = []
-        for index, program in enumerate(programs):
-            body = None
-            if program is not None:
-                body = lower.lower_filter(module, program, f"bpfjit_file_{serial}_filter_{index}")
+        bodies: dict[Program, ir.Function] = {}
+        for program in programs:
+            if program is not None and program not in bodies:
+                body = lower.lower_filter(module, program, f"bpfjit_file_{serial}_filter_{len(bodies)}")
                 body.linkage = "internal"  # machine-coded once, inlined into the walker
-            filters.append(body)
+                bodies[program] = body
+        filters = [None if program is None else bodies[program] for program in programs]
         name = f"walk_{format}_{serial}"
         WALKER_EMITTERS[format](module, name, filters)
         symbols.append(PREFIX + name)
