@@ -79,8 +79,12 @@ def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
         known = known_in[index]
         required = static_requirement(program, index)
         if required and known < required:
-            checks[index] = need[index]
-            known = need[index]
+            if OPCODES[program[index].code].kind == "ld_ind" and need[index] <= required:
+                # [x + k]'s own runtime check proves caplen >= k + width; a static one adds nothing
+                known = required
+            else:
+                checks[index] = need[index]
+                known = need[index]
         for succ in successors(program, index):
             known_in[succ] = min(known_in[succ], known)
     return BoundsPlan(checks, tuple(need))

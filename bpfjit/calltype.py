@@ -46,6 +46,9 @@ class _Spec(ctypes.Structure):
 
 
 ENTRY_OFFSET = object.__basicsize__  # the vectorcall pointer follows the PyObject header
+FILTER_OFFSET = ENTRY_OFFSET + ctypes.sizeof(ctypes.c_void_p)  # then the filter's native address
+TABLE_OFFSET = FILTER_OFFSET + ctypes.sizeof(ctypes.c_void_p)  # then its table of result ints
+NATIVE_SLOTS = 3
 _keepalive: list[Any] = []  # the spec's memory: CPython may keep pointers into it
 
 
@@ -69,7 +72,8 @@ def _make_base() -> type | None:
         _Slot(Py_tp_doc, ctypes.cast(ctypes.c_char_p(doc), ctypes.c_void_p).value),
     )
     flags = Py_TPFLAGS_HAVE_VERSION_TAG | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_VECTORCALL
-    spec = _Spec(b"bpfjit.NativeCallable", ENTRY_OFFSET + ctypes.sizeof(ctypes.c_void_p), 0, flags, slots)
+    size = ENTRY_OFFSET + NATIVE_SLOTS * ctypes.sizeof(ctypes.c_void_p)
+    spec = _Spec(b"bpfjit.NativeCallable", size, 0, flags, slots)
     _keepalive.extend((doc, members, slots, spec))
     from_spec = ctypes.pythonapi.PyType_FromSpec
     from_spec.restype = ctypes.py_object
@@ -104,9 +108,13 @@ def enable_vectorcall(cls: type) -> bool:
     return bool(cls.__flags__ & Py_TPFLAGS_HAVE_VECTORCALL)
 
 
-def set_entry(obj: object, address: int) -> None:
-    """Point `obj`'s vectorcall slot at `address` (a function made by `pyentry.lower_entry`)."""
-    ctypes.c_void_p.from_address(id(obj) + ENTRY_OFFSET).value = address
+def set_entry(obj: object, entry: int, filter_address: int, table_address: int) -> None:
+    """Fill `obj`'s native slots: its vectorcall entry (`pyentry`), its filter and its result table.
+
+    The caller keeps the filter's code and the table alive as long as `obj`."""
+    ctypes.c_void_p.from_address(id(obj) + FILTER_OFFSET).value = filter_address
+    ctypes.c_void_p.from_address(id(obj) + TABLE_OFFSET).value = table_address
+    ctypes.c_void_p.from_address(id(obj) + ENTRY_OFFSET).value = entry  # last: makes it callable
 
 
 def c_api_address(name: str) -> int:

@@ -174,18 +174,17 @@ class _Section:
     start: int
     order: str
     interfaces: list[Interface] = field(default_factory=list)
-    snaplens: Any = None  # ctypes u32 arrays indexed by interface id
-    classes: Any = None
+    # ctypes u32 arrays indexed by interface id, grown as IDBs come
+    snaplens: Any = field(default_factory=lambda: (ctypes.c_uint32 * 8)())
+    classes: Any = field(default_factory=lambda: (ctypes.c_uint32 * 8)())
 
     def add(self, interface: Interface, cls: int) -> None:
         self.interfaces.append(interface)
         n = len(self.interfaces)
-        if self.snaplens is None or len(self.snaplens) < n:
-            size = max(8, 2 * n)
-            snaplens, classes = (ctypes.c_uint32 * size)(), (ctypes.c_uint32 * size)()
-            if self.snaplens is not None:
-                ctypes.memmove(snaplens, self.snaplens, ctypes.sizeof(self.snaplens))
-                ctypes.memmove(classes, self.classes, ctypes.sizeof(self.classes))
+        if len(self.snaplens) < n:
+            snaplens, classes = (ctypes.c_uint32 * (2 * n))(), (ctypes.c_uint32 * (2 * n))()
+            ctypes.memmove(snaplens, self.snaplens, ctypes.sizeof(self.snaplens))
+            ctypes.memmove(classes, self.classes, ctypes.sizeof(self.classes))
             self.snaplens, self.classes = snaplens, classes
         self.snaplens[n - 1] = min(interface.snaplen, 0xFFFFFFFF)
         self.classes[n - 1] = cls
@@ -377,6 +376,8 @@ class Capture:
             raise self._pcapng_error(pos, status, section)
 
     def _pcapng_error(self, pos: int, status: int, section: _Section) -> CaptureFileError:
+        if self.size - pos < 8:
+            return self._error(pos, f"truncated block header: {self.size - pos} of 8 bytes")
         btype, length = struct.unpack_from(section.order + "II", self.map, pos)
         name = {walkers.BT_EPB: "enhanced packet block", walkers.BT_SPB: "simple packet block",
                 walkers.BT_PB: "packet block"}.get(btype, f"block of type 0x{btype:x}")  # fmt: skip
@@ -398,7 +399,7 @@ class Capture:
         return self._error(pos, f"corrupt {name}: captured length larger than the block (length {length})")
 
     def _pcapng_block(self, pos: int, section: _Section | None) -> tuple[_Block, _Section]:
-        """Check and interpret one non-packet block (or a first block that is not an SHB)."""
+        """Check and interpret one non-packet block (the first block is an SHB: `_read_header` saw to it)."""
         left = self.size - pos
         order = section.order if section is not None else "<"
         btype = struct.unpack_from(order + "I", self.map, pos)[0]
@@ -412,8 +413,6 @@ class Capture:
                 order = ">"
             else:
                 raise self._error(pos + 8, f"corrupt section header block: byte-order magic 0x{magic:08x}")
-        elif section is None:
-            raise self._error(pos, f"not a pcapng file: first block has type 0x{btype:08x}, not a section header")
         length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
         minimum = SHB_MIN if btype == BT_SHB else IDB_MIN if btype == BT_IDB else BLOCK_MIN
         kind = {BT_SHB: "section header block", BT_IDB: "interface description block"}.get(

@@ -31,31 +31,57 @@ BATCH_PROTOTYPE = ctypes.CFUNCTYPE(None, *(6 * [ctypes.c_void_p]))
 OPT_LEVELS = (0, 1, 2, 3)
 # The method the native entry re-dispatches to; interned and kept alive for the process's life.
 _SLOW_METHOD = sys.intern("call")
+FAST_ENTRY = calltype.AVAILABLE and calltype.BYTES_LAYOUT is not None
 
 _cache_lock = threading.Lock()
 _live: weakref.WeakValueDictionary[tuple[Program, int], native.NativeCode] = weakref.WeakValueDictionary()
 _recent: OrderedDict[tuple[Program, int], native.NativeCode] = OrderedDict()
 RECENT_CODES = 64  # compiled modules kept alive after their last Filter is gone, for cheap recompiles
 _names = itertools.count()
-_symbols_ready = False
 
 
-def _register_c_api() -> None:
-    """Point the entry's external symbols at this interpreter's C-API (once per process)."""
-    global _symbols_ready
-    if _symbols_ready:
-        return
-    for name in pyentry.C_API:
-        native.add_symbol(name, calltype.c_api_address(name))
-    native.add_symbol(pyentry.BYTES_TYPE_SYMBOL, id(bytes))
-    native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
-    _symbols_ready = True
+_entry: dict[str, Any] = {}
+
+
+def _entry_address() -> int:
+    """The shared vectorcall entry (pyentry), compiled on first use; 0 where it is not available."""
+    if not FAST_ENTRY:
+        return 0
+    if "code" not in _entry:
+        with native.LLVM_LOCK:
+            if "code" not in _entry:
+                for name in pyentry.C_API:
+                    native.add_symbol(name, calltype.c_api_address(name))
+                native.add_symbol(pyentry.BYTES_TYPE_SYMBOL, id(bytes))
+                native.add_symbol(pyentry.INT_TYPE_SYMBOL, id(int))
+                native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
+                assert calltype.BYTES_LAYOUT is not None
+                type_offset, size_offset, data_offset = calltype.BYTES_LAYOUT
+                layout = pyentry.Layout(
+                    type_offset, size_offset, data_offset, calltype.FILTER_OFFSET, calltype.TABLE_OFFSET
+                )
+                module = lower.new_module("bpfjit_entry")
+                pyentry.lower_entry(module, layout)
+                _entry["code"] = native.build(module, 2, (pyentry.ENTRY_NAME,))
+    return int(_entry["code"].addresses[pyentry.ENTRY_NAME])
 
 
 def _cached_results(program: Program) -> tuple[int, ...]:
     """`ret #k` values the Python entry returns as prebuilt ints (CPython caches 0..256 itself)."""
     values = sorted({insn.k for insn in program if insn.code == BPF_RET | BPF_K and insn.k > 256})
     return tuple(values[: pyentry.MAX_CACHED_RESULTS])
+
+
+def _result_table(program: Program) -> tuple[ctypes.Array[ctypes.c_uint64], list[int]]:
+    """The table pyentry reads: count, values, then the int objects' addresses (kept alive by the caller)."""
+    values = _cached_results(program)
+    objects = [int(value) for value in values]  # distinct objects, owned by the table's keeper
+    table = (ctypes.c_uint64 * (1 + 2 * pyentry.MAX_CACHED_RESULTS))()
+    table[0] = len(values)
+    for slot, (value, obj) in enumerate(zip(values, objects, strict=True)):
+        table[1 + slot] = value
+        table[1 + pyentry.MAX_CACHED_RESULTS + slot] = id(obj)
+    return table, objects
 
 
 def _build(program: Program, opt_level: int) -> native.NativeCode:
@@ -65,27 +91,13 @@ def _build(program: Program, opt_level: int) -> native.NativeCode:
     body = lower.lower_filter(module, program, name + "_body")
     body.linkage = "internal"  # machine-coded once, inside the batch loop
     batch_fn = lower.lower_batch(module, body, name + "_batch")
-    filter_fn = lower.lower_single(module, batch_fn, name)
-    symbols = [name, name + "_batch"]
-    data_symbols: list[str] = []
-    results = _cached_results(program)
-    if calltype.AVAILABLE:
-        _register_c_api()
-        layout = calltype.BYTES_LAYOUT and pyentry.BytesLayout(*calltype.BYTES_LAYOUT)
-        pyentry.lower_entry(module, filter_fn, name + "_py", layout or None, results)
-        symbols.append(name + "_py")
-        if results:
-            data_symbols.append(pyentry.results_symbol(name + "_py"))
-    code = native.build(module, opt_level, tuple(symbols), tuple(data_symbols))
+    lower.lower_single(module, batch_fn, name)
+    code = native.build(module, opt_level, (name, name + "_batch"))
     code.addresses["filter"] = code.addresses[name]
     code.addresses["batch"] = code.addresses[name + "_batch"]
-    code.addresses["entry"] = code.addresses.get(name + "_py", 0)
-    if data_symbols:
-        objects = [int(value) for value in results]
-        table = (ctypes.c_void_p * len(objects)).from_address(code.addresses[data_symbols[0]])
-        for slot, obj in enumerate(objects):
-            table[slot] = id(obj)
-        code.keepalive.extend(objects)
+    table, objects = _result_table(program)
+    code.addresses["table"] = ctypes.addressof(table)
+    code.keepalive.extend((table, objects))
     return code
 
 
@@ -125,7 +137,7 @@ def _buffer_address(view: memoryview) -> tuple[int, object]:
     return array.ctypes.data, array
 
 
-_FilterBase: Any = calltype.NativeCallable if calltype.AVAILABLE else object
+_FilterBase: Any = calltype.NativeCallable if FAST_ENTRY else object
 
 
 class Filter(_FilterBase):
@@ -156,8 +168,8 @@ class Filter(_FilterBase):
         self._code = code
         self._cfunc = FILTER_PROTOTYPE(code.addresses["filter"])
         self._batch = BATCH_PROTOTYPE(code.addresses["batch"])
-        if calltype.AVAILABLE:
-            calltype.set_entry(self, code.addresses["entry"])
+        if FAST_ENTRY:
+            calltype.set_entry(self, _entry_address(), code.addresses["filter"], code.addresses["table"])
         return self
 
     def call(self, packet: object, wirelen: int | None = None) -> int:
@@ -175,7 +187,7 @@ class Filter(_FilterBase):
         del keep
         return result
 
-    if not calltype.AVAILABLE:
+    if not FAST_ENTRY:
         __call__ = call
 
     def run_batch(
@@ -236,7 +248,7 @@ class Filter(_FilterBase):
         return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype))
 
 
-if calltype.AVAILABLE:
+if FAST_ENTRY:
     calltype.enable_vectorcall(Filter)
 
 

@@ -1,12 +1,18 @@
-"""The Python entry point of a filter: a CPython vectorcall function emitted in IR beside it.
+"""The Python entry point of every filter: one CPython vectorcall function, emitted in IR once.
 
-    PyObject *NAME_py(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+    PyObject *bpfjit_entry(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 
 A ctypes call costs ~300 ns, ten times a filter's work, so `f(packet)` does not go through ctypes:
-the filter object's type is a vectorcall type (see `calltype`), and its instances point at this
-function. The fast path takes exactly one positional buffer argument, borrows its bytes with
-`PyObject_GetBuffer(PyBUF_SIMPLE)` (no copy; C-contiguous only), runs the filter inlined and
-returns a Python int. Anything else (a wirelen, keywords, a non-buffer, a strided view, > 4 GiB)
+`Filter` is a vectorcall type (see `calltype`) whose instances point at this function and carry
+the address of their own native filter and of a small table of prebuilt result ints. The entry is
+the same for every filter, so it is compiled once per process and costs a filter's cold compile
+nothing (it used to be ~5 ms of each).
+
+Fast path: `f(packet)` or `f(packet, wirelen)` with an exact int, no keywords. The packet's bytes
+are read in place: an exact `bytes` through its verified layout, anything else through
+`PyObject_GetBuffer(PyBUF_SIMPLE)` (C-contiguous only, released after the call). The result is
+returned as a Python int, from the table when it is one of the program's `ret #k` values.
+Everything else (keywords, a non-buffer, a strided view, wirelen < caplen or not a u32, > 4 GiB)
 re-dispatches to the Python method `self.call(...)`, which checks its arguments and raises the
 documented errors. Only stable C-API functions are called; `Py_buffer`'s layout is part of the
 stable ABI since 3.11 (buf at offset 0, len at offset 16 on 64-bit).
@@ -18,14 +24,18 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 OBJ = I8.as_pointer()  # PyObject *
 ENTRY_TYPE = ir.FunctionType(OBJ, [OBJ, OBJ.as_pointer(), I64, OBJ])
+FILTER_FN = ir.FunctionType(I32, [I8.as_pointer(), I32, I32]).as_pointer()
+ENTRY_NAME = "bpfjit_entry"
 PY_BUFFER_SIZE = 80  # sizeof(Py_buffer) on 64-bit
 PY_BUFFER_LEN_OFFSET = 16
 PY_VECTORCALL_NARGS_MASK = (1 << 63) - 1
+NO_WIRELEN = 1 << 32  # "wirelen not given" (never a valid u32)
 SLOW_METHOD_SYMBOL = "bpfjit_slow_method_name"  # a `str` object: the name of the method to re-dispatch to
 BYTES_TYPE_SYMBOL = "PyBytes_Type"
+INT_TYPE_SYMBOL = "PyLong_Type"
 MAX_CACHED_RESULTS = 8
 
 # C-API functions the entry calls; resolved from the running interpreter by the native module.
@@ -34,6 +44,7 @@ C_API: dict[str, ir.FunctionType] = {
     "PyBuffer_Release": ir.FunctionType(ir.VoidType(), [I8.as_pointer()]),
     "PyErr_Clear": ir.FunctionType(ir.VoidType(), []),
     "PyLong_FromUnsignedLong": ir.FunctionType(OBJ, [I64]),
+    "PyLong_AsUnsignedLongLong": ir.FunctionType(I64, [OBJ]),
     "PyObject_VectorcallMethod": ir.FunctionType(OBJ, [OBJ, OBJ.as_pointer(), I64, OBJ]),
     "PyTuple_Size": ir.FunctionType(I64, [OBJ]),
     "Py_IncRef": ir.FunctionType(ir.VoidType(), [OBJ]),
@@ -41,12 +52,19 @@ C_API: dict[str, ir.FunctionType] = {
 
 
 @dataclass(frozen=True)
-class BytesLayout:
-    """Where an exact `bytes` object keeps its type, size and data (checked at run time by calltype)."""
+class Layout:
+    """Offsets the entry reads, verified on the running interpreter by `calltype`.
+
+    ob_type in any object; ob_size and ob_sval in an exact `bytes`; and, in a Filter instance, the
+    filter's address and its result table: u64 count, u64 values[MAX_CACHED_RESULTS], then
+    PyObject *objects[MAX_CACHED_RESULTS] (see `result_table`).
+    """
 
     type_offset: int
-    size_offset: int
-    data_offset: int
+    bytes_size_offset: int
+    bytes_data_offset: int
+    filter_offset: int
+    table_offset: int
 
 
 def _declare(module: ir.Module, name: str) -> ir.Function:
@@ -56,111 +74,150 @@ def _declare(module: ir.Module, name: str) -> ir.Function:
     return ir.Function(module, C_API[name], name)
 
 
-def results_symbol(name: str) -> str:
-    return name + "_results"
+def _external(module: ir.Module, name: str) -> ir.GlobalVariable:
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.GlobalVariable(module, I8, name)
 
 
-def lower_entry(
-    module: ir.Module,
-    filter_fn: ir.Function,
-    name: str,
-    bytes_layout: BytesLayout | None,
-    cached_results: tuple[int, ...] = (),
-) -> ir.Function:
-    """Add the vectorcall entry for `filter_fn` (i32 (i8*, i32, i32)) to `module`.
+def _entry_alloca(fn: ir.Function, ty: ir.Type, name: str) -> ir.Value:
+    """An alloca at the top of the entry block, where sroa promotes it to SSA values."""
+    builder = ir.IRBuilder(fn.entry_basic_block)
+    builder.position_at_start(fn.entry_basic_block)
+    return builder.alloca(ty, name=name)
 
-    `bytes_layout` (verified on this interpreter, or None) lets exact `bytes` skip the buffer
-    protocol; `cached_results` are return values whose int objects the entry hands out from the
-    global array `<name>_results` (filled in after compilation) instead of allocating one per call.
-    """
-    fn = ir.Function(module, ENTRY_TYPE, name)
+
+def _field(b: ir.IRBuilder, obj: ir.Value, offset: int, ty: ir.Type, name: str) -> ir.Value:
+    """*(ty *)((char *)obj + offset)"""
+    return b.load(b.bitcast(b.gep(obj, [ir.Constant(I64, offset)]), ty.as_pointer()), name=name)
+
+
+def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
+    fn = ir.Function(module, ENTRY_TYPE, ENTRY_NAME)
     self_obj, args, nargsf, kwnames = fn.args
-    blocks = ("entry", "one_arg", "is_bytes", "try_buffer", "no_buffer", "got", "too_long", "run_view", "slow")
-    entry, one_arg, is_bytes, try_buffer, no_buffer, got, too_long, run_view, slow = (
-        fn.append_basic_block(n) for n in blocks
-    )
-    b = ir.IRBuilder(entry)
+    names = ("entry", "two_args", "is_int", "wire_ok", "bad_wire", "packet", "is_bytes", "try_buffer",
+             "no_buffer", "got_view", "run", "release", "result", "slow")  # fmt: skip
+    blocks = {n: fn.append_basic_block(n) for n in names}
+    b = ir.IRBuilder(blocks["entry"])
     view = b.alloca(ir.ArrayType(I8, PY_BUFFER_SIZE), name="view")
     view.align = 8
     view_ptr = b.bitcast(view, I8.as_pointer())
+    wire_slot, data_slot, len_slot, held_slot = (
+        b.alloca(t, name=n) for t, n in ((I64, "wire"), (I8.as_pointer(), "data"), (I64, "len"), (I1, "held"))
+    )  # promoted to SSA by sroa
+    b.store(ir.Constant(I64, NO_WIRELEN), wire_slot)
+    b.store(ir.Constant(I1, 0), held_slot)
     nargs = b.and_(nargsf, ir.Constant(I64, PY_VECTORCALL_NARGS_MASK), name="nargs")
-    single = b.icmp_unsigned("==", nargs, ir.Constant(I64, 1))
     no_kw = b.icmp_unsigned("==", kwnames, ir.Constant(OBJ, None))
-    b.cbranch(b.and_(single, no_kw), one_arg, slow)
+    sw = b.switch(b.select(no_kw, nargs, ir.Constant(I64, 0)), blocks["slow"])  # keywords: slow path
+    sw.add_case(ir.Constant(I64, 1), blocks["packet"])
+    sw.add_case(ir.Constant(I64, 2), blocks["two_args"])
 
-    b.position_at_end(one_arg)
-    packet_obj = b.load(args, name="packet")
-    if bytes_layout is None:
-        b.branch(try_buffer)
-    else:
-        bytes_type = module.globals.get(BYTES_TYPE_SYMBOL) or ir.GlobalVariable(module, I8, BYTES_TYPE_SYMBOL)
-        type_ptr = b.bitcast(b.gep(packet_obj, [ir.Constant(I64, bytes_layout.type_offset)]), OBJ.as_pointer())
-        exact = b.icmp_unsigned("==", b.load(type_ptr, name="type"), bytes_type)
-        b.cbranch(exact, is_bytes, try_buffer)
-    b.position_at_end(is_bytes)
-    if bytes_layout is None:
-        b.unreachable()
-    else:
-        size_ptr = b.bitcast(b.gep(packet_obj, [ir.Constant(I64, bytes_layout.size_offset)]), I64.as_pointer())
-        size = b.load(size_ptr, name="size")
-        data = b.gep(packet_obj, [ir.Constant(I64, bytes_layout.data_offset)], name="data")
-        fits = b.icmp_unsigned("<=", size, ir.Constant(I64, 0xFFFFFFFF))
-        run_bytes = fn.append_basic_block("run_bytes")
-        b.cbranch(fits, run_bytes, slow)
-        b.position_at_end(run_bytes)
-        caplen = b.trunc(size, I32)
-        result = b.call(filter_fn, [data, caplen, caplen], name="result")
-        _emit_return_int(b, module, name, result, cached_results)
-
-    b.position_at_end(try_buffer)
-    rc = b.call(_declare(module, "PyObject_GetBuffer"), [packet_obj, view_ptr, ir.Constant(I32, 0)])
-    b.cbranch(b.icmp_signed("==", rc, ir.Constant(I32, 0)), got, no_buffer)
-
-    b.position_at_end(no_buffer)  # let the slow path raise the documented TypeError
+    b.position_at_end(blocks["two_args"])  # f(packet, wirelen): only an exact int, in u32 range
+    wire_obj = b.load(b.gep(args, [ir.Constant(I64, 1)]), name="wire_obj")
+    int_type = _external(module, INT_TYPE_SYMBOL)
+    exact_int = b.icmp_unsigned("==", _field(b, wire_obj, layout.type_offset, OBJ, "type"), int_type)
+    b.cbranch(exact_int, blocks["is_int"], blocks["slow"])
+    b.position_at_end(blocks["is_int"])
+    wire = b.call(_declare(module, "PyLong_AsUnsignedLongLong"), [wire_obj], name="wirelen")
+    b.cbranch(b.icmp_unsigned("<=", wire, ir.Constant(I64, 0xFFFFFFFF)), blocks["wire_ok"], blocks["bad_wire"])
+    b.position_at_end(blocks["bad_wire"])  # negative or too large (maybe with an OverflowError set)
     b.call(_declare(module, "PyErr_Clear"), [])
-    b.branch(slow)
+    b.branch(blocks["slow"])
+    b.position_at_end(blocks["wire_ok"])
+    b.store(wire, wire_slot)
+    b.branch(blocks["packet"])
 
-    b.position_at_end(got)
-    buf = b.load(b.bitcast(view_ptr, I8.as_pointer().as_pointer()), name="buf")
-    len_ptr = b.bitcast(b.gep(view_ptr, [ir.Constant(I64, PY_BUFFER_LEN_OFFSET)]), I64.as_pointer())
-    length = b.load(len_ptr, name="len")
-    b.cbranch(b.icmp_unsigned("<=", length, ir.Constant(I64, 0xFFFFFFFF)), run_view, too_long)
+    b.position_at_end(blocks["packet"])
+    packet_obj = b.load(args, name="packet_obj")
+    exact_bytes = b.icmp_unsigned(
+        "==", _field(b, packet_obj, layout.type_offset, OBJ, "type"), _external(module, BYTES_TYPE_SYMBOL)
+    )
+    b.cbranch(exact_bytes, blocks["is_bytes"], blocks["try_buffer"])
+    b.position_at_end(blocks["is_bytes"])
+    b.store(b.gep(packet_obj, [ir.Constant(I64, layout.bytes_data_offset)]), data_slot)
+    b.store(_field(b, packet_obj, layout.bytes_size_offset, I64, "size"), len_slot)
+    b.branch(blocks["run"])
 
-    b.position_at_end(too_long)
+    b.position_at_end(blocks["try_buffer"])
+    rc = b.call(_declare(module, "PyObject_GetBuffer"), [packet_obj, view_ptr, ir.Constant(I32, 0)])
+    b.cbranch(b.icmp_signed("==", rc, ir.Constant(I32, 0)), blocks["got_view"], blocks["no_buffer"])
+    b.position_at_end(blocks["no_buffer"])  # let the slow path raise the documented TypeError
+    b.call(_declare(module, "PyErr_Clear"), [])
+    b.branch(blocks["slow"])
+    b.position_at_end(blocks["got_view"])
+    b.store(b.load(b.bitcast(view_ptr, I8.as_pointer().as_pointer()), name="buf"), data_slot)
+    b.store(_field(b, view_ptr, PY_BUFFER_LEN_OFFSET, I64, "len"), len_slot)
+    b.store(ir.Constant(I1, 1), held_slot)
+    b.branch(blocks["run"])
+
+    b.position_at_end(blocks["run"])
+    length = b.load(len_slot, name="caplen64")
+    given = b.load(wire_slot, name="given")
+    wire64 = b.select(b.icmp_unsigned("==", given, ir.Constant(I64, NO_WIRELEN)), length, given)
+    lengths_ok = b.and_(
+        b.icmp_unsigned("<=", length, ir.Constant(I64, 0xFFFFFFFF)), b.icmp_unsigned(">=", wire64, length)
+    )
+    call = fn.append_basic_block("call")
+    b.cbranch(lengths_ok, call, blocks["release"])
+    b.position_at_end(call)
+    filter_fn = _field(b, self_obj, layout.filter_offset, FILTER_FN, "filter")
+    result = b.call(filter_fn, [b.load(data_slot), b.trunc(length, I32), b.trunc(wire64, I32)], name="result")
+    done = fn.append_basic_block("done")
+    b.branch(done)
+
+    b.position_at_end(blocks["release"])  # lengths out of range: give the buffer back, then slow path
+    release_then_slow = fn.append_basic_block("release_then_slow")
+    b.cbranch(b.load(held_slot), release_then_slow, blocks["slow"])
+    b.position_at_end(release_then_slow)
     b.call(_declare(module, "PyBuffer_Release"), [view_ptr])
-    b.branch(slow)
+    b.branch(blocks["slow"])
 
-    b.position_at_end(run_view)
-    caplen = b.trunc(length, I32)
-    result = b.call(filter_fn, [buf, caplen, caplen], name="result")
+    b.position_at_end(done)
+    release_view = fn.append_basic_block("release_view")
+    b.cbranch(b.load(held_slot), release_view, blocks["result"])
+    b.position_at_end(release_view)
     b.call(_declare(module, "PyBuffer_Release"), [view_ptr])
-    _emit_return_int(b, module, name, result, cached_results)
+    b.branch(blocks["result"])
 
-    b.position_at_end(slow)
+    b.position_at_end(blocks["result"])
+    _emit_return_int(b, module, self_obj, result, layout)
+
+    b.position_at_end(blocks["slow"])
     _emit_redispatch(b, module, self_obj, args, nargs, kwnames)
     return fn
 
 
-def _emit_return_int(
-    b: ir.IRBuilder, module: ir.Module, name: str, result: ir.Value, cached: tuple[int, ...]
-) -> None:
-    """return result as a Python int: a cached object (new reference) for the usual values."""
-    if cached:
-        symbol = results_symbol(name)
-        table = module.globals.get(symbol)
-        if table is None:
-            table = ir.GlobalVariable(module, ir.ArrayType(OBJ, len(cached)), symbol)
-            table.initializer = ir.Constant(table.type.pointee, None)
-        for slot, value in enumerate(cached):
-            hit = b.function.append_basic_block(f"cached{slot}")
-            miss = b.function.append_basic_block(f"not_cached{slot}")
-            b.cbranch(b.icmp_unsigned("==", result, ir.Constant(I32, value)), hit, miss)
-            b.position_at_end(hit)
-            obj = b.load(b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, slot)]))
-            b.call(_declare(module, "Py_IncRef"), [obj])
-            b.ret(obj)
-            b.position_at_end(miss)
-    b.ret(b.call(_declare(module, "PyLong_FromUnsignedLong"), [b.zext(result, I64)]))
+def _emit_return_int(b: ir.IRBuilder, module: ir.Module, self_obj: ir.Value, result: ir.Value, layout: Layout) -> None:
+    """return result as a Python int: the table's object (a new reference) when the value is there."""
+    fn = b.function
+    table = _field(b, self_obj, layout.table_offset, OBJ, "table")
+    values = b.bitcast(table, I64.as_pointer())
+    objects = b.bitcast(b.gep(table, [ir.Constant(I64, 8 * (1 + MAX_CACHED_RESULTS))]), OBJ.as_pointer())
+    value = b.zext(result, I64, name="value")
+    count = b.load(values, name="count")
+    head, body, hit, miss, fresh = (fn.append_basic_block(n) for n in ("t_head", "t_body", "t_hit", "t_miss", "fresh"))
+    slot = _entry_alloca(fn, I64, "slot")
+    b.store(ir.Constant(I64, 0), slot)
+    b.branch(head)
+    b.position_at_end(head)
+    j = b.load(slot, name="j")
+    b.cbranch(b.icmp_unsigned("<", j, count), body, fresh)
+    b.position_at_end(body)
+    b.cbranch(b.icmp_unsigned("==", b.load(b.gep(values, [b.add(j, ir.Constant(I64, 1))])), value), hit, miss)
+    b.position_at_end(hit)
+    obj = b.load(b.gep(objects, [j]), name="cached")
+    b.call(_declare(module, "Py_IncRef"), [obj])
+    b.ret(obj)
+    b.position_at_end(miss)
+    b.store(b.add(j, ir.Constant(I64, 1)), slot)
+    b.branch(head)
+    b.position_at_end(fresh)
+    b.ret(b.call(_declare(module, "PyLong_FromUnsignedLong"), [value]))
+
+
+def result_table_size() -> int:
+    """Bytes of one filter's result table."""
+    return 8 * (1 + 2 * MAX_CACHED_RESULTS)
 
 
 def _emit_redispatch(
@@ -170,35 +227,29 @@ def _emit_redispatch(
     fn = b.function
     has_kw = b.icmp_unsigned("!=", kwnames, ir.Constant(OBJ, None))
     count_kw, counted = fn.append_basic_block("count_kw"), fn.append_basic_block("counted")
-    before = b.block
+    nkw_slot = _entry_alloca(fn, I64, "nkw")
+    b.store(ir.Constant(I64, 0), nkw_slot)
     b.cbranch(has_kw, count_kw, counted)
     b.position_at_end(count_kw)
-    nkw = b.call(_declare(module, "PyTuple_Size"), [kwnames])
+    b.store(b.call(_declare(module, "PyTuple_Size"), [kwnames]), nkw_slot)
     b.branch(counted)
     b.position_at_end(counted)
-    kw = b.phi(I64, name="nkw")
-    kw.add_incoming(ir.Constant(I64, 0), before)
-    kw.add_incoming(nkw, count_kw)
-    total = b.add(nargs, kw, name="total")
+    total = b.add(nargs, b.load(nkw_slot), name="total")
     stack = b.alloca(OBJ, size=b.add(total, ir.Constant(I64, 1)), name="stack")
     b.store(self_obj, stack)
     # Copy args[0 .. total) to stack[1 ..]: a short loop (memcpy intrinsics' names depend on pointer mode).
-    loop, body, done = (fn.append_basic_block(n) for n in ("copy", "copy_body", "call"))
-    start = b.block
+    loop, body, done = (fn.append_basic_block(n) for n in ("copy", "copy_body", "call_method"))
+    index = _entry_alloca(fn, I64, "i")
+    b.store(ir.Constant(I64, 0), index)
     b.branch(loop)
     b.position_at_end(loop)
-    i = b.phi(I64, name="i")
-    i.add_incoming(ir.Constant(I64, 0), start)
+    i = b.load(index)
     b.cbranch(b.icmp_unsigned("<", i, total), body, done)
     b.position_at_end(body)
-    item = b.load(b.gep(args, [i]))
-    b.store(item, b.gep(stack, [b.add(i, ir.Constant(I64, 1))]))
-    nxt = b.add(i, ir.Constant(I64, 1))
-    i.add_incoming(nxt, body)
+    b.store(b.load(b.gep(args, [i])), b.gep(stack, [b.add(i, ir.Constant(I64, 1))]))
+    b.store(b.add(i, ir.Constant(I64, 1)), index)
     b.branch(loop)
     b.position_at_end(done)
-    name_obj = module.globals.get(SLOW_METHOD_SYMBOL)
-    if name_obj is None:
-        name_obj = ir.GlobalVariable(module, I8, SLOW_METHOD_SYMBOL)
     method = _declare(module, "PyObject_VectorcallMethod")
+    name_obj = _external(module, SLOW_METHOD_SYMBOL)
     b.ret(b.call(method, [name_obj, stack, b.add(nargs, ir.Constant(I64, 1)), kwnames]))

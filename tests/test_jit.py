@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import mmap
 import pickle
@@ -54,8 +55,10 @@ def test_native_entry_is_in_use() -> None:
     assert calltype.AVAILABLE, "the vectorcall entry should be available on CPython"
     assert bpfjit.Filter.__flags__ & calltype.Py_TPFLAGS_HAVE_VECTORCALL
     f = bpfjit.compile(IP_ONLY)
-    assert f._code.addresses["entry"] != 0
-    assert "_py" in f.llvm_ir
+    entry = bpfjit.filter._entry_address()
+    assert entry != 0 and entry == bpfjit.filter._entry_address()  # one entry, shared by every filter
+    assert ctypes.c_void_p.from_address(id(f) + calltype.ENTRY_OFFSET).value == entry
+    assert ctypes.c_void_p.from_address(id(f) + calltype.FILTER_OFFSET).value == f.address
 
 
 def test_results_are_python_ints_with_exact_values() -> None:
