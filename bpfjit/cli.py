@@ -16,7 +16,13 @@ if TYPE_CHECKING:
     from .program import Program
     from .text import Style
 
-DEMO_FILTERS = ("ip", "tcp port 80", "udp and (port 53 or port 123)", "vlan and udp port 53")
+DEMO_FILTERS = (
+    "ip",
+    "tcp port 80",
+    "udp and (port 53 or port 123)",
+    "vlan and udp port 53",
+    "tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x47455420",
+)
 
 
 def _time_per_call(run: Callable[[bytes], object], frames: Sequence[bytes], budget: float = 0.05) -> float:
@@ -49,47 +55,75 @@ def _ns(seconds: float) -> str:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Compile a few tcpdump expressions, run them on built-in frames, compare the backends."""
+    """Generate a capture, filter it with a few expressions, compare every way of running them."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
     from . import compile as jit_compile
-    from . import interpret, libpcap
-    from .samples import sample_frames
+    from . import interpret, libpcap, packetmix
+    from .benchmark import LibpcapLoop
+    from .capfile import filter_file, read_batches
 
-    frames = sample_frames()
-    names = list(frames)
     expressions = args.expression or list(DEMO_FILTERS)
-    print(f"bpfjit {__version__} demo: {len(frames)} built-in frames, {libpcap.version()}\n")
-    width = max(len(n) for n in names)
-    compiled = [(expr, jit_compile(expr)) for expr in expressions]
-    header = " ".join(f"[{i + 1}]" for i in range(len(compiled)))
-    print("verdicts (snap length kept; '-' = dropped); JIT, interpreter and libpcap agree on each:")
-    for i, (expr, f) in enumerate(compiled):
-        print(f"  [{i + 1}] {expr}  ({len(f.program)} insns)")
-    print(f"\n  {'frame':<{width}}  {header}")
-    for name in names:
-        frame = frames[name]
-        cells = []
-        for _, f in compiled:
-            jit = f(frame)
-            if jit != interpret(f.program, frame) or jit != libpcap.bpf_filter(f.program, frame):
-                print(f"MISMATCH on {name!r}", file=sys.stderr)
-                return 1
-            cells.append(f"{'yes' if jit else '-':>{len(str(len(compiled))) + 2}}")
-        print(f"  {name:<{width}}  {' '.join(cells)}")
+    name_width = max(34, *(len(e) for e in expressions))
+    with tempfile.TemporaryDirectory(prefix="bpfjit-demo-") as tmp:
+        capture = Path(tmp) / "mix.pcap"
+        packetmix.write_pcap(capture, packetmix.generate(args.packets, seed=1))
+        size = capture.stat().st_size
+        print(f"bpfjit {__version__} demo; {libpcap.version()}")
+        print(f"generated {capture.name}: {args.packets} packets ({size / 1e6:.1f} MB; Ethernet, IPv4/IPv6,"
+              " VLAN, ARP, fragments, 4% truncated)\n")  # fmt: skip
+        print("bpfjit filter -r mix.pcap -w OUT EXPR, for each filter:")
+        for expr in expressions:
+            start = time.perf_counter()
+            stats = filter_file(capture, Path(tmp) / "out.pcap", expr)
+            elapsed = time.perf_counter() - start
+            print(f"  {expr:<{name_width}} kept {stats.accepted:>7} of {stats.read} in {elapsed * 1e3:6.1f} ms"
+                  f" (compile included)")  # fmt: skip
+        batch = next(iter(read_batches(capture, chunk=args.packets))).batch
 
-    print("\ntime per packet, called from Python (median of 5 rounds over the frames above):")
-    cols = ("interpreter", "libpcap (ctypes)", "bpfjit f(p)", "vs interpreter", "vs libpcap")
-    print(f"  {'filter':<32} " + " ".join(f"{c:>16}" for c in cols))
-    packets = list(frames.values())
-    for expr, f in compiled:
+    packets = [bytes(p) for p in batch]
+    wirelens = batch.wirelens.tolist()
+    print("\ntime per packet (median of 5 rounds), the same packets for every method:")
+    cols = ("interpreter", "libpcap f(p)", "bpfjit f(p)", "libpcap loop", "bpfjit batch", "batch vs loop")
+    print(f"  {'filter':<{name_width}}" + "".join(f"{c:>14}" for c in cols))
+    sample = packets[: max(1, len(packets) // 50)]
+    for expr in expressions:
+        f = jit_compile(expr)
         program = f.program
-        t_interp = _time_per_call(partial(interpret, program), packets)
+        loop = LibpcapLoop(program)
+        out = np.empty(len(batch), dtype=np.uint32)
+        verdicts = f.run_batch(batch)
+        if (verdicts != loop.run_batch(batch, out)).any() or any(
+            interpret(program, p, w) != v for p, w, v in zip(sample, wirelens, verdicts.tolist(), strict=False)
+        ):
+            print(f"MISMATCH for {expr!r}", file=sys.stderr)
+            return 1
         prepared = libpcap.LibpcapProgram(program)
-        t_pcap = _time_per_call(prepared, packets)
-        t_jit = _time_per_call(f, packets)
-        row = (_ns(t_interp), _ns(t_pcap), _ns(t_jit), f"{t_interp / t_jit:.0f}x", f"{t_pcap / t_jit:.1f}x")
-        print(f"  {expr:<32} " + " ".join(f"{c:>16}" for c in row))
-    print("\nMore: bpfjit compile 'tcp port 80' -d   |   bpfjit compile 'tcp port 80' --asm")
+        t_interp = _time_per_call(partial(interpret, program), sample)
+        t_pcap = _time_per_call(prepared, packets[:5000])
+        t_jit = _time_per_call(f, packets[:5000])
+        t_loop = _time_whole(partial(loop.run_batch, batch, out), len(batch))
+        t_batch = _time_whole(partial(f.run_batch, batch, out), len(batch))
+        row = (_ns(t_interp), _ns(t_pcap), _ns(t_jit), _ns(t_loop), _ns(t_batch), f"{t_loop / t_batch:.1f}x")
+        print(f"  {expr:<{name_width}}" + "".join(f"{c:>14}" for c in row))
+    print("\n'libpcap f(p)' is bpf_filter called through ctypes, 'libpcap loop' bpf_filter called from a")
+    print("native loop over the same buffer. Full benchmark: bpfjit bench  |  the code: bpfjit compile EXPR --asm")
     return 0
+
+
+def _time_whole(run: Callable[[], object], count: int, rounds: int = 5) -> float:
+    """Median seconds per packet of `run`, which processes `count` packets per call."""
+    run()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return samples[len(samples) // 2] / count
 
 
 def compile_command(args: argparse.Namespace) -> int:
@@ -289,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_demo = sub.add_parser("demo", help="run built-in filters on built-in frames and compare backends")
     p_demo.add_argument("expression", nargs="*", help="filters to use instead of the built-in ones")
+    p_demo.add_argument("--packets", type=int, default=100_000, help="packets in the generated capture")
     p_demo.set_defaults(func=demo)
 
     p_compile = sub.add_parser("compile", help="print a filter's bytecode, LLVM IR or assembly")
