@@ -25,7 +25,8 @@ every complete record before it has been written (or yielded).
 
 Differences from libpcap's reader: a record whose caplen exceeds the file's snaplen (but not the
 sanity limit, 256 KiB or the snaplen if larger) is kept whole where libpcap cuts it to the snaplen; a
-pcapng file may mix link types (libpcap refuses); SPB timestamps are 0 (libpcap's too).
+pcapng file may mix link types (libpcap refuses). As in libpcap, an SPB's timestamp is 0 and its
+caplen min(wirelen, snaplen of interface 0). A filtered SHB says its section's length is unknown (-1).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ import ctypes
 import errno
 import mmap
 import os
+import stat
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import walkers
@@ -93,8 +94,7 @@ class PacketBatch(NamedTuple):
     linktype: int  # LINKTYPE_* value from the file (1 = Ethernet)
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
     """A pcapng interface (IDB), or the single implicit interface of a classic pcap file."""
 
     linktype: int  # LINKTYPE_* value
@@ -167,16 +167,15 @@ class _Arrays:
         self.address = ctypes.addressof(self.chunk)
 
 
-@dataclass(eq=False)
 class _Section:
     """A pcapng section: its byte order and interfaces, with the tables the walker reads."""
 
-    start: int
-    order: str
-    interfaces: list[Interface] = field(default_factory=list)
-    # ctypes u32 arrays indexed by interface id, grown as IDBs come
-    snaplens: Any = field(default_factory=lambda: (ctypes.c_uint32 * 8)())
-    classes: Any = field(default_factory=lambda: (ctypes.c_uint32 * 8)())
+    def __init__(self, order: str):
+        self.order = order
+        self.interfaces: list[Interface] = []
+        # ctypes u32 arrays indexed by interface id, grown as IDBs come
+        self.snaplens: Any = (ctypes.c_uint32 * 8)()
+        self.classes: Any = (ctypes.c_uint32 * 8)()
 
     def add(self, interface: Interface, cls: int) -> None:
         self.interfaces.append(interface)
@@ -221,7 +220,11 @@ class Capture:
         else:
             fd, own = os.open(os.fspath(source), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), True
         try:
-            self.size = os.fstat(fd).st_size
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise CaptureFileError(0, "not a regular file (bpfjit maps capture files into memory)", self.path)
+            self.identity = (status.st_dev, status.st_ino)
+            self.size = status.st_size
             if self.size == 0:
                 raise CaptureFileError(0, "empty file: no pcap or pcapng header", self.path)
             self.map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
@@ -430,7 +433,7 @@ class Capture:
             major, minor, section_length = struct.unpack_from(order + "HHq", self.map, pos + 12)
             if major != 1:
                 raise self._error(pos + 12, f"unsupported pcapng version {major}.{minor}")
-            section = _Section(pos, order)
+            section = _Section(order)
             if section_length != -1:  # the filtered section is shorter: say "unknown", as the spec allows
                 data = bytearray(self.map[pos : pos + length])
                 struct.pack_into(order + "q", data, 16, -1)
@@ -520,10 +523,6 @@ class _Filters:
 
             self.program = validate(spec if isinstance(spec, Program) else Program(spec))
 
-    @property
-    def keeps_all(self) -> bool:
-        return self.expression is None and self.program is None and self.filter is None
-
     def program_for(self, linktype: int) -> Program | None:
         """The program the packets of `linktype` (a LINKTYPE_* value) go through (None: no filter)."""
         if self.program is not None:
@@ -581,7 +580,7 @@ def _dlt_from_linktype(linktype: int) -> int:
 
 
 # -- writing --------------------------------------------------------------------------------------------
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in getattr(os, "sysconf_names", {}) else 16  # POSIX minimum
 _writev: Any = None
 
 
@@ -598,12 +597,14 @@ def _libc_writev() -> Any:
 class _Writer:
     """The output: a file descriptor written with writev straight from the mapping, or a file object."""
 
-    def __init__(self, dst: Source):
+    def __init__(self, dst: Source, source: Capture):
         self.fd = -1
         self.own = False
         self.file: IO[bytes] | None = None
         self.written = 0
         if isinstance(dst, (str, bytes, os.PathLike)):
+            with contextlib.suppress(FileNotFoundError):
+                self._refuse_source(os.stat(dst), source)  # before O_TRUNC empties it
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
             self.fd, self.own = os.open(dst, flags, 0o666), True
             return
@@ -612,12 +613,25 @@ class _Writer:
         except (AttributeError, OSError, ValueError):  # io.BytesIO and friends
             self.file = dst
             return
+        self._refuse_source(os.fstat(fd), source)
         dst.flush()  # what the caller wrote before must come first
         self.fd = fd
 
-    @property
-    def kernels(self) -> tuple[str, ...]:
-        return () if self.file is None else ("gather",)
+    @staticmethod
+    def _refuse_source(status: os.stat_result, source: Capture) -> None:
+        if (status.st_dev, status.st_ino) == source.identity:  # writing it would pull the mapping from under us
+            raise ValueError(f"the output is the input file {source.path}: write to another file")
+
+    @staticmethod
+    def without_descriptor(dst: Source) -> bool:
+        """Whether `dst` is a file object without a file descriptor (written through `gather`)."""
+        if isinstance(dst, (str, bytes, os.PathLike)):
+            return False
+        try:
+            dst.fileno()
+        except (AttributeError, OSError, ValueError):  # io.BytesIO and friends
+            return True
+        return False
 
     def block(self, data: bytes | memoryview) -> None:
         if self.file is not None:
@@ -699,9 +713,10 @@ def filter_file(
         raise ValueError(f"count must be >= 0, not {count}")
     with Capture(src) as capture:
         filters = _Filters(filter, capture, linktype)
-        writer = _Writer(dst) if dst is not None else None
+        filters.kernels = ("gather",) if dst is not None and _Writer.without_descriptor(dst) else ()
+        filters.walker()  # compile before the output is opened: a bad expression must not clobber it
+        writer = _Writer(dst, capture) if dst is not None else None
         try:
-            filters.kernels = writer.kernels if writer else ()
             return _filter_into(capture, filters, writer, count, chunk, progress)
         finally:
             if writer is not None:
@@ -779,13 +794,12 @@ def file_program(path: Source, filter: FilterSpec, *, linktype: int | str | None
         return _Filters(filter, capture, linktype).program_for(linktypes[0])
 
 
-@dataclass
 class _Counts:
     """Packets read and accepted so far (`read` counts up to the packet being yielded)."""
 
-    progress: Callable[[int, int, int], None] | None = None
-    read: int = 0
-    accepted: int = 0
+    def __init__(self, progress: Callable[[int, int, int], None] | None = None):
+        self.progress = progress
+        self.read = self.accepted = 0
 
     def report(self, position: int) -> None:
         if self.progress is not None:
@@ -836,7 +850,8 @@ def read_batches(
     with Capture(path) as capture:
         filters = _Filters(filter, capture, linktype)
         data = np.frombuffer(capture.map, dtype=np.uint8)
-        for event in capture.events(filters, lambda: _Arrays(chunk)):  # fresh arrays: the batches keep them
+        arrays = _Arrays(chunk)  # reused: what a PacketBatch holds is copied out of it (fancy indexing)
+        for event in capture.events(filters, lambda: arrays):
             if isinstance(event, _Block):
                 continue
             arr, n = event.arrays, event.n

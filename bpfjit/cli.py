@@ -221,14 +221,17 @@ class _Progress:
         self.bar.update(done - self.done)
         self.done = done
 
-    def close(self) -> None:
+    def summary(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        print(f"{self.read} packets read, {self.accepted} accepted", file=sys.stderr)
 
 
 def filter_command(args: argparse.Namespace) -> int:
     """Filter a capture file as tcpdump -r IN [-w OUT] [EXPR] does; report packets read and accepted."""
     import gc
+
+    from .errors import BpfjitError
 
     # A run is short and allocation-heavy (imports, LLVM IR): the cycle collector's passes over
     # everything imported cost ~5 ms and free nothing. Per-packet objects have no cycles.
@@ -236,7 +239,9 @@ def filter_command(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         code = _filter_command(args)
-    except OSError as error:  # a missing input, an unwritable output, a full disk
+    except BpfjitError:
+        raise  # main() reports it
+    except (OSError, ValueError) as error:  # a missing input, a full disk, the output being the input
         print(f"bpfjit filter: {error}", file=sys.stderr)
         code = 1
     finally:
@@ -271,12 +276,10 @@ def _filter_command(args: argparse.Namespace) -> int:
         else:
             capfile.filter_file(args.read, args.write, spec, count=args.count, linktype=args.linktype,  # type: ignore[arg-type]
                                 progress=progress)  # fmt: skip
-    except CaptureFileError:
-        progress.close()
-        print(f"{progress.read} packets read, {progress.accepted} accepted", file=sys.stderr)
+    except CaptureFileError:  # what came before the bad spot was written: say how much
+        progress.summary()
         raise
-    progress.close()
-    print(f"{progress.read} packets read, {progress.accepted} accepted", file=sys.stderr)
+    progress.summary()
     return 0
 
 
