@@ -12,7 +12,7 @@ why a check is never hoisted above a path that accepts the packet (SEMANTICS.md 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .opcodes import OPCODES
 from .program import Program
@@ -49,8 +49,7 @@ def static_requirement(program: Program, index: int) -> int:
     return insn.k + info.width if info.width else 0
 
 
-@dataclass(frozen=True)
-class BoundsPlan:
+class BoundsPlan(NamedTuple):
     """`checks[i]` is the caplen to test before instruction i (absent: no static check there)."""
 
     checks: dict[int, int]

@@ -15,14 +15,12 @@ and runs backward jumps. Every entry point that runs a program here validates it
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import ipaddress
 import os
 import struct
-import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from .buffers import check_lengths, packet_view
 from .errors import ExpressionError, LibraryMissingError
@@ -48,8 +46,8 @@ __all__ = [
 ENV_VAR = "BPFJIT_LIBPCAP"
 """Environment variable naming the libpcap shared object to load instead of searching for one."""
 
-# Names tried after ctypes.util.find_library, which needs ldconfig/gcc and finds nothing in some
-# minimal containers although the library is installed.
+# The usual sonames, tried before ctypes.util.find_library (which needs ldconfig or gcc, and finds
+# nothing in some minimal containers although the library is installed).
 _FALLBACK_NAMES = ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so", "libpcap.dylib")
 
 INSTALL_HINT = (
@@ -125,12 +123,18 @@ _compile_lock = threading.Lock()
 _image_lock = threading.Lock()
 
 
-def _candidates() -> list[str]:
+def _candidates() -> Iterator[str]:
     override = os.environ.get(ENV_VAR)
     if override:
-        return [override]
+        yield override
+        return
+    # The usual sonames first: find_library runs ldconfig in a subprocess (milliseconds of start-up).
+    yield from _FALLBACK_NAMES
+    import ctypes.util
+
     found = ctypes.util.find_library("pcap")
-    return ([found] if found else []) + [name for name in _FALLBACK_NAMES if name != found]
+    if found and found not in _FALLBACK_NAMES:
+        yield found
 
 
 def _load() -> ctypes.CDLL:
@@ -436,6 +440,8 @@ def dlt_from_linktype(linktype: int) -> int:
     lib = library()
     # A pcap file header: magic, version 2.4, thiszone, sigfigs, snaplen, linktype (host order).
     header = struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="bpfjit-linktype-", suffix=".pcap")
     try:
         with os.fdopen(fd, "wb") as file:

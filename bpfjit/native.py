@@ -9,7 +9,6 @@ llvmlite's binding shares one LLVM context, so everything that touches it runs u
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -55,15 +54,15 @@ def add_symbol(name: str, address: int) -> None:
         binding().add_symbol(name, address)
 
 
-@dataclass(eq=False)
 class NativeCode:
     """Machine code of one LLVM module, alive as long as this object is."""
 
-    engine: Any
-    addresses: dict[str, int]
-    _module: Any = field(repr=False)
-    _machine: Any = field(repr=False)
-    keepalive: list[object] = field(default_factory=list, repr=False)  # objects the code points at
+    def __init__(self, engine: Any, addresses: dict[str, int], module: Any, machine: Any):
+        self.engine = engine
+        self.addresses = addresses
+        self._module = module
+        self._machine = machine
+        self.keepalive: list[object] = []  # objects the code points at (result ints, tables)
 
     @cached_property
     def llvm_ir(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Field layout of `code` (SEMANTICS.md, "Instruction encoding").
 BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_RET, BPF_MISC = range(8)
@@ -38,8 +38,7 @@ def _shift_right(a: int, b: int) -> int:
     return a >> b if b < 32 else 0
 
 
-@dataclass(frozen=True)
-class AluOp:
+class AluOp(NamedTuple):
     """One ALU operation: its Python meaning and the llvmlite IRBuilder method with the same one.
 
     `hazard` names what the lowering must guard: `divisor` (udiv/urem by 0 is undefined in LLVM,
@@ -53,8 +52,7 @@ class AluOp:
     hazard: str = ""
 
 
-@dataclass(frozen=True)
-class JmpOp:
+class JmpOp(NamedTuple):
     """One conditional jump's test: Python meaning and the LLVM unsigned predicate (`&` for jset)."""
 
     name: str
@@ -89,8 +87,7 @@ BPF_JA = 0x00
 _HEX_ALU = frozenset({"and", "or", "xor"})
 
 
-@dataclass(frozen=True)
-class OpInfo:
+class OpInfo(NamedTuple):
     """Facts about one accepted opcode.
 
     kind:    the handler every stage dispatches on (`ld_abs`, `alu_x`, `jmp_k`, `ret_a`, ...)

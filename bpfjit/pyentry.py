@@ -20,7 +20,7 @@ stable ABI since 3.11 (buf at offset 0, len at offset 16 on 64-bit).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from llvmlite import ir
 
@@ -51,8 +51,7 @@ C_API: dict[str, ir.FunctionType] = {
 }
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Offsets the entry reads, verified on the running interpreter by `calltype`.
 
     ob_type in any object; ob_size and ob_sval in an exact `bytes`; and, in a Filter instance, the
