@@ -39,7 +39,7 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import walkers
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     FilterSpec = str | Program | Iterable[InsnLike] | Filter | None
     Source = str | os.PathLike[str] | IO[bytes]
 
-__all__ = ["CaptureFileError", "FileStats", "PacketBatch", "filter_file", "read_batches", "read_file"]
+__all__ = ["CaptureFileError", "FileStats", "PacketBatch", "filter_file", "read_batches", "read_file", "split_file"]
 
 DEFAULT_CHUNK = 1 << 12  # records per walker call: the chunk (~1.5 MB of file) is still in cache when written
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
@@ -633,7 +633,7 @@ class _Writer:
             return True
         return False
 
-    def block(self, data: bytes | memoryview) -> None:
+    def block(self, data: bytes | bytearray | memoryview) -> None:
         if self.file is not None:
             self.file.write(data)
         else:
@@ -721,6 +721,92 @@ def filter_file(
         finally:
             if writer is not None:
                 writer.close()
+
+
+def split_file(
+    src: Source,
+    dsts: Sequence[Source],
+    filters: Sequence[str | Program],
+    *,
+    linktype: int | str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> list[FileStats]:
+    """Copy each packet of `src` to every `dsts[i]` whose `filters[i]` accepts it, in ONE pass.
+
+    The filters (expressions compiled for each link type in the file, or programs) run together
+    as one native classifier (`bpfjit.compile_many`) over each chunk of records the walker lists;
+    every output keeps the input's header and non-packet blocks, and its accepted records byte for
+    byte, as `filter_file` would write it for that filter alone.
+    """
+    import numpy as np
+
+    from .batch import Batch
+    from .classifier import MultiFilter, compile_many
+    from .program import Program
+
+    accept_all = Program([(0x06, 0, 0, 0xFFFFFFFF)])  # for a filter given as None
+    if len(dsts) != len(filters) or not filters:
+        raise ValueError(f"split_file needs one output per filter ({len(filters)} filters, {len(dsts)} outputs)")
+    with Capture(src) as capture:
+        keep_all = _Filters(None, capture, linktype)
+        keep_all.kernels = ("gather",)
+        keep_all.walker()
+        per_filter = [_Filters(spec, capture, linktype) for spec in filters]
+        classifiers: dict[int, MultiFilter] = {}
+
+        def classifier(cls: int) -> MultiFilter:
+            if cls not in classifiers:
+                lt = capture.linktypes[cls]
+                programs = [f.program_for(lt) or accept_all for f in per_filter]
+                classifiers[cls] = compile_many(programs)
+            return classifiers[cls]
+
+        classifier(0)  # compile before the outputs are opened: a bad expression must not clobber them
+        writers = [_Writer(dst, capture) for dst in dsts]
+        stats = [[0, 0] for _ in dsts]  # accepted, unused
+        read = 0
+        gather = walkers.kernel("gather")
+        data = np.frombuffer(capture.map, dtype=np.uint8)
+        arrays = _Arrays(chunk)
+        try:
+            with memoryview(capture.map) as view:
+                for event in capture.events(keep_all, lambda: arrays):
+                    if isinstance(event, _Block):
+                        for writer in writers:
+                            writer.block(event.replacement or view[event.start : event.end])
+                        continue
+                    arr, n = event.arrays, event.n
+                    read += n
+                    starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n + 1)
+                    offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
+                    caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
+                    wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
+                    if event.section is None:
+                        classes = np.zeros(n, dtype=np.uint32)
+                    else:
+                        ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
+                        classes = np.frombuffer(memoryview(event.section.classes), dtype=np.uint32)[ifaces]
+                    verdicts = np.zeros((n, len(filters)), dtype=bool)
+                    for cls in np.unique(classes).tolist():
+                        rows = classes == cls
+                        batch = Batch(data, offsets[rows], caplens[rows], wirelens[rows])
+                        verdicts[rows] = classifier(cls).run_batch(batch)
+                    lengths = starts[1:] - starts[:-1]
+                    for index, writer in enumerate(writers):
+                        chosen = np.flatnonzero(verdicts[:, index])
+                        if not len(chosen):
+                            continue
+                        iov = np.empty((len(chosen), 2), dtype=np.uint64)  # struct iovec {base, len}
+                        iov[:, 0] = starts[chosen] + np.uint64(capture.address)
+                        iov[:, 1] = lengths[chosen]
+                        out = bytearray(int(iov[:, 1].sum()))
+                        gather(iov.ctypes.data, len(chosen), ctypes.addressof(ctypes.c_char.from_buffer(out)))
+                        writer.block(out)
+                        stats[index][0] += len(chosen)
+        finally:
+            for writer in writers:
+                writer.close()
+        return [FileStats(read, accepted, writer.written) for (accepted, _), writer in zip(stats, writers, strict=True)]
 
 
 def _filter_into(capture: Capture, filters: _Filters, writer: _Writer | None, count: int | None, chunk: int,

@@ -256,10 +256,33 @@ def filter_command(args: argparse.Namespace) -> int:
     return code
 
 
+def _split_command(args: argparse.Namespace) -> int:
+    """bpfjit filter -r IN --split TEMPLATE EXPR [EXPR ...]: one output per expression, one pass."""
+    from . import capfile
+
+    if args.file:
+        with open(args.file, encoding="utf-8") as handle:
+            expressions = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        expressions = list(args.expression)
+    if not expressions or args.read is None:
+        print("bpfjit filter --split: give -r FILE and one or more expressions (or -F FILE, one per line)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    template = args.split if "{}" in args.split else args.split + ".{}"
+    outputs = [template.format(index) for index in range(len(expressions))]
+    results = capfile.split_file(args.read, outputs, expressions, linktype=args.linktype)
+    for expression, output, stats in zip(expressions, outputs, results, strict=True):
+        print(f"{output}: {stats.accepted} of {stats.read} packets ({expression})", file=sys.stderr)
+    return 0
+
+
 def _filter_command(args: argparse.Namespace) -> int:
     from . import capfile
     from .errors import CaptureFileError
 
+    if args.split:
+        return _split_command(args)
     spec = _filter_spec(args)
     if args.d:
         return _dump_filter(args, spec)
@@ -355,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_filter.add_argument("-d", action="count", default=0, help="print the program (-d, -dd, -ddd) and exit")
     p_filter.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                           help="progress bar on stderr (default: when it is a terminal and the run is slow)")
+    p_filter.add_argument("--split", metavar="TEMPLATE",
+                          help="one output per expression (each argument is one; -F: one per line), written "
+                               "in one pass; '{}' in TEMPLATE is the filter's number, e.g. out-{}.pcap")  # fmt: skip
     p_filter.set_defaults(func=filter_command)
 
     # bench: bpfjit.benchmark parses its own options (shared with `python -m bench`), so that the

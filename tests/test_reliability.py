@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import pickle
 
 import pytest
@@ -103,15 +102,20 @@ def _rss_kib() -> int:
 
 @pytest.mark.slow
 def test_ten_thousand_distinct_filters_keep_memory_bounded() -> None:
-    """The long run (pytest -m slow): prints the peak RSS figure for the closing note."""
-    base = _rss_kib()
-    peak = base
-    for i in range(10_000):
-        f = bpfjit.compile([(0x20, 0, 0, i % 64), (0x54, 0, 0, i + 1), (0x16, 0, 0, 0)])
-        assert f(bytes(80)) == 0
-        if i % 1000 == 999:
-            bpfjit.filter.clear_cache()
-            gc.collect()
-            peak = max(peak, _rss_kib())
-    print(f"RSS {base} KiB -> peak {peak} KiB over 10,000 compiles (pid {os.getpid()})")
-    assert peak - base < 120_000
+    """The long run (pytest -m slow -s): prints the RSS figures for the closing note."""
+
+    def compile_and_drop(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            f = bpfjit.compile([(0x20, 0, 0, i % 64), (0x54, 0, 0, i + 1), (0x16, 0, 0, 0)])
+            assert f(bytes(80)) == 0
+        bpfjit.filter.clear_cache()
+        gc.collect()
+
+    compile_and_drop(0, 300)  # LLVM's own start-up and the allocator's first growth
+    base = peak = _rss_kib()
+    for start in range(1000, 11_000, 1000):
+        compile_and_drop(start, start + 1000)
+        peak = max(peak, _rss_kib())
+    grown = peak - base
+    print(f"RSS after warm-up {base} KiB, peak {peak} KiB over 10,000 compiles: +{grown / 10_000:.1f} KiB each")
+    assert grown < 60_000  # llvmlite leaks ~2.4 KiB per PassBuilder; everything else is freed
