@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # `ci` is thorough (the default under CI=true), `dev` is quick for the edit-test loop.
@@ -14,3 +15,17 @@ settings.register_profile("dev", max_examples=60, deadline=None, suppress_health
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev"))
 
 IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture
+def needs_libpcap() -> None:
+    """Tests that run libpcap: skipped without it locally, failed without it in CI."""
+    from needs import require
+
+    from bpfjit import libpcap
+    from bpfjit.errors import LibraryMissingError
+
+    try:
+        libpcap.library()
+    except LibraryMissingError as exc:
+        require(False, f"libpcap ({exc})")

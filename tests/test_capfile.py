@@ -349,16 +349,22 @@ def test_pcapng_round_trip(tmp_path: Path) -> None:
         assert out.read_bytes() == expected_pcapng_output(data, accepted_by_libpcap(expression, packets)), expression
 
 
-def test_pcapng_interfaces_of_several_link_types(tmp_path: Path) -> None:
-    """Ethernet, raw IP and Linux cooked interfaces interleaved in one file: each packet goes through
-    the expression compiled for its own interface's link type."""
+def mixed_link_types(n: int, seed: int) -> list[Packet]:
+    """Ethernet frames, every third one as raw IP and every third as Linux cooked (SLL)."""
     packets = []
-    for i, p in enumerate(mix(600, seed=23)):
+    for i, p in enumerate(mix(n, seed=seed)):
         if i % 3 == 1 and len(p.data) > 14 and p.data[12:14] in (b"\x08\x00", b"\x86\xdd"):
             p = p._replace(data=raw_ip(p.data), wirelen=p.wirelen - 14, linktype=LINKTYPE_RAW)
         elif i % 3 == 2 and len(p.data) >= 14:
             p = p._replace(data=linux_sll(p.data), wirelen=p.wirelen + 2, linktype=LINKTYPE_LINUX_SLL)
         packets.append(p)
+    return packets
+
+
+def test_pcapng_interfaces_of_several_link_types(tmp_path: Path) -> None:
+    """Ethernet, raw IP and Linux cooked interfaces interleaved in one file: each packet goes through
+    the expression compiled for its own interface's link type."""
+    packets = mixed_link_types(600, seed=23)
     src = tmp_path / "multi.pcapng"
     write_pcapng(src, packets)
     data = src.read_bytes()

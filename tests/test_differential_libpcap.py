@@ -12,20 +12,13 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from needs import require
 from test_libpcap import EXPRESSIONS
 
 import bpfjit
-from bpfjit import Insn, LibraryMissingError, Program, libpcap
+from bpfjit import Insn, Program, libpcap
 from bpfjit.strategies import packets, packets_with_wirelen, programs
 
-
-@pytest.fixture(autouse=True)
-def _needs_libpcap() -> None:
-    try:
-        libpcap.library()
-    except LibraryMissingError as exc:
-        require(False, f"libpcap ({exc})")
+pytestmark = pytest.mark.usefixtures("needs_libpcap")
 
 
 def both(program: Program, packet: bytes, wirelen: int | None = None) -> tuple[int, int]:

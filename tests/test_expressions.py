@@ -19,7 +19,7 @@ import pytest
 from needs import require, tcpdump_path
 
 import bpfjit
-from bpfjit import Batch, ExpressionError, LibraryMissingError, ValidationError, libpcap, packetmix
+from bpfjit import Batch, ExpressionError, ValidationError, libpcap, packetmix
 from bpfjit.cli import main as cli_main
 from bpfjit.samples import arp_request, ethernet, ipv4, ipv6, sample_frames, tcp, udp, vlan
 
@@ -123,12 +123,7 @@ def _id(entry: tuple[str, str]) -> str:
     return f"{entry[0]}:{entry[1]}"
 
 
-@pytest.fixture(autouse=True)
-def _needs_libpcap() -> None:
-    try:
-        libpcap.library()
-    except LibraryMissingError as exc:
-        require(False, f"libpcap ({exc})")
+pytestmark = pytest.mark.usefixtures("needs_libpcap")
 
 
 def tcpdump(*args: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from needs import require, tcpdump_path
 
 import bpfjit
-from bpfjit import ExpressionError, Insn, LibraryMissingError, Program, ValidationError, libpcap
+from bpfjit import ExpressionError, Insn, Program, ValidationError, libpcap
 from bpfjit.opcodes import OPCODES
 from bpfjit.strategies import constants
 
@@ -51,12 +51,7 @@ EXPRESSIONS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _needs_libpcap() -> None:
-    try:
-        libpcap.library()
-    except LibraryMissingError as exc:
-        require(False, f"libpcap ({exc})")
+pytestmark = pytest.mark.usefixtures("needs_libpcap")
 
 
 def tcpdump_ddd(expression: str, *options: str) -> Program:

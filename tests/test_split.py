@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_capfile import mixed_link_types, write_pcapng
 
 import bpfjit
 from bpfjit import capfile, packetmix
-from tests.test_capfile import LINKTYPE_LINUX_SLL, LINKTYPE_RAW, linux_sll, mix, raw_ip, write_pcapng
 
 EXPRESSIONS = ["tcp port 80", "udp port 53", "arp", "ip6", "ip[6:2] & 0x3fff != 0", "len > 600"]
 
@@ -28,13 +28,7 @@ def test_split_pcap_equals_filter_file_per_expression(tmp_path: Path) -> None:
 
 
 def test_split_pcapng_with_several_link_types(tmp_path: Path) -> None:
-    packets = []
-    for i, p in enumerate(mix(400, seed=5)):
-        if i % 3 == 1 and len(p.data) > 14 and p.data[12:14] in (b"\x08\x00", b"\x86\xdd"):
-            p = p._replace(data=raw_ip(p.data), wirelen=p.wirelen - 14, linktype=LINKTYPE_RAW)
-        elif i % 3 == 2 and len(p.data) >= 14:
-            p = p._replace(data=linux_sll(p.data), wirelen=p.wirelen + 2, linktype=LINKTYPE_LINUX_SLL)
-        packets.append(p)
+    packets = mixed_link_types(400, seed=5)
     src = tmp_path / "multi.pcapng"
     write_pcapng(src, packets)
     exprs = ["ip", "udp port 53", "tcp and not port 22"]
