@@ -9,6 +9,8 @@ need_apt=()
 ldconfig -p 2>/dev/null | grep -q 'libpcap\.so' || need_apt+=(libpcap0.8)
 command -v tcpdump >/dev/null 2>&1 || [ -x /usr/bin/tcpdump ] || need_apt+=(tcpdump)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+# iproute2: the live-capture and kernel-oracle tests build their own network namespaces with `ip`.
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
