@@ -325,21 +325,3 @@ def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Func
     b.position_at_end(done)
     b.ret_void()
     return fn
-
-
-def lower_single(module: ir.Module, batch_fn: ir.Function, name: str) -> ir.Function:
-    """u32 NAME(u8 *P, u32 caplen, u32 wirelen): one packet through the batch entry (n = 1).
-
-    The filter body is machine-coded once, inlined into the batch loop; single-packet callers (the
-    Python entry, ctypes) pay a call and a one-trip loop (~2 ns) instead of a second copy of the
-    code, which would double the cold compile time."""
-    fn = ir.Function(module, FILTER_TYPE, name)
-    packet, caplen, wirelen = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    offset, caplen_slot, wirelen_slot, result = (b.alloca(t) for t in (I64, I32, I32, I32))
-    b.store(ir.Constant(I64, 0), offset)
-    b.store(caplen, caplen_slot)
-    b.store(wirelen, wirelen_slot)
-    b.call(batch_fn, [packet, offset, caplen_slot, wirelen_slot, ir.Constant(I64, 1), result])
-    b.ret(b.load(result))
-    return fn

@@ -4,7 +4,8 @@
 
 A ctypes call costs ~300 ns, ten times a filter's work, so `f(packet)` does not go through ctypes:
 `Filter` is a vectorcall type (see `calltype`) whose instances point at this function and carry
-the address of their own native filter and of a small table of prebuilt result ints. The entry is
+the address of their own native code (its batch loop, called with n = 1) and of a small table of
+prebuilt result ints. The entry is
 the same for every filter, so it is compiled once per process and costs a filter's cold compile
 nothing (it used to be ~5 ms of each).
 
@@ -27,7 +28,11 @@ from llvmlite import ir
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 OBJ = I8.as_pointer()  # PyObject *
 ENTRY_TYPE = ir.FunctionType(OBJ, [OBJ, OBJ.as_pointer(), I64, OBJ])
-FILTER_FN = ir.FunctionType(I32, [I8.as_pointer(), I32, I32]).as_pointer()
+# void batch(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out): each filter's only
+# machine code (lower.lower_batch); one packet is a batch of one.
+BATCH_FN = ir.FunctionType(
+    ir.VoidType(), [I8.as_pointer(), I64.as_pointer(), I32.as_pointer(), I32.as_pointer(), I64, I32.as_pointer()]
+).as_pointer()
 ENTRY_NAME = "bpfjit_entry"
 PY_BUFFER_SIZE = 80  # sizeof(Py_buffer) on 64-bit
 PY_BUFFER_LEN_OFFSET = 16
@@ -103,6 +108,10 @@ def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
     wire_slot, data_slot, len_slot, held_slot = (
         b.alloca(t, name=n) for t, n in ((I64, "wire"), (I8.as_pointer(), "data"), (I64, "len"), (I1, "held"))
     )  # promoted to SSA by sroa
+    # the batch-of-one arguments: offset 0, caplen, wirelen, and where the result goes
+    offset_arg, caplen_arg, wirelen_arg, result_arg = (
+        b.alloca(t, name=n) for t, n in ((I64, "offset"), (I32, "caplen"), (I32, "wirelen"), (I32, "out"))
+    )
     b.store(ir.Constant(I64, NO_WIRELEN), wire_slot)
     b.store(ir.Constant(I1, 0), held_slot)
     nargs = b.and_(nargsf, ir.Constant(I64, PY_VECTORCALL_NARGS_MASK), name="nargs")
@@ -159,8 +168,12 @@ def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
     call = fn.append_basic_block("call")
     b.cbranch(lengths_ok, call, blocks["release"])
     b.position_at_end(call)
-    filter_fn = _field(b, self_obj, layout.filter_offset, FILTER_FN, "filter")
-    result = b.call(filter_fn, [b.load(data_slot), b.trunc(length, I32), b.trunc(wire64, I32)], name="result")
+    batch_fn = _field(b, self_obj, layout.filter_offset, BATCH_FN, "batch")
+    b.store(ir.Constant(I64, 0), offset_arg)
+    b.store(b.trunc(length, I32), caplen_arg)
+    b.store(b.trunc(wire64, I32), wirelen_arg)
+    b.call(batch_fn, [b.load(data_slot), offset_arg, caplen_arg, wirelen_arg, ir.Constant(I64, 1), result_arg])
+    result = b.load(result_arg, name="result")
     done = fn.append_basic_block("done")
     b.branch(done)
 
