@@ -51,9 +51,25 @@ class Lowering:
         self.blocks = {i: self.function.append_basic_block(f"insn{i}") for i in leaders(program)}
         self.reject = self.function.append_basic_block("reject")
         ir.IRBuilder(self.reject).ret(ir.Constant(I32, 0))
+        self.values: dict[ir.AllocaInstr, ir.Value] = {}  # register -> value, in the current block
         self.checks = bounds_plan(program, known_caplen).checks
         self.preloaded = self.preload(known_caplen)
         b.branch(self.blocks[0])
+
+    # -- registers ---------------------------------------------------------------------------
+    def read(self, register: ir.AllocaInstr, name: str = "") -> ir.Value:
+        """A, X or M[k]: the value stored earlier in this block, else a load (sroa makes SSA of it).
+
+        Reusing the block's own values keeps the IR small, which is most of what a cold compile
+        costs in Python; across blocks the loads stay, and LLVM builds the phis."""
+        value = self.values.get(register)
+        if value is None:
+            value = self.values[register] = self.builder.load(register, name=name)
+        return value
+
+    def write(self, register: ir.AllocaInstr, value: ir.Value) -> None:
+        self.builder.store(value, register)
+        self.values[register] = value
 
     # -- helpers -----------------------------------------------------------------------------
     def preload(self, known_caplen: int) -> dict[tuple[int, int], ir.Value]:
@@ -117,7 +133,7 @@ class Lowering:
     def operand(self, insn: Insn) -> ir.Value:
         """The second operand of ALU and jump instructions: k for BPF_K forms, X for BPF_X forms."""
         if OPCODES[insn.code].kind in ("alu_x", "jmp_x"):
-            return self.builder.load(self.x, name="x")
+            return self.read(self.x, "x")
         return ir.Constant(I32, insn.k)
 
     # -- driver ------------------------------------------------------------------------------
@@ -127,6 +143,7 @@ class Lowering:
                 if not self.builder.block.is_terminated:
                     self.builder.branch(self.blocks[index])
                 self.builder.position_at_end(self.blocks[index])
+                self.values = {}  # a new block: its registers come from its predecessors
             elif self.builder.block.is_terminated:
                 continue  # unreachable tail of a block after ret/ja (cannot happen: next is a leader)
             self.static_check(index)
@@ -139,64 +156,64 @@ Emitter = Callable[[Lowering, Insn, int], None]
 
 def ld_imm(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- k"""
-    lo.builder.store(ir.Constant(I32, insn.k), lo.a)
+    lo.write(lo.a, ir.Constant(I32, insn.k))
 
 
 def ld_len(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- wirelen"""
-    lo.builder.store(lo.wirelen, lo.a)
+    lo.write(lo.a, lo.wirelen)
 
 
 def ld_mem(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- M[k]"""
-    lo.builder.store(lo.builder.load(lo.m[insn.k]), lo.a)
+    lo.write(lo.a, lo.read(lo.m[insn.k]))
 
 
 def ld_abs(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- P[k:width] (the static check before it covers k + width)"""
-    lo.builder.store(lo.load_abs(insn.k, OPCODES[insn.code].width), lo.a)
+    lo.write(lo.a, lo.load_abs(insn.k, OPCODES[insn.code].width))
 
 
 def ld_ind(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- P[X+k:width], X + k + width <= caplen computed in 64 bits"""
     b = lo.builder
     width = OPCODES[insn.code].width
-    offset = b.add(b.zext(b.load(lo.x), I64), ir.Constant(I64, insn.k), name="off")
+    offset = b.add(b.zext(lo.read(lo.x), I64), ir.Constant(I64, insn.k), name="off")
     end = b.add(offset, ir.Constant(I64, width), name="end")
     lo.check(b.icmp_unsigned("<=", end, lo.caplen64, name="ind_ok"), "ind")
-    b.store(lo.load_packet(offset, width), lo.a)
+    lo.write(lo.a, lo.load_packet(offset, width))
 
 
 def ldx_imm(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- k"""
-    lo.builder.store(ir.Constant(I32, insn.k), lo.x)
+    lo.write(lo.x, ir.Constant(I32, insn.k))
 
 
 def ldx_len(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- wirelen"""
-    lo.builder.store(lo.wirelen, lo.x)
+    lo.write(lo.x, lo.wirelen)
 
 
 def ldx_mem(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- M[k]"""
-    lo.builder.store(lo.builder.load(lo.m[insn.k]), lo.x)
+    lo.write(lo.x, lo.read(lo.m[insn.k]))
 
 
 def ldx_msh(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- 4*(P[k:1]&0xf)"""
     b = lo.builder
     byte = lo.load_abs(insn.k, 1)
-    b.store(b.shl(b.and_(byte, ir.Constant(I32, 0xF)), ir.Constant(I32, 2)), lo.x)
+    lo.write(lo.x, b.shl(b.and_(byte, ir.Constant(I32, 0xF)), ir.Constant(I32, 2)))
 
 
 def st(lo: Lowering, insn: Insn, index: int) -> None:
     """M[k] <- A"""
-    lo.builder.store(lo.builder.load(lo.a), lo.m[insn.k])
+    lo.write(lo.m[insn.k], lo.read(lo.a))
 
 
 def stx(lo: Lowering, insn: Insn, index: int) -> None:
     """M[k] <- X"""
-    lo.builder.store(lo.builder.load(lo.x), lo.m[insn.k])
+    lo.write(lo.m[insn.k], lo.read(lo.x))
 
 
 def alu(lo: Lowering, insn: Insn, index: int) -> None:
@@ -204,27 +221,28 @@ def alu(lo: Lowering, insn: Insn, index: int) -> None:
     b = lo.builder
     op = OPCODES[insn.code].alu
     assert op is not None
-    a = b.load(lo.a, name="a")
+    a = lo.read(lo.a, "a")
     operand = lo.operand(insn)
     method = getattr(b, op.ir_method)
-    if op.hazard == "divisor" and isinstance(operand, ir.Constant):
-        result = method(a, operand)  # the validator rejected a constant 0
-    elif op.hazard == "divisor":
+    # Decide by the instruction's form, never by whether X happens to be a known constant here:
+    # `ldx #0; div x` must still take the X == 0 check (the validator only vouches for k).
+    from_x = OPCODES[insn.code].kind == "alu_x"
+    if op.hazard == "divisor" and from_x:
         lo.check(b.icmp_unsigned("!=", operand, ir.Constant(I32, 0), name="div_ok"), "div")
         result = method(a, operand)
-    elif op.hazard == "shift" and not isinstance(operand, ir.Constant):
+    elif op.hazard == "shift" and from_x:
         shifted = method(a, b.and_(operand, ir.Constant(I32, 31)))
         in_range = b.icmp_unsigned("<", operand, ir.Constant(I32, 32), name="shift_ok")
         result = b.select(in_range, shifted, ir.Constant(I32, 0))
     else:
         result = method(a, operand)
-    b.store(result, lo.a)
+    lo.write(lo.a, result)
 
 
 def neg(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- -A"""
     b = lo.builder
-    b.store(b.neg(b.load(lo.a)), lo.a)
+    lo.write(lo.a, b.neg(lo.read(lo.a)))
 
 
 def ja(lo: Lowering, insn: Insn, index: int) -> None:
@@ -237,7 +255,7 @@ def jmp(lo: Lowering, insn: Insn, index: int) -> None:
     b = lo.builder
     op = OPCODES[insn.code].jmp
     assert op is not None
-    a = b.load(lo.a, name="a")
+    a = lo.read(lo.a, "a")
     operand = lo.operand(insn)
     if op.ir_predicate == "&":
         cond = b.icmp_unsigned("!=", b.and_(a, operand), ir.Constant(I32, 0), name="jset")
@@ -258,17 +276,17 @@ def ret_k(lo: Lowering, insn: Insn, index: int) -> None:
 
 def ret_a(lo: Lowering, insn: Insn, index: int) -> None:
     """return A"""
-    lo.builder.ret(lo.builder.load(lo.a))
+    lo.builder.ret(lo.read(lo.a))
 
 
 def tax(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- A"""
-    lo.builder.store(lo.builder.load(lo.a), lo.x)
+    lo.write(lo.x, lo.read(lo.a))
 
 
 def txa(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- X"""
-    lo.builder.store(lo.builder.load(lo.x), lo.a)
+    lo.write(lo.a, lo.read(lo.x))
 
 
 EMITTERS: dict[str, Emitter] = {
