@@ -235,3 +235,15 @@ def test_merged_check_never_hoists_above_an_accepting_path() -> None:
     f = bpfjit.compile(program)
     assert f(b"\x01") == 7 and f(b"\x02") == 0 and f(b"\x02" + bytes(11)) == 0
     assert bounds_plan(program).checks == {0: 1, 3: 12}
+
+
+@pytest.mark.parametrize("opt", [0, 1, 2, 3])
+def test_known_x_still_takes_the_runtime_checks(opt: int) -> None:
+    # X is a constant the lowering can see; the division must still check it (the validator only
+    # rejects `div #0`), and a shift by X >= 32 must still give 0, at every optimisation level.
+    for alu_x in (0x3C, 0x9C):  # div x, mod x
+        f = bpfjit.compile([(0x00, 0, 0, 7), (0x01, 0, 0, 0), (alu_x, 0, 0, 0), (0x06, 0, 0, 9)], opt_level=opt)
+        assert f(b"") == 0 and f.call(b"") == 0
+    for shift_x in (0x6C, 0x7C):  # lsh x, rsh x
+        f = bpfjit.compile([(0x00, 0, 0, 0xFFFF), (0x01, 0, 0, 40), (shift_x, 0, 0, 0), (0x16, 0, 0, 0)], opt_level=opt)
+        assert f(b"") == 0
