@@ -51,7 +51,8 @@ def main() -> None:
         f = bpfjit.compile(program)
         raw = BATCH_PROTOTYPE(f.address)  # the native code itself, called as a batch of one
         offset, lengths, out = ctypes.c_uint64(0), (ctypes.c_uint32 * 2)(), ctypes.c_uint32()
-        batch_of_one = (ctypes.byref(offset), lengths, ctypes.byref(lengths, 4), 1, ctypes.byref(out))
+        at = ctypes.addressof
+        batch_of_one = (at(offset), at(lengths), at(lengths) + 4, 1, at(out))
         n = [len(p) for p in packets]
         keys = ("len", "ctypes", "call", "fast", "fast_w", "cold", "cached")
         samples: dict[str, list[float]] = {k: [] for k in keys}

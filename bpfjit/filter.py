@@ -136,6 +136,19 @@ def _buffer_address(view: memoryview) -> tuple[int, object]:
     return array.ctypes.data, array
 
 
+_scratch = threading.local()
+
+
+def _new_scratch() -> tuple[Any, ...]:
+    """This thread's (lengths, out, the batch call's other arguments) for single-packet ctypes calls."""
+    offset, lengths, out = ctypes.c_uint64(0), (ctypes.c_uint32 * 2)(), ctypes.c_uint32()
+    # plain addresses: ctypes converts ints to pointers far faster than byref() objects
+    at = ctypes.addressof
+    tail = (at(offset), at(lengths), at(lengths) + 4, 1, at(out))
+    _scratch.arrays = (lengths, out, tail, offset)
+    return _scratch.arrays
+
+
 _FilterBase: Any = calltype.NativeCallable if FAST_ENTRY else object
 
 
@@ -186,9 +199,12 @@ class Filter(_FilterBase):
         return result
 
     def _run_one(self, data: bytes | int | None, caplen: int, wirelen: int) -> int:
-        """One packet as a batch of one (each call its own arrays, so threads can share a Filter)."""
-        offset, lengths, out = ctypes.c_uint64(0), (ctypes.c_uint32 * 2)(caplen, wirelen), ctypes.c_uint32()
-        self._batch(data, ctypes.byref(offset), lengths, ctypes.byref(lengths, 4), 1, ctypes.byref(out))
+        """One packet as a batch of one, through ctypes (each thread has its own argument arrays)."""
+        scratch = _scratch.__dict__.get("arrays") or _new_scratch()
+        lengths, out, tail = scratch[:3]
+        lengths[0] = caplen
+        lengths[1] = wirelen
+        self._batch(data, *tail)
         return int(out.value)
 
     if not FAST_ENTRY:
