@@ -315,16 +315,13 @@ BATCH_TYPE = ir.FunctionType(
 )
 
 
-def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Function:
-    """void NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out):
-    out[i] <- filter(base + offsets[i], caplens[i], wirelens[i]) for i < n, the filter inlined."""
-    fn = ir.Function(module, BATCH_TYPE, name)
-    base, offsets, caplens, wirelens, count, out = fn.args
-    for arg, label in zip(fn.args, ("base", "offsets", "caplens", "wirelens", "n", "out"), strict=True):
-        arg.name = label
-    for pointer in (offsets, caplens, wirelens):
-        pointer.attributes.add("captures(none)")
-    out.attributes.add("noalias")
+PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value], None]
+
+
+def emit_packet_loop(fn: ir.Function, count: ir.Value, visit: PacketVisitor) -> None:
+    """The body of a batch function whose first four arguments are (base, offsets, caplens,
+    wirelens): for i < count, visit(builder, i, base + offsets[i], caplens[i], wirelens[i])."""
+    base, offsets, caplens, wirelens = fn.args[:4]
     entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
     b = ir.IRBuilder(entry)
     counter = b.alloca(I64, name="i")  # promoted to a phi by sroa
@@ -337,9 +334,26 @@ def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Func
     packet = b.gep(base, [b.load(b.gep(offsets, [i]), name="offset")], inbounds=True, name="packet")
     caplen = b.load(b.gep(caplens, [i]), name="caplen")
     wirelen = b.load(b.gep(wirelens, [i]), name="wirelen")
-    b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
+    visit(b, i, packet, caplen, wirelen)
     b.store(b.add(i, ir.Constant(I64, 1)), counter)
     b.branch(head)
     b.position_at_end(done)
     b.ret_void()
+
+
+def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Function:
+    """void NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out):
+    out[i] <- filter(base + offsets[i], caplens[i], wirelens[i]) for i < n, the filter inlined."""
+    fn = ir.Function(module, BATCH_TYPE, name)
+    for arg, label in zip(fn.args, ("base", "offsets", "caplens", "wirelens", "n", "out"), strict=True):
+        arg.name = label
+    for pointer in fn.args[1:4]:
+        pointer.attributes.add("captures(none)")
+    out = fn.args[5]
+    out.attributes.add("noalias")
+
+    def run_filter(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
+        b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
+
+    emit_packet_loop(fn, fn.args[4], run_filter)
     return fn

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from llvmlite import ir
 
 from .analysis import bounds_plan
-from .lower import I8, I32, I64, lower_filter
+from .lower import I8, I32, I64, emit_packet_loop, lower_filter
 from .opcodes import U32_MASK
 from .program import Program
 
@@ -101,27 +101,16 @@ def lower_classifier_batch(module: ir.Module, classifier: ir.Function, name: str
     out_type = I64.as_pointer() if mode == "bitmask" else I32.as_pointer()
     args = [I8.as_pointer(), I64.as_pointer(), I32.as_pointer(), I32.as_pointer(), I64, out_type, I32.as_pointer()]
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name)
-    base, offsets, caplens, wirelens, n, out, values = fn.args
-    entry, head, loop, done = (fn.append_basic_block(x) for x in ("entry", "head", "loop", "done"))
-    b = ir.IRBuilder(entry)
-    counter = b.alloca(I64, name="i")  # promoted by sroa
-    b.store(ir.Constant(I64, 0), counter)
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.load(counter)
-    b.cbranch(b.icmp_unsigned("<", i, n), loop, done)
-    b.position_at_end(loop)
-    packet = b.gep(base, [b.load(b.gep(offsets, [i]))], inbounds=True)
-    caplen, wirelen = b.load(b.gep(caplens, [i])), b.load(b.gep(wirelens, [i]))
-    if mode == "bitmask":
-        slot = b.gep(out, [b.mul(i, ir.Constant(I64, words_for(count)))])
-        b.call(classifier, [packet, caplen, wirelen, slot])
-    else:
-        value = b.gep(values, [i])
-        b.store(ir.Constant(I32, 0), value)
-        b.store(b.call(classifier, [packet, caplen, wirelen, value]), b.gep(out, [i]))
-    b.store(b.add(i, ir.Constant(I64, 1)), counter)
-    b.branch(head)
-    b.position_at_end(done)
-    b.ret_void()
+    n, out, values = fn.args[4:]
+
+    def classify(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
+        if mode == "bitmask":
+            slot = b.gep(out, [b.mul(i, ir.Constant(I64, words_for(count)))])
+            b.call(classifier, [packet, caplen, wirelen, slot])
+        else:
+            value = b.gep(values, [i])
+            b.store(ir.Constant(I32, 0), value)
+            b.store(b.call(classifier, [packet, caplen, wirelen, value]), b.gep(out, [i]))
+
+    emit_packet_loop(fn, n, classify)
     return fn
