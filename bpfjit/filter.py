@@ -35,7 +35,7 @@ FAST_ENTRY = calltype.AVAILABLE and calltype.BYTES_LAYOUT is not None
 _cache_lock = threading.Lock()
 _live: weakref.WeakValueDictionary[tuple[Program, int], native.NativeCode] = weakref.WeakValueDictionary()
 _recent: OrderedDict[tuple[Program, int], native.NativeCode] = OrderedDict()
-RECENT_CODES = 64  # compiled modules kept alive after their last Filter is gone, for cheap recompiles
+RECENT_CODES = 16  # compiled modules (~0.5 MiB each) kept after their last Filter is gone: cheap recompiles
 _names = itertools.count()
 
 
