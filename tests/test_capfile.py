@@ -206,14 +206,21 @@ def test_pcap_link_type_snaplen_and_modified_format(tmp_path: Path) -> None:
     assert [d for _, d, _ in bpfjit.read_file(tmp_path / "mod.pcap", "udp")] == frames[:1]
 
 
+def pcap_and_expected(
+    src: Path, packets: list[Packet], expression: str
+) -> tuple[bytes, list[bytes], list[bool], bytes]:
+    """Write `packets` to `src`; its header, records, libpcap's verdicts and the filtered file expected."""
+    write_pcap(src, packets)
+    header, records = pcap_records(src.read_bytes())
+    verdicts = accepted_by_libpcap(expression, packets)
+    return header, records, verdicts, header + b"".join(r for r, keep in zip(records, verdicts, strict=True) if keep)
+
+
 def test_chunk_sizes_and_count(tmp_path: Path) -> None:
     """Chunk boundaries change nothing; `count` stops after that many accepted packets (tcpdump's -c)."""
     packets = mix(300, seed=5)
     src = tmp_path / "in.pcap"
-    write_pcap(src, packets)
-    header, records = pcap_records(src.read_bytes())
-    verdicts = accepted_by_libpcap("tcp", packets)
-    expected = header + b"".join(r for r, keep in zip(records, verdicts, strict=True) if keep)
+    header, records, verdicts, expected = pcap_and_expected(src, packets, "tcp")
     for chunk in (1, 2, 7, 64, 4096):
         out = tmp_path / f"out{chunk}.pcap"
         assert bpfjit.filter_file(src, out, "tcp", chunk=chunk).accepted == sum(verdicts)
@@ -247,10 +254,7 @@ def test_destinations(tmp_path: Path) -> None:
     """A path, an open file (after what the caller wrote), a file object without a descriptor, or None."""
     packets = mix(120, seed=7)
     src = tmp_path / "in.pcap"
-    write_pcap(src, packets)
-    header, records = pcap_records(src.read_bytes())
-    verdicts = accepted_by_libpcap("udp", packets)
-    expected = header + b"".join(r for r, keep in zip(records, verdicts, strict=True) if keep)
+    header, records, verdicts, expected = pcap_and_expected(src, packets, "udp")
     memory = io.BytesIO()
     bpfjit.filter_file(src, memory, "udp")
     assert memory.getvalue() == expected
