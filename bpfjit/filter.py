@@ -87,11 +87,9 @@ def _build(program: Program, opt_level: int) -> native.NativeCode:
     serial = next(_names)
     name = f"bpf_filter_{serial}"
     module = lower.new_module(f"bpfjit_{serial}")
-    body = lower.lower_filter(module, program, name + "_body")
-    body.linkage = "internal"  # machine-coded once, inside the batch loop
     # The batch loop is the filter's only machine code: single packets are batches of one. (A
     # separate single-packet function cost ~1.5 ms more of code generation per compile.)
-    lower.lower_batch(module, body, name)
+    lower.lower_program_batch(module, program, name)
     code = native.build(module, opt_level, (name,))
     code.addresses["batch"] = code.addresses[name]
     table, objects = _result_table(program)

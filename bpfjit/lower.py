@@ -1,10 +1,13 @@
-"""Lowering: a validated `Program` becomes an LLVM IR function, built with `llvmlite.ir` only.
+"""Lowering: a validated `Program` becomes LLVM IR, built with `llvmlite.ir` only.
 
-    i32 @NAME(i8* %P, i32 %caplen, i32 %wirelen)
+    void @NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out)  lower_program_batch
+    i32 @NAME(i8* %P, i32 %caplen, i32 %wirelen)                                        lower_filter
 
-One basic block per leader; A, X and M[0..15] are entry-block allocas that LLVM's mem2reg turns
-into SSA values; every failed check (packet bounds, division by X == 0) branches to ONE shared,
-cold `reject` block that returns 0. Static length checks follow `analysis.bounds_plan`, so a load
+A compiled filter is its batch loop with the program lowered straight into the loop body;
+`lower_filter` makes a function of it for callers that inline several (the classifier, walkers).
+One basic block per leader; A, X and the M[k] the program uses are entry-block allocas that SROA
+turns into SSA values; every failed check (packet bounds, division by X == 0) branches to ONE
+shared, cold `reject` block that yields 0. Static length checks follow `analysis.bounds_plan`, so a load
 already covered by an earlier check costs nothing. Hazards handled here and only here:
   - `shl`/`lshr` by >= 32 is poison in LLVM: shift by (X & 31) and select 0 when X >= 32;
   - `udiv`/`urem` by zero is undefined in LLVM: test X == 0 first and reject;
@@ -18,39 +21,55 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from .analysis import bounds_plan, leaders
-from .opcodes import BPF_MEMWORDS, OPCODES, U32_MASK
+from .opcodes import OPCODES, U32_MASK
 from .program import Insn, Program
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 FILTER_TYPE = ir.FunctionType(I32, [I8.as_pointer(), I32, I32])
 # Weights for (likely, unlikely) edges of a check: failed checks are the cold path.
 LIKELY = (2000, 1)
+# Instruction kinds whose k names a scratch word M[k].
+SCRATCH_KINDS = frozenset(("ld_mem", "ldx_mem", "st", "stx"))
+
+
+Finish = Callable[[ir.IRBuilder, ir.Value], None]
 
 
 class Lowering:
-    """State of one function being built: the builder, registers, blocks and the reject exit."""
+    """State of one filter being built: the builder, registers, blocks and the reject exit.
 
-    def __init__(self, module: ir.Module, program: Program, name: str, known_caplen: int = 0):
+    The filter is emitted at `builder`'s position inside `function`, reading `packet`, `caplen`
+    and `wirelen`; each way out (`ret`, a failed check) ends its block with `finish(builder, value)`
+    (a `ret` in a filter function, a branch to the next packet in a batch loop)."""
+
+    def __init__(
+        self,
+        program: Program,
+        function: ir.Function,
+        builder: ir.IRBuilder,
+        args: tuple[ir.Value, ir.Value, ir.Value],
+        finish: Finish,
+        known_caplen: int = 0,
+    ):
         self.program = program
-        self.function = ir.Function(module, FILTER_TYPE, name)
-        self.packet, self.caplen, self.wirelen = self.function.args
-        self.packet.name, self.caplen.name, self.wirelen.name = "P", "caplen", "wirelen"
-        self.packet.attributes.add("noalias")
-        self.packet.attributes.add("captures(none)")
-        self.function.attributes.add("alwaysinline")  # into the batch loop / the classifier
-        self.function.attributes.add("nounwind")
-        entry = self.function.append_basic_block("entry")
-        self.builder = ir.IRBuilder(entry)
-        b = self.builder
-        self.a = b.alloca(I32, name="A")
-        self.x = b.alloca(I32, name="X")
-        self.m = [b.alloca(I32, name=f"M{i}") for i in range(BPF_MEMWORDS)]
+        self.function = function
+        self.builder = b = builder
+        self.packet, self.caplen, self.wirelen = args
+        self.finish = finish
+        # Registers live in allocas at the top of the function's entry block, where sroa looks.
+        top = ir.IRBuilder()
+        top.position_at_start(function.entry_basic_block)
+        self.a = top.alloca(I32, name="A")
+        self.x = top.alloca(I32, name="X")
+        used = sorted({insn.k for insn in program if OPCODES[insn.code].kind in SCRATCH_KINDS})
+        self.m = {k: top.alloca(I32, name=f"M{k}") for k in used}
+        b.position_at_end(b.block)  # llvmlite builders insert by index: re-anchor after those allocas
         b.store(ir.Constant(I32, 0), self.a)
         b.store(ir.Constant(I32, 0), self.x)
         self.caplen64 = b.zext(self.caplen, I64, name="caplen64")
-        self.blocks = {i: self.function.append_basic_block(f"insn{i}") for i in leaders(program)}
-        self.reject = self.function.append_basic_block("reject")
-        ir.IRBuilder(self.reject).ret(ir.Constant(I32, 0))
+        self.blocks = {i: function.append_basic_block(f"insn{i}") for i in leaders(program)}
+        self.reject = function.append_basic_block("reject")
+        finish(ir.IRBuilder(self.reject), ir.Constant(I32, 0))
         self.values: dict[ir.AllocaInstr, ir.Value] = {}  # register -> value, in the current block
         self.checks = bounds_plan(program, known_caplen).checks
         self.preloaded = self.preload(known_caplen)
@@ -271,12 +290,12 @@ def jmp(lo: Lowering, insn: Insn, index: int) -> None:
 
 def ret_k(lo: Lowering, insn: Insn, index: int) -> None:
     """return k"""
-    lo.builder.ret(ir.Constant(I32, insn.k))
+    lo.finish(lo.builder, ir.Constant(I32, insn.k))
 
 
 def ret_a(lo: Lowering, insn: Insn, index: int) -> None:
     """return A"""
-    lo.builder.ret(lo.read(lo.a))
+    lo.finish(lo.builder, lo.read(lo.a))
 
 
 def tax(lo: Lowering, insn: Insn, index: int) -> None:
@@ -298,11 +317,24 @@ EMITTERS: dict[str, Emitter] = {
 
 
 def lower_filter(module: ir.Module, program: Program, name: str, known_caplen: int = 0) -> ir.Function:
-    """Add the filter function for a VALIDATED program to `module` and return it.
+    """Add the filter function for a VALIDATED program to `module` and return it (always inlined).
 
     `known_caplen`: callers that only call it once caplen >= known_caplen is proven (the classifier)
     pass that bound, and checks it already covers are not emitted."""
-    return Lowering(module, program, name, known_caplen).run()
+    function = ir.Function(module, FILTER_TYPE, name)
+    packet, caplen, wirelen = function.args
+    packet.name, caplen.name, wirelen.name = "P", "caplen", "wirelen"
+    packet.attributes.add("noalias")
+    packet.attributes.add("captures(none)")
+    function.attributes.add("alwaysinline")  # into a batch loop or the classifier
+    function.attributes.add("nounwind")
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    Lowering(program, function, builder, (packet, caplen, wirelen), _return, known_caplen).run()
+    return function
+
+
+def _return(builder: ir.IRBuilder, value: ir.Value) -> None:
+    builder.ret(value)
 
 
 def new_module(name: str) -> ir.Module:
@@ -341,19 +373,49 @@ def emit_packet_loop(fn: ir.Function, count: ir.Value, visit: PacketVisitor) -> 
     b.ret_void()
 
 
-def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Function:
-    """void NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out):
-    out[i] <- filter(base + offsets[i], caplens[i], wirelens[i]) for i < n, the filter inlined."""
+def _batch_function(module: ir.Module, name: str) -> ir.Function:
     fn = ir.Function(module, BATCH_TYPE, name)
     for arg, label in zip(fn.args, ("base", "offsets", "caplens", "wirelens", "n", "out"), strict=True):
         arg.name = label
     for pointer in fn.args[1:4]:
         pointer.attributes.add("captures(none)")
+    fn.args[5].attributes.add("noalias")
+    return fn
+
+
+def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Function:
+    """void NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out):
+    out[i] <- filter_fn(base + offsets[i], caplens[i], wirelens[i]) for i < n."""
+    fn = _batch_function(module, name)
     out = fn.args[5]
-    out.attributes.add("noalias")
 
     def run_filter(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
         b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
 
     emit_packet_loop(fn, fn.args[4], run_filter)
+    return fn
+
+
+def lower_program_batch(module: ir.Module, program: Program, name: str) -> ir.Function:
+    """The batch function of `lower_batch` with a VALIDATED program lowered straight into the loop
+    body (no separate filter function to inline: less IR to build, print, parse and optimise)."""
+    fn = _batch_function(module, name)
+    out = fn.args[5]
+
+    def run_program(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
+        done = fn.append_basic_block("result")
+        results: list[tuple[ir.Value, ir.Block]] = []
+
+        def finish(builder: ir.IRBuilder, value: ir.Value) -> None:
+            results.append((value, builder.block))
+            builder.branch(done)
+
+        Lowering(program, fn, b, (packet, caplen, wirelen), finish).run()
+        b.position_at_end(done)
+        result = b.phi(I32, name="result")
+        for value, block in results:
+            result.add_incoming(value, block)
+        b.store(result, b.gep(out, [i]))
+
+    emit_packet_loop(fn, fn.args[4], run_program)
     return fn
