@@ -28,8 +28,6 @@ I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 FILTER_TYPE = ir.FunctionType(I32, [I8.as_pointer(), I32, I32])
 # Weights for (likely, unlikely) edges of a check: failed checks are the cold path.
 LIKELY = (2000, 1)
-# Instruction kinds whose k names a scratch word M[k].
-SCRATCH_KINDS = frozenset(("ld_mem", "ldx_mem", "st", "stx"))
 
 
 Finish = Callable[[ir.IRBuilder, ir.Value], None]
@@ -61,7 +59,7 @@ class Lowering:
         top.position_at_start(function.entry_basic_block)
         self.a = top.alloca(I32, name="A")
         self.x = top.alloca(I32, name="X")
-        used = sorted({insn.k for insn in program if OPCODES[insn.code].kind in SCRATCH_KINDS})
+        used = sorted({insn.k for insn in program if OPCODES[insn.code].writes_scratch})
         self.m = {k: top.alloca(I32, name=f"M{k}") for k in used}
         b.position_at_end(b.block)  # llvmlite builders insert by index: re-anchor after those allocas
         b.store(ir.Constant(I32, 0), self.a)
