@@ -59,7 +59,8 @@ class Lowering:
         top.position_at_start(function.entry_basic_block)
         self.a = top.alloca(I32, name="A")
         self.x = top.alloca(I32, name="X")
-        used = sorted({insn.k for insn in program if OPCODES[insn.code].writes_scratch})
+        infos = [(insn.k, OPCODES[insn.code]) for insn in program]
+        used = sorted({k for k, info in infos if info.reads_scratch or info.writes_scratch})  # even unreachable
         self.m = {k: top.alloca(I32, name=f"M{k}") for k in used}
         b.position_at_end(b.block)  # llvmlite builders insert by index: re-anchor after those allocas
         b.store(ir.Constant(I32, 0), self.a)
