@@ -352,6 +352,8 @@ PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value],
 def emit_packet_loop(fn: ir.Function, count: ir.Value, visit: PacketVisitor) -> None:
     """The body of a batch function whose first four arguments are (base, offsets, caplens,
     wirelens): for i < count, visit(builder, i, base + offsets[i], caplens[i], wirelens[i])."""
+    # nounwind: no unwind table to emit and register for the loop (cBPF code cannot throw).
+    fn.attributes.add("nounwind")
     base, offsets, caplens, wirelens = fn.args[:4]
     entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
     b = ir.IRBuilder(entry)
