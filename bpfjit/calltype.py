@@ -48,7 +48,8 @@ class _Spec(ctypes.Structure):
 ENTRY_OFFSET = object.__basicsize__  # the vectorcall pointer follows the PyObject header
 FILTER_OFFSET = ENTRY_OFFSET + ctypes.sizeof(ctypes.c_void_p)  # then the filter's native address
 TABLE_OFFSET = FILTER_OFFSET + ctypes.sizeof(ctypes.c_void_p)  # then its table of result ints
-NATIVE_SLOTS = 3
+COUNTDOWN_OFFSET = TABLE_OFFSET + ctypes.sizeof(ctypes.c_void_p)  # then calls left before a tier-up
+NATIVE_SLOTS = 4
 _keepalive: list[Any] = []  # the spec's memory: CPython may keep pointers into it
 
 
@@ -108,13 +109,20 @@ def enable_vectorcall(cls: type) -> bool:
     return bool(cls.__flags__ & Py_TPFLAGS_HAVE_VECTORCALL)
 
 
-def set_entry(obj: object, entry: int, filter_address: int, table_address: int) -> None:
-    """Fill `obj`'s native slots: its vectorcall entry (`pyentry`), its filter and its result table.
+def set_entry(obj: object, entry: int, filter_address: int, table_address: int, countdown: int) -> None:
+    """Fill `obj`'s native slots: its vectorcall entry (`pyentry`), its filter, its result table, and
+    the calls the entry makes before it hands one to the slow path (at 0) instead.
 
     The caller keeps the filter's code and the table alive as long as `obj`."""
     ctypes.c_void_p.from_address(id(obj) + FILTER_OFFSET).value = filter_address
     ctypes.c_void_p.from_address(id(obj) + TABLE_OFFSET).value = table_address
+    ctypes.c_uint64.from_address(id(obj) + COUNTDOWN_OFFSET).value = countdown
     ctypes.c_void_p.from_address(id(obj) + ENTRY_OFFSET).value = entry  # last: makes it callable
+
+
+def countdown(obj: object) -> int:
+    """The calls `obj`'s entry makes before it takes the slow path (see `set_entry`)."""
+    return int(ctypes.c_uint64.from_address(id(obj) + COUNTDOWN_OFFSET).value)
 
 
 def c_api_address(name: str) -> int:

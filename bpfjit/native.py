@@ -67,6 +67,7 @@ class Arena:
 
     def __init__(self, opt_level: int):
         llvm = binding()
+        self.level = opt_level
         placeholder = llvm.parse_assembly("")  # MCJIT is created around a module
         placeholder.triple = _state["triple"]
         self.machine = target_machine(opt_level)
@@ -97,10 +98,12 @@ def _arena(opt_level: int) -> Arena:
 class NativeCode:
     """Machine code of one LLVM module, alive as long as this object is."""
 
-    def __init__(self, arena: Arena, addresses: dict[str, int], module: Any):
+    def __init__(self, arena: Arena, addresses: dict[str, int], module: Any, names: set[str]):
         self.arena = arena  # its engine holds the machine code
         self.addresses = addresses
-        self._module = module
+        self._module = module  # optimised IR, kept for llvm_ir, asm and recompile()
+        self._names = names
+        self.codegen_level = arena.level
         self.keepalive: list[object] = []  # objects the code points at (result ints, tables)
 
     @cached_property
@@ -174,22 +177,39 @@ def build(
     symbols: tuple[str, ...],
     data_symbols: tuple[str, ...] = (),
     extra_passes: tuple[str, ...] = (),
+    codegen_level: int | None = None,
 ) -> NativeCode:
-    """Optimise and compile `module`; return its code and the addresses of its functions `symbols`
-    and global variables `data_symbols`."""
+    """Optimise `module` with PIPELINES[opt_level] and generate machine code for it at
+    `codegen_level` (default: opt_level); return its code and the addresses of its functions
+    `symbols` and global variables `data_symbols`."""
     with LLVM_LOCK:
         llvm = binding()
         module.triple = _state["triple"]
         parsed = llvm.parse_assembly(str(module))
         parsed.verify()
         optimize(parsed, opt_level, extra_passes)
-        arena = _arena(opt_level)
-        arena.add(parsed, _defined_names(module))
-        engine = arena.engine
-        addresses = {name: engine.get_function_address(name) for name in symbols}
-        addresses.update((name, engine.get_global_value_address(name)) for name in data_symbols)
-        engine.remove_module(parsed)  # the code stays in the engine; the IR is now this NativeCode's
-        return NativeCode(arena, addresses, parsed)
+        level = opt_level if codegen_level is None else codegen_level
+        return _generate(parsed, _defined_names(module), level, symbols, data_symbols)
+
+
+def recompile(code: NativeCode, codegen_level: int, symbols: tuple[str, ...]) -> NativeCode:
+    """The same optimised IR as `code`, machine-coded again at `codegen_level` (the IR passes are
+    not run again: only code generation)."""
+    with LLVM_LOCK:
+        return _generate(code._module.clone(), code._names, codegen_level, symbols, ())
+
+
+def _generate(
+    parsed: Any, names: set[str], level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...]
+) -> NativeCode:
+    """Machine code for an optimised module, in the current arena of `level` (LLVM_LOCK held)."""
+    arena = _arena(level)
+    arena.add(parsed, names)
+    engine = arena.engine
+    addresses = {name: engine.get_function_address(name) for name in symbols}
+    addresses.update((name, engine.get_global_value_address(name)) for name in data_symbols)
+    engine.remove_module(parsed)  # the code stays in the engine; the IR is now this NativeCode's
+    return NativeCode(arena, addresses, parsed, names)
 
 
 def _defined_names(module: ir.Module) -> set[str]:

@@ -60,8 +60,9 @@ class Layout(NamedTuple):
     """Offsets the entry reads, verified on the running interpreter by `calltype`.
 
     ob_type in any object; ob_size and ob_sval in an exact `bytes`; and, in a Filter instance, the
-    filter's address and its result table: u64 count, u64 values[MAX_CACHED_RESULTS], then
-    PyObject *objects[MAX_CACHED_RESULTS] (see `result_table`).
+    filter's address, its result table (u64 count, u64 values[MAX_CACHED_RESULTS], then
+    PyObject *objects[MAX_CACHED_RESULTS]: see `result_table`) and a u64 countdown of calls: at 0
+    the call goes to the slow path, where the Filter tiers up.
     """
 
     type_offset: int
@@ -69,6 +70,7 @@ class Layout(NamedTuple):
     bytes_data_offset: int
     filter_offset: int
     table_offset: int
+    countdown_offset: int
 
 
 def _declare(module: ir.Module, name: str) -> ir.Function:
@@ -168,6 +170,12 @@ def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
     call = fn.append_basic_block("call")
     b.cbranch(lengths_ok, call, blocks["release"])
     b.position_at_end(call)
+    countdown = b.bitcast(b.gep(self_obj, [ir.Constant(I64, layout.countdown_offset)]), I64.as_pointer())
+    left = b.load(countdown, name="left")
+    counted = fn.append_basic_block("counted")
+    b.cbranch(b.icmp_unsigned("==", left, ir.Constant(I64, 0)), blocks["release"], counted)
+    b.position_at_end(counted)
+    b.store(b.sub(left, ir.Constant(I64, 1)), countdown)
     batch_fn = _field(b, self_obj, layout.filter_offset, BATCH_FN, "batch")
     b.store(ir.Constant(I64, 0), offset_arg)
     b.store(b.trunc(length, I32), caplen_arg)

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bpfjit
+import bpfjit.filter  # the module (bpfjit loads it lazily)
 from bpfjit import Insn, Program, calltype, lower
 from bpfjit.analysis import bounds_plan
 from bpfjit.opcodes import KINDS
@@ -30,13 +31,15 @@ def test_jit_equals_interpreter_at_every_opt_level(program: Program, pw: tuple[b
     packet, wirelen = pw
     expected = bpfjit.interpret(program, packet, wirelen)
     f = bpfjit.compile(program, opt_level=opt)
-    assert f.call(packet, wirelen) == expected
-    assert f(packet, wirelen) == expected
-    assert f(packet, wirelen=wirelen) == expected
-    if wirelen == len(packet):
-        assert f(packet) == expected  # the native entry's fast path
-        assert f(bytearray(packet)) == expected
-        assert f(memoryview(packet)) == expected
+    for _tier in ("baseline", "optimized"):
+        assert f.call(packet, wirelen) == expected
+        assert f(packet, wirelen) == expected
+        assert f(packet, wirelen=wirelen) == expected
+        if wirelen == len(packet):
+            assert f(packet) == expected  # the native entry's fast path
+            assert f(bytearray(packet)) == expected
+            assert f(memoryview(packet)) == expected
+        f.optimize()
 
 
 @given(programs(max_insns=24), st.binary(max_size=64))
@@ -199,6 +202,8 @@ def test_compiling_and_dropping_filters_keeps_memory_flat() -> None:
         for i in range(count):
             f = bpfjit.compile([(0x20, 0, 0, i % 64), (0x54, 0, 0, base + i), (0x16, 0, 0, 0)])
             assert f(bytes(80)) == 0
+            if i % 4 == 0:  # some with both tiers
+                assert f.optimize()(bytes(80)) == 0
             del f
         bpfjit.filter.clear_cache()
         gc.collect()
@@ -244,6 +249,87 @@ def test_known_x_still_takes_the_runtime_checks(opt: int) -> None:
     for alu_x in (0x3C, 0x9C):  # div x, mod x
         f = bpfjit.compile([(0x00, 0, 0, 7), (0x01, 0, 0, 0), (alu_x, 0, 0, 0), (0x06, 0, 0, 9)], opt_level=opt)
         assert f(b"") == 0 and f.call(b"") == 0
+        assert f.optimize()(b"") == 0 and f.call(b"") == 0
     for shift_x in (0x6C, 0x7C):  # lsh x, rsh x
         f = bpfjit.compile([(0x00, 0, 0, 0xFFFF), (0x01, 0, 0, 40), (shift_x, 0, 0, 0), (0x16, 0, 0, 0)], opt_level=opt)
         assert f(b"") == 0
+        assert f.optimize()(b"") == 0
+
+
+# -- tiers -------------------------------------------------------------------------------------------
+def _fresh_ip_filter(tag: int) -> bpfjit.Filter:
+    """IP_ONLY plus an unreachable `ret #tag`: a program no other test compiled (its own tiers)."""
+    return bpfjit.compile([*IP_ONLY, (0x6, 0, 0, tag)])
+
+
+def test_compile_gives_the_baseline_tier_and_optimize_switches() -> None:
+    f = _fresh_ip_filter(1001)
+    assert not f.optimized and f._tier.codegen_level == bpfjit.filter.BASELINE_CODEGEN
+    baseline_address, baseline_asm = f.address, f.asm
+    assert f.optimize() is f and f.optimized and f._tier.codegen_level == 2
+    assert f.address != baseline_address and f.asm != baseline_asm
+    assert f(IPV4_FRAME) == 262144 and f(bytes(60)) == 0 and f.call(IPV4_FRAME[:13]) == 0
+    assert f.optimize().address == f.address  # made once
+    # the baseline code stays valid while the filter lives (native callers may hold its address)
+    assert baseline_address in [f._code.batch_address(tier) for tier in f._code.tiers]
+    run = bpfjit.filter.BATCH_PROTOTYPE(baseline_address)
+    out = ctypes.c_uint32(7)
+    offset, caplen = ctypes.c_uint64(0), ctypes.c_uint32(len(IPV4_FRAME))
+    run(IPV4_FRAME, ctypes.byref(offset), ctypes.byref(caplen), ctypes.byref(caplen), 1, ctypes.byref(out))
+    assert out.value == 262144
+
+
+def test_opt_level_0_has_one_tier() -> None:
+    f = bpfjit.compile([*IP_ONLY, (0x6, 0, 0, 1002)], opt_level=0)
+    assert f.optimized and f.optimize().address == f.address and len(f._code.tiers) == 1
+
+
+def test_batches_tier_up_after_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bpfjit.filter, "TIER_UP_PACKETS", 10)
+    f = _fresh_ip_filter(1003)
+    frames = [IPV4_FRAME, bytes(60), IPV4_FRAME[:13], IPV4_FRAME]
+    assert f.run_batch(frames).tolist() == [262144, 0, 0, 262144] and not f.optimized
+    f.run_batch(frames)
+    assert not f.optimized  # 8 packets so far
+    assert f.run_batch(frames).tolist() == [262144, 0, 0, 262144] and f.optimized  # the 12th packet
+    # another Filter of the same program adopts the optimised code on its next batch
+    g = _fresh_ip_filter(1003)
+    assert g._code is f._code and g.optimized  # created after the tier-up: starts on it
+    h_code_before = _fresh_ip_filter(1004)
+    h = _fresh_ip_filter(1004)
+    h_code_before.optimize()
+    assert not h.optimized and h.filter(frames) == [IPV4_FRAME, IPV4_FRAME] and h.optimized
+
+
+@pytest.mark.parametrize("path", ["native entry", "ctypes"])
+def test_single_packet_calls_tier_up_after_the_threshold(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    monkeypatch.setattr(bpfjit.filter, "TIER_UP_PACKETS", 10)
+    f = _fresh_ip_filter(1005 if path == "ctypes" else 1007)
+    call = f.call if path == "ctypes" else f
+    for _ in range(10):
+        assert call(IPV4_FRAME) == 262144 and not f.optimized
+    assert call(bytes(60)) == 0 and f.optimized  # the 11th call: the countdown reached 0
+    assert [call(IPV4_FRAME) for _ in range(30)] == [262144] * 30
+    if bpfjit.filter.FAST_ENTRY:
+        counted = 30 if path == "native entry" else 0
+        assert calltype.countdown(f) == bpfjit.filter.NEVER - counted  # counting on, never to reach 0
+
+
+def test_tier_up_while_other_threads_run_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bpfjit.filter, "TIER_UP_PACKETS", 5000)
+    f = _fresh_ip_filter(1006)
+    batch = bpfjit.Batch.from_packets([IPV4_FRAME, bytes(60), IPV4_FRAME[:13]] * 100)
+    expected = [262144, 0, 0] * 100
+    errors: list[object] = []
+
+    def work() -> None:
+        for _ in range(40):
+            if f.run_batch(batch).tolist() != expected or f(IPV4_FRAME) != 262144:
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and f.optimized

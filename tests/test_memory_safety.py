@@ -44,11 +44,13 @@ CHILD = textwrap.dedent(
         EDGE.append(Program([(0xB1, 0, 0, 0), (width_code + 0x20, 0, 0, 0), (0x16, 0, 0, 0)]))
     for program in EDGE:
         f = bpfjit.compile(program)
-        for size in range(0, 9):
-            view = at_page_end(bytes(range(1, size + 1)))
-            expected = bpfjit.interpret(program, view)
-            assert f(view) == expected == f.call(view), (program, size)
-            assert f.run_batch(Batch(area, [PAGE - size], [size])).tolist() == [expected]
+        for tier in ("baseline", "optimized"):
+            for size in range(0, 9):
+                view = at_page_end(bytes(range(1, size + 1)))
+                expected = bpfjit.interpret(program, view)
+                assert f(view) == expected == f.call(view), (program, size, tier)
+                assert f.run_batch(Batch(area, [PAGE - size], [size])).tolist() == [expected]
+            f.optimize()
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(programs(max_insns=24), packets(max_size=40))
@@ -56,9 +58,11 @@ CHILD = textwrap.dedent(
         view = at_page_end(packet)
         expected = bpfjit.interpret(program, view)
         f = bpfjit.compile(program)
-        assert f(view) == expected
-        assert f.call(view) == expected
-        assert f.run_batch(Batch(area, [PAGE - len(packet)], [len(packet)])).tolist() == [expected]
+        for tier in ("baseline", "optimized"):
+            assert f(view) == expected
+            assert f.call(view) == expected
+            assert f.run_batch(Batch(area, [PAGE - len(packet)], [len(packet)])).tolist() == [expected]
+            f.optimize()
 
     check()
     print("ok", len(EDGE), examples)
