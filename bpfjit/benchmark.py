@@ -171,8 +171,13 @@ METHODS: tuple[Method, ...] = (
     Method("jit_ctypes", "JIT f.call(p)", "f.call(p): the checked ctypes path, per packet"),
     Method("libpcap_ctypes", "libpcap ctypes", "libpcap's bpf_filter through ctypes (LibpcapProgram), per packet"),
     Method("jit_batch", "JIT batch", "f.run_batch(batch): bpfjit's native loop, the filter inlined"),
+    Method("jit_batch_baseline", "JIT batch, baseline tier",
+           "the same loop machine-coded by the baseline tier (what a filter runs before it tiers up)"),
     Method("libpcap_batch", "libpcap loop", "libpcap's bpf_filter called from an LLVM-built loop of the same shape"),
-    Method("compile_cold", "compile cold", "bpfjit.compile(program) of a program never compiled before", False),
+    Method("compile_cold", "compile cold",
+           "bpfjit.compile(program) of a program never compiled before: the baseline tier, ready to run", False),
+    Method("compile_optimized", "compile + tier-up",
+           "bpfjit.compile(program).optimize() of a program never compiled before: both tiers", False),
     Method("compile_cached", "compile cached", "bpfjit.compile(program) while a Filter of it is alive", False),
 )
 METHOD = {m.key: m for m in METHODS}
@@ -314,6 +319,17 @@ def _jit_batch(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     return lambda: s.filter.run_batch(inputs.batch, inputs.out), len(inputs.batch)
 
 
+def _jit_batch_baseline(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    from .filter import BATCH_PROTOTYPE
+
+    code = s.filter._code
+    run = BATCH_PROTOTYPE(code.batch_address(code.tiers[0]))  # called directly: no tier-up counting
+    b, out = inputs.batch, inputs.out
+    args = (b.data.ctypes.data, b.offsets.ctypes.data, b.caplens.ctypes.data, b.wirelens.ctypes.data, len(b),
+            out.ctypes.data)  # fmt: skip
+    return lambda: run(*args), len(b)
+
+
 def _libpcap_batch(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     return lambda: s.loop.run_batch(inputs.batch, inputs.out), len(inputs.batch)
 
@@ -325,6 +341,13 @@ def _compile_cold(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     return lambda: jit_compile(fresh, opt_level=settings.opt_level), 1
 
 
+def _compile_optimized(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+    from .filter import compile as jit_compile
+
+    fresh = _fresh_variant(s.case.program)
+    return lambda: jit_compile(fresh, opt_level=settings.opt_level).optimize(), 1
+
+
 def _compile_cached(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     from .filter import compile as jit_compile
 
@@ -334,10 +357,10 @@ def _compile_cached(s: Subject, inputs: Inputs, settings: Settings) -> Work:
 
 WORK: dict[str, Callable[[Subject, Inputs, Settings], Work]] = {
     "interpreter": _interpreter, "jit_call": _jit_call, "jit_ctypes": _jit_ctypes, "libpcap_ctypes": _libpcap_ctypes,
-    "jit_batch": _jit_batch, "libpcap_batch": _libpcap_batch, "compile_cold": _compile_cold,
-    "compile_cached": _compile_cached,
+    "jit_batch": _jit_batch, "jit_batch_baseline": _jit_batch_baseline, "libpcap_batch": _libpcap_batch,
+    "compile_cold": _compile_cold, "compile_optimized": _compile_optimized, "compile_cached": _compile_cached,
 }  # fmt: skip
-BATCH_METHODS = ("jit_batch", "libpcap_batch")
+BATCH_METHODS = ("jit_batch", "jit_batch_baseline", "libpcap_batch")
 
 
 @dataclass
@@ -392,7 +415,8 @@ def _prepare(cases: Sequence[Case], settings: Settings, inputs: Inputs) -> list[
 
     subjects = []
     for case in cases:
-        f = jit_compile(case.program, opt_level=settings.opt_level)
+        # Throughput is measured on the optimising tier, which any filter reaches after 2^17 packets.
+        f = jit_compile(case.program, opt_level=settings.opt_level).optimize()
         subject = Subject(case, f, LibpcapProgram(case.program), LibpcapLoop(case.program, settings.opt_level))
         _check(subject, inputs)
         subjects.append(subject)
@@ -410,6 +434,11 @@ def _check(subject: Subject, inputs: Inputs) -> None:
     if not np.array_equal(jit, pcap):
         bad = int(np.flatnonzero(jit != pcap)[0])
         raise MismatchError(f"{name}: packet {bad}: JIT batch {int(jit[bad])}, libpcap loop {int(pcap[bad])}")
+    run_baseline, _ = _jit_batch_baseline(subject, inputs, Settings())
+    run_baseline()
+    if not np.array_equal(jit, inputs.out):
+        bad = int(np.flatnonzero(jit != inputs.out)[0])
+        raise MismatchError(f"{name}: packet {bad}: JIT batch {int(jit[bad])}, baseline tier {int(inputs.out[bad])}")
     subject.accepted = float(np.count_nonzero(jit)) / max(1, len(batch))
     f, program = subject.filter, subject.case.program
     for i, (packet, wirelen) in enumerate(zip(inputs.packets, inputs.wirelens, strict=True)):
@@ -519,8 +548,12 @@ class Report:
             out.append(Target("JIT f(p) vs libpcap ctypes, tcp port 80", f"{vs_pcap:.1f}x", "> 1x", vs_pcap > 1))
         if self.subjects:
             cold = statistics.median(self.stats(s, "compile_cold").median for s in self.subjects) / 1e6
+            both = statistics.median(self.stats(s, "compile_optimized").median for s in self.subjects) / 1e6
             cached = max(self.stats(s, "compile_cached").median for s in self.subjects) / 1e3
-            out.append(Target("cold compile, median of the suite", f"{cold:.1f} ms", "< 10 ms", cold < 10))
+            out.append(Target(
+                "cold compile, median of the suite",
+                f"{cold:.1f} ms (with the tier-up to optimised code: {both:.1f} ms)", "< 10 ms", cold < 10,
+            ))  # fmt: skip
             out.append(Target("cached compile, slowest filter", f"{cached:.1f} µs", "< 100 µs", cached < 100))
         return out
 
@@ -653,18 +686,20 @@ def render(report: Report) -> str:
     lines += ["", "compile time (median [min – max]) and bounds checks (static after merging + dynamic [x+k])"]
     rows = []
     for sub in report.subjects:
-        cold, cached = report.stats(sub, "compile_cold"), report.stats(sub, "compile_cached")
         case = sub.case
         rows.append([
             case.name, str(len(case.program)), str(case.loads), f"{case.static_checks} + {case.dynamic_checks}",
-            f"{_ns(cold.median)} [{_ns(cold.min)} – {_ns(cold.max)}]",
-            f"{_ns(cached.median)} [{_ns(cached.min)} – {_ns(cached.max)}]",
+            *(_spread(report.stats(sub, k)) for k in ("compile_cold", "compile_optimized", "compile_cached")),
         ])  # fmt: skip
-    lines += _table(["filter", "insns", "loads", "checks", "cold compile", "cached compile"], rows)
+    lines += _table(["filter", "insns", "loads", "checks", "cold compile", "compile + tier-up", "cached compile"], rows)
     lines += ["", "targets:"]
     for t in report.targets():
         lines.append(f"  [{'met' if t.met else 'MISSED'}] {t.name}: {t.value} (goal {t.goal})")
     return "\n".join(lines) + "\n"
+
+
+def _spread(stats: Stats) -> str:
+    return f"{_ns(stats.median)} [{_ns(stats.min)} – {_ns(stats.max)}]"
 
 
 HEADLINE = ("interpreter", "jit_call", "libpcap_ctypes", "jit_batch", "libpcap_batch")
@@ -672,13 +707,15 @@ HEADLINE = ("interpreter", "jit_call", "libpcap_ctypes", "jit_batch", "libpcap_b
 
 def markdown(report: Report) -> str:
     """The README's headline table: real filters, ns per packet, batch speedup, cold compile."""
-    header = ["filter", "insns", *(METHOD[k].label for k in HEADLINE), "JIT batch vs libpcap loop", "cold compile"]
+    header = ["filter", "insns", *(METHOD[k].label for k in HEADLINE), "JIT batch vs libpcap loop", "cold compile",
+              "+ tier-up"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
     for sub in report.subjects:
         cells = [
             f"`{sub.case.source}`" if sub.case.real else f"{sub.case.name} (synthetic)", str(len(sub.case.program)),
             *(_ns(report.stats(sub, k).median) for k in HEADLINE),
             f"{report.speedup(sub, 'jit_batch'):.1f}x", _ns(report.stats(sub, "compile_cold").median),
+            _ns(report.stats(sub, "compile_optimized").median),
         ]  # fmt: skip
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     env = _environment()

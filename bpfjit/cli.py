@@ -91,7 +91,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"  {'filter':<{name_width}}" + "".join(f"{c:>14}" for c in cols))
     sample = packets[: max(1, len(packets) // 50)]
     for expr in expressions:
-        f = jit_compile(expr)
+        f = jit_compile(expr).optimize()  # the tier any filter reaches after 2^17 packets
         program = f.program
         loop = LibpcapLoop(program)
         out = np.empty(len(batch), dtype=np.uint32)
@@ -145,7 +145,7 @@ def compile_command(args: argparse.Namespace) -> int:
         print(f"bpfjit: {error}", file=sys.stderr)
         return 1
     if args.ir or args.asm:
-        f = jit_compile(program, opt_level=args.opt_level)
+        f = jit_compile(program, opt_level=args.opt_level).optimize()  # the code a busy filter runs
         sys.stdout.write(f.llvm_ir if args.ir else f.asm)
         return 0
     style: Style = "ddd" if args.d >= 3 else "dd" if args.d == 2 else "d"
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="netmask for `ip broadcast`: a dotted quad or 'unknown' (default 0.0.0.0)")  # fmt: skip
     p_compile.add_argument("-d", action="count", default=0, help="-d, -dd or -ddd as tcpdump prints them")
     p_compile.add_argument("--ir", action="store_true", help="print the optimised LLVM IR")
-    p_compile.add_argument("--asm", action="store_true", help="print the host assembly")
+    p_compile.add_argument("--asm", action="store_true", help="print the host assembly (optimised tier)")
     p_compile.add_argument("--opt-level", type=int, default=2, choices=(0, 1, 2, 3))
     p_compile.set_defaults(func=compile_command)
 

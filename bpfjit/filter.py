@@ -40,9 +40,9 @@ FAST_ENTRY = calltype.AVAILABLE and calltype.BYTES_LAYOUT is not None
 
 # Code generation level of the baseline tier (LLVM's -O0 back end: FastISel + the fast allocator).
 BASELINE_CODEGEN = 0
-# Batch packets after which a filter tiers up: at ~2-8 ns/packet saved, the ~4 ms recompile has
-# paid for itself within about a million packets; this many keeps short runs from paying for it.
-TIER_UP_PACKETS = 1 << 18
+# Packets (in batches, or single-packet calls) after which a filter tiers up. The baseline tier costs
+# ~3-40 ns more a packet here, so by then it has cost about what the ~5 ms recompile does.
+TIER_UP_PACKETS = 1 << 17
 NEVER = (1 << 64) - 1  # the native entry's countdown once optimised: never reaches 0
 
 _cache_lock = threading.Lock()
