@@ -702,7 +702,7 @@ def _spread(stats: Stats) -> str:
     return f"{_ns(stats.median)} [{_ns(stats.min)} – {_ns(stats.max)}]"
 
 
-HEADLINE = ("interpreter", "jit_call", "libpcap_ctypes", "jit_batch", "libpcap_batch")
+HEADLINE = ("interpreter", "jit_call", "libpcap_ctypes", "jit_batch", "jit_batch_baseline", "libpcap_batch")
 
 
 def markdown(report: Report) -> str:
