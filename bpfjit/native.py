@@ -85,6 +85,18 @@ class Arena:
         self.engine.add_module(module)
         self.engine.finalize_object()
 
+    def __del__(self) -> None:
+        _dispose(self.__dict__.get("engine"))
+
+
+def _dispose(ref: Any) -> None:
+    """Free an llvmlite object under LLVM_LOCK: the binding has one LLVM context, which a compile in
+    another thread may be using (llvmlite's own finaliser would free it from any thread, unlocked)."""
+    if ref is None or LLVM_LOCK is None:  # LLVM_LOCK: None during interpreter teardown
+        return
+    with LLVM_LOCK:
+        ref.close()
+
 
 def _arena(opt_level: int) -> Arena:
     """The arena new code at `opt_level` goes into (call with LLVM_LOCK held)."""
@@ -105,6 +117,9 @@ class NativeCode:
         self._names = names
         self.codegen_level = arena.level
         self.keepalive: list[object] = []  # objects the code points at (result ints, tables)
+
+    def __del__(self) -> None:
+        _dispose(self.__dict__.get("_module"))
 
     @cached_property
     def llvm_ir(self) -> str:
