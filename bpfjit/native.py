@@ -57,6 +57,16 @@ def add_symbol(name: str, address: int) -> None:
         binding().add_symbol(name, address)
 
 
+def _dispose(ref: Any) -> None:
+    """Free an llvmlite object under LLVM_LOCK: the binding has one LLVM context, which a compile in
+    another thread may be using (llvmlite's own finaliser would free it from any thread, unlocked)."""
+    lock = globals().get("LLVM_LOCK")  # None once the interpreter tears this module down
+    if ref is None or lock is None:
+        return
+    with lock:
+        ref.close()
+
+
 # Modules per shared engine: a live filter keeps its arena's code (a few KiB per module) alive, and
 # each new arena costs one subtarget set-up (~2.5 ms), so 32 spreads that to <0.1 ms a compile.
 ARENA_MODULES = 32
@@ -85,17 +95,8 @@ class Arena:
         self.engine.add_module(module)
         self.engine.finalize_object()
 
-    def __del__(self) -> None:
-        _dispose(self.__dict__.get("engine"))
-
-
-def _dispose(ref: Any) -> None:
-    """Free an llvmlite object under LLVM_LOCK: the binding has one LLVM context, which a compile in
-    another thread may be using (llvmlite's own finaliser would free it from any thread, unlocked)."""
-    if ref is None or LLVM_LOCK is None:  # LLVM_LOCK: None during interpreter teardown
-        return
-    with LLVM_LOCK:
-        ref.close()
+    def __del__(self, dispose: Any = _dispose) -> None:  # bound now: module globals are gone at exit
+        dispose(self.__dict__.get("engine"))
 
 
 def _arena(opt_level: int) -> Arena:
@@ -118,8 +119,8 @@ class NativeCode:
         self.codegen_level = arena.level
         self.keepalive: list[object] = []  # objects the code points at (result ints, tables)
 
-    def __del__(self) -> None:
-        _dispose(self.__dict__.get("_module"))
+    def __del__(self, dispose: Any = _dispose) -> None:  # bound now: module globals are gone at exit
+        dispose(self.__dict__.get("_module"))
 
     @cached_property
     def llvm_ir(self) -> str:
