@@ -277,10 +277,38 @@ def _split_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _standard_streams(args: argparse.Namespace) -> None:
+    """`-r -` and `-w -`, as tcpdump takes them: standard input and output.
+
+    Capture files are mapped into memory, so standard input that is not a regular file (a pipe) is
+    first copied to an unnamed temporary file; a redirected file is mapped in place."""
+    if args.read == "-":
+        import shutil
+        import stat
+        import tempfile
+
+        stdin = sys.stdin.buffer
+        if stat.S_ISREG(os.fstat(stdin.fileno()).st_mode) and stdin.tell() == 0:
+            args.read = stdin
+        else:
+            spool = tempfile.TemporaryFile(prefix="bpfjit-stdin-")  # noqa: SIM115 (read until the run ends)
+            shutil.copyfileobj(stdin, spool, 1 << 20)
+            spool.flush()
+            args.read = spool
+    if args.write == "-":
+        args.write = sys.stdout.buffer
+
+
+def _size(source: object) -> int:
+    fileno = getattr(source, "fileno", None)
+    return os.fstat(fileno()).st_size if fileno is not None else os.path.getsize(source)  # type: ignore[arg-type]
+
+
 def _filter_command(args: argparse.Namespace) -> int:
     from . import capfile
     from .errors import CaptureFileError
 
+    _standard_streams(args)
     if args.split:
         return _split_command(args)
     spec = _filter_spec(args)
@@ -292,7 +320,7 @@ def _filter_command(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         print(f"bpfjit filter: invalid packet count {args.count}", file=sys.stderr)
         return 2
-    progress = _Progress(os.path.getsize(args.read), args.progress)
+    progress = _Progress(_size(args.read), args.progress)
     try:
         if args.write is None:
             _print_packets(args, spec, progress)
@@ -369,9 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_filter = sub.add_parser("filter", help="filter a pcap/pcapng file, as tcpdump -r IN -w OUT EXPR does")
     p_filter.add_argument("expression", nargs="*", help="a pcap-filter expression (none: keep every packet)")
-    p_filter.add_argument("-r", dest="read", metavar="FILE", help="the capture file to read (pcap or pcapng)")
+    p_filter.add_argument("-r", dest="read", metavar="FILE",
+                          help="the capture file to read (pcap or pcapng); - for standard input")  # fmt: skip
     p_filter.add_argument("-w", dest="write", metavar="FILE",
-                          help="write accepted packets here (same format); without it, print one line each")
+                          help="write accepted packets here (same format; - for standard output); without it, "
+                               "print one line each")  # fmt: skip
     p_filter.add_argument("-c", dest="count", type=int, help="stop after COUNT accepted packets")
     p_filter.add_argument("-y", dest="linktype", help="compile the expression for this link type, not the file's")
     p_filter.add_argument("-F", dest="file", help="read the expression, or a program (-d/-dd/-ddd/bpf_asm), from FILE")

@@ -687,6 +687,28 @@ def test_cli_process(tmp_path: Path) -> None:
     assert result.stderr == f"{len(packets)} packets read, {sum(verdicts)} accepted\n"
 
 
+def test_cli_standard_input_and_output(tmp_path: Path) -> None:
+    """`-r -` and `-w -` as tcpdump takes them: piped (copied to a temporary file) or redirected (mapped)."""
+    packets = mix(2000, seed=61)
+    src = tmp_path / "in.pcap"
+    write_pcap(src, packets)
+    expected = tmp_path / "expected.pcap"
+    bpfjit.filter_file(src, expected, "udp or arp")
+    command = [sys.executable, "-m", "bpfjit", "filter", "-r", "-", "-w", "-", "udp or arp"]
+    piped = subprocess.run(command, input=src.read_bytes(), capture_output=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == expected.read_bytes()
+    with open(src, "rb") as stdin:
+        redirected = subprocess.run(command, stdin=stdin, capture_output=True, timeout=120)
+    assert redirected.returncode == 0 and redirected.stdout == expected.read_bytes()
+    kept = sum(accepted_by_libpcap("udp or arp", packets))
+    assert redirected.stderr.decode() == f"{len(packets)} packets read, {kept} accepted\n"
+    lines = subprocess.run([*command[:-3], "-c", "2", "udp"], input=src.read_bytes(), capture_output=True, timeout=120)
+    assert lines.returncode == 0 and len(lines.stdout.splitlines()) == 2
+    empty = subprocess.run(command, input=b"", capture_output=True, timeout=120)
+    assert empty.returncode == 1 and b"empty file" in empty.stderr
+
+
 def test_cli_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     src, _, _, _ = _pcap_file(tmp_path, 2000)
     monkeypatch.setattr(cli, "PROGRESS_AFTER", 0.0)
