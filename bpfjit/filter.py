@@ -48,7 +48,7 @@ NEVER = (1 << 64) - 1  # the native entry's countdown once optimised: never reac
 _cache_lock = threading.Lock()
 _live: weakref.WeakValueDictionary[tuple[Program, int], Code] = weakref.WeakValueDictionary()
 _recent: OrderedDict[tuple[Program, int], Code] = OrderedDict()
-RECENT_CODES = 16  # compiled modules (~0.5 MiB each) kept after their last Filter is gone: cheap recompiles
+RECENT_CODES = 16  # compiled programs (~40 KiB each, ~80 once tiered up) kept after their last Filter is gone
 _names = itertools.count()
 
 
