@@ -337,7 +337,8 @@ class Filter(_FilterBase):
 
     def __repr__(self) -> str:
         source = f" {self.expression!r}" if self.expression is not None else ""
-        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}>"
+        tier = "optimised" if self.optimized else "baseline"
+        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, {tier} tier>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype))

@@ -117,9 +117,11 @@ def test_buffer_kinds_without_copy() -> None:
 
 
 def test_filter_api() -> None:
-    f = bpfjit.compile(IP_ONLY, opt_level=1)
-    assert f.program == IP_ONLY and f.opt_level == 1 and f.expression is None
-    assert "4 insns" in repr(f) and "opt_level=1" in repr(f)
+    program = Program([*IP_ONLY, (0x6, 0, 0, 1008)])  # compiled by no other test: its own tiers
+    f = bpfjit.compile(program, opt_level=1)
+    assert f.program == program and f.opt_level == 1 and f.expression is None
+    assert "5 insns" in repr(f) and "opt_level=1" in repr(f) and "baseline tier" in repr(f)
+    assert repr(f.optimize()).endswith("opt_level=1, optimised tier>")
     assert "define" in f.llvm_ir and "bswap" not in f.llvm_ir.split("define")[0]
     assert f.asm.strip() and f.address
     with pytest.raises(ValueError):
