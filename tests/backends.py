@@ -31,21 +31,31 @@ def _compiled(program: Program, opt_level: int = 2) -> bpfjit.Filter:
     return bpfjit.compile(program, opt_level=opt_level)
 
 
+def _baseline(program: Program, opt_level: int = 2) -> bpfjit.Filter:
+    """A Filter on the baseline tier, even when another backend has tiered this program's code up
+    (filters of one program share it, and a new one starts on the best tier made so far)."""
+    f = _compiled(program, opt_level)
+    f._adopt(f._code.tiers[0])
+    assert not f.optimized or opt_level == 0  # -O0 has one tier
+    return f
+
+
 def run_jit(program: Program, packet: bytes, wirelen: int | None) -> int:
     """The native Python entry (f(packet)); with a distinct wirelen, f(packet, wirelen)."""
-    f = _compiled(program)
+    f = _baseline(program)
     if wirelen is None or wirelen == len(packet):
         return f(packet)
     return f(packet, wirelen)
 
 
 def run_jit_ctypes(program: Program, packet: bytes, wirelen: int | None) -> int:
-    return _compiled(program).call(packet, wirelen)
+    return _baseline(program).call(packet, wirelen)
 
 
 def run_jit_optimized(program: Program, packet: bytes, wirelen: int | None) -> int:
     """The optimising tier (compile() gives the baseline one), through the batch entry."""
     f = _compiled(program).optimize()
+    assert f.optimized
     return int(f.run_batch(bpfjit.Batch.from_packets([packet], None if wirelen is None else [wirelen]))[0])
 
 
@@ -54,7 +64,7 @@ def run_jit_o0(program: Program, packet: bytes, wirelen: int | None) -> int:
 
 
 def run_jit_o3(program: Program, packet: bytes, wirelen: int | None) -> int:
-    return _compiled(program, opt_level=3)(memoryview(packet), *(() if wirelen is None else (wirelen,)))
+    return _baseline(program, opt_level=3)(memoryview(packet), *(() if wirelen is None else (wirelen,)))
 
 
 BACKENDS.update(
