@@ -279,12 +279,23 @@ def jmp(lo: Lowering, insn: Insn, index: int) -> None:
         cond = b.icmp_unsigned("!=", b.and_(a, operand), ir.Constant(I32, 0), name="jset")
     else:
         cond = b.icmp_unsigned(op.ir_predicate, a, operand, name=op.name)
-    true_block = lo.blocks[index + 1 + insn.jt]
-    false_block = lo.blocks[index + 1 + insn.jf]
+    true_index, false_index = index + 1 + insn.jt, index + 1 + insn.jf
+    true_block, false_block = lo.blocks[true_index], lo.blocks[false_index]
+    returns = [_constant_return(lo.program, i) for i in (true_index, false_index)]
     if true_block is false_block:
         b.branch(true_block)
+    elif returns[0] is not None and returns[1] is not None:
+        # Both ways return a constant (`jeq #80, accept, drop`, how most programs end): a select,
+        # not a branch on packet data that the predictor would miss on a mixed stream.
+        lo.finish(b, b.select(cond, ir.Constant(I32, returns[0]), ir.Constant(I32, returns[1])))
     else:
         b.cbranch(cond, true_block, false_block)
+
+
+def _constant_return(program: Program, index: int) -> int | None:
+    """k when instruction `index` is `ret #k`, else None."""
+    insn = program[index]
+    return insn.k if OPCODES[insn.code].kind == "ret_k" else None
 
 
 def ret_k(lo: Lowering, insn: Insn, index: int) -> None:

@@ -11,6 +11,7 @@ llvmlite's binding shares one LLVM context, so everything that touches it runs u
 
 from __future__ import annotations
 
+import sys
 import threading
 from functools import cached_property
 from typing import Any
@@ -57,13 +58,13 @@ def add_symbol(name: str, address: int) -> None:
         binding().add_symbol(name, address)
 
 
-def _dispose(ref: Any) -> None:
+def _dispose(ref: Any, finalizing: Any = sys.is_finalizing) -> None:
     """Free an llvmlite object under LLVM_LOCK: the binding has one LLVM context, which a compile in
-    another thread may be using (llvmlite's own finaliser would free it from any thread, unlocked)."""
-    lock = globals().get("LLVM_LOCK")  # None once the interpreter tears this module down
-    if ref is None or lock is None:
+    another thread may be using (llvmlite's own finaliser would free it from any thread, unlocked).
+    Not at interpreter exit, where llvmlite's bindings may be gone (llvmlite skips it there too)."""
+    if ref is None or finalizing():
         return
-    with lock:
+    with LLVM_LOCK:
         ref.close()
 
 

@@ -335,3 +335,15 @@ def test_tier_up_while_other_threads_run_batches(monkeypatch: pytest.MonkeyPatch
     for t in threads:
         t.join()
     assert errors == [] and f.optimized
+
+
+def test_a_test_between_two_constant_returns_is_a_select() -> None:
+    # tcpdump's `ip and udp`-style ending: jeq #17 -> ret #262144 / ret #0. No branch on the
+    # protocol byte: a select (a mixed stream would make the predictor miss that branch often).
+    program = Program.from_expr("udp")
+    f = bpfjit.compile(program)
+    assert "select i1" in f.llvm_ir
+    for proto, expected in ((17, 262144), (6, 0)):
+        frame = bytes(12) + b"\x08\x00" + bytes(9) + bytes([proto]) + bytes(40)
+        assert f(frame) == bpfjit.interpret(program, frame) == expected
+        assert f.optimize()(frame) == expected
