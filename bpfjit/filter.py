@@ -3,8 +3,9 @@
     source -> Program -> validate -> lower (IR) -> native (machine code) -> Filter
 
 Machine code comes in two tiers, from the same optimised IR. `compile()` returns the baseline tier:
-LLVM's fast code generator (FastISel, fast register allocation) makes it in a fraction of the time
-the full one takes, and its code is ~25% slower. A filter tiers up - the IR is machine-coded again
+LLVM's fast code generator (FastISel, fast register allocation) makes it in about a quarter of the
+time the full one takes, and its code is 5-110% slower on the benchmark suite (still faster than
+libpcap's interpreter loop). A filter tiers up - the IR is machine-coded again
 at its opt_level - when `optimize()` is called, or by itself once it has run TIER_UP_PACKETS
 packets in batches or as many single-packet calls (the native entry counts those down).
 """
@@ -236,7 +237,7 @@ class Filter(_FilterBase):
             self.optimize()
 
     def optimize(self) -> Filter:
-        """Switch to the optimising tier now (made once per program; ~4 ms), and return the filter.
+        """Switch to the optimising tier now (made once per program; ~5 ms), and return the filter.
 
         Without this, a filter tiers up by itself after TIER_UP_PACKETS packets (in batches, or one
         per call)."""
