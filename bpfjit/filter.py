@@ -5,9 +5,9 @@
 Machine code comes in two tiers, from the same optimised IR. `compile()` returns the baseline tier:
 LLVM's fast code generator (FastISel, fast register allocation) makes it in about a quarter of the
 time the full one takes, and its code is 5-110% slower on the benchmark suite (still faster than
-libpcap's interpreter loop). A filter tiers up - the IR is machine-coded again
-at its opt_level - when `optimize()` is called, or by itself once it has run TIER_UP_PACKETS
-packets in batches or as many single-packet calls (the native entry counts those down).
+libpcap's interpreter loop). A filter tiers up - the IR is machine-coded again at its opt_level -
+when `optimize()` is called, or by itself once it has run TIER_UP_PACKETS packets in batches or as
+many single-packet calls (the native entry counts those down).
 """
 
 from __future__ import annotations
