@@ -48,7 +48,7 @@ def compile_in_stages(program: Program, name: str, opt_level: int = 2) -> dict[s
         timed("IR passes", lambda: native.optimize(parsed, opt_level))
         names = {name}
         start_code = time.process_time_ns()
-        code = native._generate(parsed, names, BASELINE_CODEGEN, (name,), ())
+        code = native.generate(parsed, names, BASELINE_CODEGEN, (name,), ())
         times["baseline code"] = (time.process_time_ns() - start_code) / 1e6
         timed("tier-up code", lambda: native.recompile(code, opt_level, (name,)))
     return times

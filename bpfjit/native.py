@@ -118,7 +118,6 @@ class NativeCode:
         self._module = module  # optimised IR, kept for llvm_ir, asm and recompile()
         self._names = names
         self.codegen_level = arena.level
-        self.keepalive: list[object] = []  # objects the code points at (result ints, tables)
 
     def __del__(self, dispose: Any = _dispose) -> None:  # bound now: module globals are gone at exit
         dispose(self.__dict__.get("_module"))
@@ -206,20 +205,21 @@ def build(
         parsed.verify()
         optimize(parsed, opt_level, extra_passes)
         level = opt_level if codegen_level is None else codegen_level
-        return _generate(parsed, _defined_names(module), level, symbols, data_symbols)
+        return generate(parsed, _defined_names(module), level, symbols, data_symbols)
 
 
 def recompile(code: NativeCode, codegen_level: int, symbols: tuple[str, ...]) -> NativeCode:
     """The same optimised IR as `code`, machine-coded again at `codegen_level` (the IR passes are
     not run again: only code generation)."""
     with LLVM_LOCK:
-        return _generate(code._module.clone(), code._names, codegen_level, symbols, ())
+        return generate(code._module.clone(), code._names, codegen_level, symbols, ())
 
 
-def _generate(
+def generate(
     parsed: Any, names: set[str], level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...]
 ) -> NativeCode:
-    """Machine code for an optimised module, in the current arena of `level` (LLVM_LOCK held)."""
+    """Machine code for an already optimised, parsed module, in the current arena of `level`
+    (call with LLVM_LOCK held); `names` are the external symbols it defines."""
     arena = _arena(level)
     arena.add(parsed, names)
     engine = arena.engine

@@ -9,6 +9,7 @@ import mmap
 import pickle
 import sys
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -167,12 +168,17 @@ def test_calls_from_many_threads() -> None:
             if [f(p) for p in frames] != expected:
                 errors.append("mismatch")
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    _in_threads(work, 8)
+    assert errors == []
+
+
+def _in_threads(work: Callable[[], object], count: int) -> None:
+    """Run `work` in `count` threads at once and wait for them all."""
+    threads = [threading.Thread(target=work) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
 
 
 def test_compile_from_many_threads() -> None:
@@ -329,11 +335,7 @@ def test_tier_up_while_other_threads_run_batches(monkeypatch: pytest.MonkeyPatch
             if f.run_batch(batch).tolist() != expected or f(IPV4_FRAME) != 262144:
                 errors.append("mismatch")
 
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(work, 6)
     assert errors == [] and f.optimized
 
 
