@@ -3,11 +3,12 @@
     python bench/compile_stages.py [--rounds 5]
 
 Each round compiles a variant of every suite program that no compile has seen (an unreachable
-`ret #n` appended), through the same steps as `bpfjit.compile`, timing each one in CPU ms:
-validate, lower (build the IR in Python), print (IR to text), parse, verify, the IR passes, then
-machine code for the baseline tier and, from the same optimised IR, for the optimised tier (the
-tier-up). The last lines are the medians over the suite; compiles run back to back here, so their
-caches are warmer than in `python -m bench`, where other methods run in between.
+`ret #n` appended) through `bpfjit.pipeline.STAGES` - the very calls `bpfjit.compile` makes:
+validate, analyse, lower (build the IR in Python), translate (IR to text, parsed and verified by
+LLVM), optimise (the IR passes), generate (the baseline tier's machine code) - timing each in CPU ms,
+then the tier-up (the optimised tier's machine code, from the same optimised IR). The last line
+holds the medians over the suite; compiles run back to back here, so their caches are warmer than in
+`python -m bench`, where other methods run in between.
 """
 
 from __future__ import annotations
@@ -16,41 +17,27 @@ import argparse
 import itertools
 import statistics
 import time
-from collections.abc import Callable
 
-from bpfjit import Insn, Program, benchmark, lower, native
-from bpfjit.filter import BASELINE_CODEGEN
+from bpfjit import Insn, Program, benchmark, native, pipeline
 from bpfjit.opcodes import BPF_K, BPF_RET
-from bpfjit.validate import validate
 
-STAGES = ("validate", "lower", "print", "parse", "verify", "IR passes", "baseline code", "tier-up code")
+TIER_UP = "tier-up"
+STAGES = (*(name for name, _ in pipeline.STAGES), TIER_UP)
 
 
 def compile_in_stages(program: Program, name: str, opt_level: int = 2) -> dict[str, float]:
     """CPU ms of each stage of one cold compile (and of its tier-up)."""
     times: dict[str, float] = {}
 
-    def timed(stage: str, step: Callable[[], object]) -> object:
+    def timed(stage_name: str, stage: pipeline.Stage, compilation: pipeline.Compilation) -> None:
         start = time.process_time_ns()
-        result = step()
-        times[stage] = (time.process_time_ns() - start) / 1e6
-        return result
+        stage(compilation)
+        times[stage_name] = (time.process_time_ns() - start) / 1e6
 
-    llvm = native.binding()
-    with native.LLVM_LOCK:
-        timed("validate", lambda: validate(program))
-        module = lower.new_module(name)
-        timed("lower", lambda: lower.lower_program_batch(module, program, name))
-        module.triple = native.process_triple()
-        text = timed("print", lambda: str(module))
-        parsed = timed("parse", lambda: llvm.parse_assembly(text))
-        timed("verify", parsed.verify)
-        timed("IR passes", lambda: native.optimize(parsed, opt_level))
-        names = {name}
-        start_code = time.process_time_ns()
-        code = native.generate(parsed, names, BASELINE_CODEGEN, (name,), ())
-        times["baseline code"] = (time.process_time_ns() - start_code) / 1e6
-        timed("tier-up code", lambda: native.recompile(code, opt_level, (name,)))
+    code = pipeline.run(pipeline.Compilation(program, opt_level, name), observe=timed)
+    start = time.process_time_ns()
+    pipeline.tier_up(code, opt_level, name)
+    times[TIER_UP] = (time.process_time_ns() - start) / 1e6
     return times
 
 
@@ -59,7 +46,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     cases = benchmark.suite()
-    native.build(lower.new_module("warm_up"), 2, ())  # LLVM's one-time set-up is not a cold compile
+    native.binding()  # LLVM's one-time set-up is not a cold compile
+    pipeline.compile_program(Program([Insn(BPF_RET | BPF_K, 0, 0, 0)]), 2, "warm_up")
     serial = itertools.count(1)
     samples: dict[str, dict[str, list[float]]] = {c.name: {s: [] for s in STAGES} for c in cases}
     for _ in range(args.rounds):
@@ -82,7 +70,7 @@ def main() -> None:
 
 def _cold(stages: dict[str, float]) -> float:
     """A cold compile: every stage up to the baseline tier's code."""
-    return sum(ms for stage, ms in stages.items() if stage != "tier-up code")
+    return sum(ms for stage, ms in stages.items() if stage != TIER_UP)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 - `leaders`: where basic blocks start.
 - `bounds_plan`: which packet loads need a static length check, and what length each check tests.
+- `analyse`: both, as the compile stage between validating and lowering (`pipeline.STAGES`).
 
 Bounds-check merging rests on one fact: if caplen < need[i], every path from instruction i returns 0
 (it either reaches `ret #0` or a load that fails). So a check `caplen >= need[i]` placed at i may
@@ -18,7 +19,7 @@ from .opcodes import OPCODES
 from .program import Program
 from .validate import jump_targets
 
-NEVER = 1 << 40  # "returns 0 whatever caplen is": larger than any requirement
+REJECTS_ANY_LENGTH = 1 << 40  # need[i] when every path from i returns 0: larger than any requirement
 
 
 def successors(program: Program, index: int) -> tuple[int, ...]:
@@ -54,6 +55,7 @@ class BoundsPlan(NamedTuple):
 
     checks: dict[int, int]
     need: tuple[int, ...]
+    known_caplen: int  # what the caller proved before the program runs (0: nothing)
 
 
 def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
@@ -64,14 +66,14 @@ def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
         insn = program[index]
         info = OPCODES[insn.code]
         if info.kind == "ret_k":
-            need[index] = NEVER if insn.k == 0 else 0
+            need[index] = REJECTS_ANY_LENGTH if insn.k == 0 else 0
         elif info.kind == "ret_a":
             need[index] = 0
         else:
             after = min(need[s] for s in successors(program, index))
             need[index] = max(after, static_requirement(program, index))
     # Forward: the caplen every path to i has already proven; emit a check only where a load needs more.
-    known_in = [NEVER] * n
+    known_in = [REJECTS_ANY_LENGTH] * n
     known_in[0] = known_caplen
     checks: dict[int, int] = {}
     for index in range(n):
@@ -86,4 +88,16 @@ def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
                 known = need[index]
         for succ in successors(program, index):
             known_in[succ] = min(known_in[succ], known)
-    return BoundsPlan(checks, tuple(need))
+    return BoundsPlan(checks, tuple(need), known_caplen)
+
+
+class Analysis(NamedTuple):
+    """What the lowering needs to know about a validated program before it emits IR."""
+
+    leaders: list[int]
+    bounds: BoundsPlan
+
+
+def analyse(program: Program, known_caplen: int = 0) -> Analysis:
+    """Basic blocks and bounds checks of a VALIDATED program (`known_caplen`: see `bounds_plan`)."""
+    return Analysis(leaders(program), bounds_plan(program, known_caplen))

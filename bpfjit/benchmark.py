@@ -177,7 +177,7 @@ METHODS: tuple[Method, ...] = (
     Method("compile_cold", "compile cold",
            "bpfjit.compile(program) of a program never compiled before: the baseline tier, ready to run", False),
     Method("compile_optimized", "compile + tier-up",
-           "bpfjit.compile(program).optimize() of a program never compiled before: both tiers", False),
+           "bpfjit.compile(program).tier_up() of a program never compiled before: both tiers", False),
     Method("compile_cached", "compile cached", "bpfjit.compile(program) while a Filter of it is alive", False),
 )
 METHOD = {m.key: m for m in METHODS}
@@ -212,14 +212,13 @@ class LibpcapLoop:
     def __init__(self, program: Program, opt_level: int = 2):
         from llvmlite import ir
 
-        from . import filter as _filter
-        from . import libpcap, lower, native
+        from . import abi, libpcap, lower, native
 
         native.add_symbol(LIBPCAP_SYMBOL, libpcap.native_symbol_address("bpf_filter"))
         name = f"libpcap_loop_{next(_loop_names)}"
         module = lower.new_module(name)
-        i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-        insn_type = ir.LiteralStructType([i16, i8, i8, i32])  # struct bpf_insn {code, jt, jf, k}
+        i32 = ir.IntType(32)
+        insn_type = abi.ir_type("bpf_insn")
         table_type = ir.ArrayType(insn_type, len(program))
         table = ir.GlobalVariable(module, table_type, f"{name}_insns")
         table.global_constant = True
@@ -227,17 +226,15 @@ class LibpcapLoop:
         table.initializer = ir.Constant(
             table_type, [ir.Constant(insn_type, [insn.code, insn.jt, insn.jf, insn.k]) for insn in program]
         )
-        bpf_filter = ir.Function(module, ir.FunctionType(i32, [insn_type.as_pointer(), i8.as_pointer(), i32, i32]),
-                                 LIBPCAP_SYMBOL)  # fmt: skip
-        wrapper = ir.Function(module, lower.FILTER_TYPE, f"{name}_filter")
-        wrapper.attributes.add("alwaysinline")
+        bpf_filter = abi.LIBPCAP_BPF_FILTER.declare_external(module, LIBPCAP_SYMBOL)
+        wrapper = abi.FILTER.declare(module, f"{name}_filter")
         packet, caplen, wirelen = wrapper.args
         b = ir.IRBuilder(wrapper.append_basic_block("entry"))
         first = b.gep(table, [ir.Constant(i32, 0), ir.Constant(i32, 0)], inbounds=True)
         b.ret(b.call(bpf_filter, [first, packet, wirelen, caplen]))
         lower.lower_batch(module, wrapper, name)
         self._code = native.build(module, opt_level, (name,))
-        self._run = _filter.BATCH_PROTOTYPE(self._code.addresses[name])
+        self._run = abi.BATCH.prototype()(self._code.addresses[name])
 
     @property
     def llvm_ir(self) -> str:
@@ -320,14 +317,11 @@ def _jit_batch(s: Subject, inputs: Inputs, settings: Settings) -> Work:
 
 
 def _jit_batch_baseline(s: Subject, inputs: Inputs, settings: Settings) -> Work:
-    from .filter import BATCH_PROTOTYPE
+    from .filter import compile as jit_compile
 
-    code = s.filter._code
-    run = BATCH_PROTOTYPE(code.batch_address(code.tiers[0]))  # called directly: no tier-up counting
-    b, out = inputs.batch, inputs.out
-    args = (b.data.ctypes.data, b.offsets.ctypes.data, b.caplens.ctypes.data, b.wirelens.ctypes.data, len(b),
-            out.ctypes.data)  # fmt: skip
-    return lambda: run(*args), len(b)
+    # Another Filter of the same program (same code), pinned to its baseline tier: no tier-up.
+    baseline = jit_compile(s.filter.program, opt_level=s.filter.opt_level).use_tier("baseline")
+    return lambda: baseline.run_batch(inputs.batch, inputs.out), len(inputs.batch)
 
 
 def _libpcap_batch(s: Subject, inputs: Inputs, settings: Settings) -> Work:
@@ -345,7 +339,7 @@ def _compile_optimized(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     from .filter import compile as jit_compile
 
     fresh = _fresh_variant(s.case.program)
-    return lambda: jit_compile(fresh, opt_level=settings.opt_level).optimize(), 1
+    return lambda: jit_compile(fresh, opt_level=settings.opt_level).tier_up(), 1
 
 
 def _compile_cached(s: Subject, inputs: Inputs, settings: Settings) -> Work:
@@ -416,7 +410,7 @@ def _prepare(cases: Sequence[Case], settings: Settings, inputs: Inputs) -> list[
     subjects = []
     for case in cases:
         # Throughput is measured on the optimising tier, which any filter reaches after 2^17 packets.
-        f = jit_compile(case.program, opt_level=settings.opt_level).optimize()
+        f = jit_compile(case.program, opt_level=settings.opt_level).tier_up()
         subject = Subject(case, f, LibpcapProgram(case.program), LibpcapLoop(case.program, settings.opt_level))
         _check(subject, inputs)
         subjects.append(subject)

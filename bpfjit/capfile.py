@@ -369,7 +369,7 @@ class Capture:
             pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield _Records(arr, n, section, filtered)
-            if status == Status.NEW_CLASS:  # an IDB brought a link type: a walker with its filter too
+            if status == Status.NEW_LINKTYPE:  # an IDB brought a link type: a walker with its filter too
                 walk, filtered = filters.walker()
                 continue
             if status in (Status.FULL, Status.OTHER_BLOCK):
@@ -647,7 +647,7 @@ class _Writer:
             return
         if self.file is not None:
             buffer = bytearray(nbytes)
-            gather = walkers.kernel("gather")
+            gather = walkers.helper("gather")
             gather(ctypes.addressof(arrays.iov), count, ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
             self.file.write(buffer)
         else:
@@ -765,7 +765,7 @@ def split_file(
         writers = [_Writer(dst, capture) for dst in dsts]
         stats = [[0, 0] for _ in dsts]  # accepted, unused
         read = 0
-        gather = walkers.kernel("gather")
+        gather = walkers.helper("gather")
         data = np.frombuffer(capture.map, dtype=np.uint8)
         arrays = _Arrays(chunk)
         try:
@@ -908,7 +908,7 @@ def _accepted(
         if not event.filtered:
             chosen: Iterable[int] = range(n)
         else:
-            select = select or walkers.kernel("accepted_indices")
+            select = select or walkers.helper("accepted_indices")
             chosen = indices[: select(ctypes.addressof(arrays.verdicts), n, ctypes.addressof(indices))]
         starts, offsets = arrays.starts[: n + 1], arrays.offsets[:n]
         caplens, wirelens, ifaces = arrays.caplens[:n], arrays.wirelens[:n], arrays.ifaces[:n]

@@ -1,4 +1,7 @@
-"""`compile_many`: many filters evaluated by one native function (see `lower_many`)."""
+"""The classifier: many filters evaluated on each packet by one native function.
+
+`compile_many(filters)` makes a `Classifier` (lowered by `lower_classifier`); the word "classifier"
+means this everywhere in bpfjit (`MultiFilter` is its first name, kept as an alias)."""
 
 from __future__ import annotations
 
@@ -10,22 +13,17 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from . import lower, lower_many, native
+from . import lower, lower_classifier, native
 from .batch import Batch
-from .buffers import check_lengths, packet_view
-from .program import InsnLike, Program
+from .buffers import buffer_address, check_lengths, packet_view
+from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
 
 Mode = Literal["bitmask", "first"]
 _names = itertools.count()
 
 
-def _address(view: memoryview) -> tuple[int, object]:
-    array = np.frombuffer(view, dtype=np.uint8)
-    return array.ctypes.data, array
-
-
-class MultiFilter:
+class Classifier:
     """Filters evaluated together on each packet.
 
     `mode="bitmask"`: `m(packet)` is an int whose bit i says whether filter i accepts;
@@ -42,20 +40,12 @@ class MultiFilter:
         serial = next(_names)
         name = f"bpf_classify_{serial}"
         module = lower.new_module(name)
-        classifier = lower_many.lower_classifier(module, self.programs, name, mode)
-        lower_many.lower_classifier_batch(module, classifier, name + "_batch", mode, len(self.programs))
+        classifier = lower_classifier.lower_classifier(module, self.programs, name, mode)
+        lower_classifier.lower_classifier_batch(module, classifier, name + "_batch", mode, len(self.programs))
         self._code = native.build(module, opt_level, (name, name + "_batch"), extra_passes=native.CLASSIFIER_EXTRA)
-        self._words = lower_many.words_for(len(self.programs))
-        pointer = ctypes.c_void_p
-        if mode == "bitmask":
-            self._one = ctypes.CFUNCTYPE(None, pointer, ctypes.c_uint32, ctypes.c_uint32, pointer)(
-                self._code.addresses[name]
-            )
-        else:
-            self._one = ctypes.CFUNCTYPE(ctypes.c_int32, pointer, ctypes.c_uint32, ctypes.c_uint32, pointer)(
-                self._code.addresses[name]
-            )
-        self._batch = ctypes.CFUNCTYPE(None, *(7 * [pointer]))(self._code.addresses[name + "_batch"])
+        self._words = lower_classifier.words_for(len(self.programs))
+        self._one = lower_classifier.SIGNATURES[mode].prototype()(self._code.addresses[name])
+        self._batch = lower_classifier.BATCH_SIGNATURES[mode].prototype()(self._code.addresses[name + "_batch"])
 
     def __len__(self) -> int:
         return len(self.programs)
@@ -63,7 +53,7 @@ class MultiFilter:
     def __call__(self, packet: object, wirelen: int | None = None) -> int | tuple[int, int]:
         view = packet_view(packet)
         wire = check_lengths(len(view), wirelen)
-        address, keep = _address(view)
+        address, keep = buffer_address(view)
         if self.mode == "bitmask":
             words = (ctypes.c_uint64 * self._words)()
             self._one(address, len(view), wire, words)
@@ -101,7 +91,10 @@ class MultiFilter:
         return self._code.llvm_ir
 
     def __repr__(self) -> str:
-        return f"<bpfjit.MultiFilter of {len(self)} filters, mode={self.mode!r}>"
+        return f"<bpfjit.Classifier of {len(self)} filters, mode={self.mode!r}>"
+
+
+MultiFilter = Classifier
 
 
 def compile_many(
@@ -110,9 +103,9 @@ def compile_many(
     mode: Mode = "bitmask",
     opt_level: int = 2,
     linktype: int | str = "EN10MB",
-    snaplen: int = 262144,
-) -> MultiFilter:
-    """Compile programs and/or pcap-filter expressions into one classifier (see MultiFilter)."""
+    snaplen: int = DEFAULT_SNAPLEN,
+) -> Classifier:
+    """Compile programs and/or pcap-filter expressions into one classifier (see Classifier)."""
     if mode not in ("bitmask", "first"):
         raise ValueError(f"mode must be 'bitmask' or 'first', not {mode!r}")
     programs: list[Program] = []
@@ -126,4 +119,4 @@ def compile_many(
             expressions.append(None)
     if not programs:
         raise ValueError("compile_many needs at least one filter")
-    return MultiFilter(programs, mode, opt_level, expressions)
+    return Classifier(programs, mode, opt_level, expressions)

@@ -1,13 +1,14 @@
-"""`compile()`: the pipeline from a program (or expression) to a callable `Filter`.
+"""`compile()` and `Filter`: a program (or expression) made into a callable filter.
 
-    source -> Program -> validate -> lower (IR) -> native (machine code) -> Filter
+    source -> Program -> pipeline.STAGES (validate, analyse, lower, translate, optimise, generate) -> Filter
 
 Machine code comes in two tiers, from the same optimised IR. `compile()` returns the baseline tier:
 LLVM's fast code generator (FastISel, fast register allocation) makes it in about a quarter of the
 time the full one takes, and its code is 5-110% slower on the benchmark suite (still faster than
 libpcap's interpreter loop). A filter tiers up - the IR is machine-coded again at its opt_level -
-when `optimize()` is called, or by itself once it has run TIER_UP_PACKETS packets in batches or as
-many single-packet calls (the native entry counts those down).
+when `tier_up()` is called, or by itself once it has run TIER_UP_PACKETS packets in batches or as
+many single-packet calls (the native entry counts those down). A program's tiers (`TieredCode`) are
+shared by every Filter of it and kept in a cache (`caches.CodeCache`).
 """
 
 from __future__ import annotations
@@ -16,40 +17,37 @@ import ctypes
 import itertools
 import sys
 import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir
 
-from . import calltype, lower, native, pyentry
+from . import abi, cpython, native, pipeline, pyentry
 from .batch import Batch
-from .buffers import check_lengths, packet_view
+from .buffers import buffer_address, check_lengths, packet_view
+from .caches import CodeCache
 from .opcodes import BPF_K, BPF_RET
-from .program import InsnLike, Program
+from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
 
-# void batch(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out). ctypes releases
-# the GIL for the call, so threads filtering different batches run in parallel.
-BATCH_PROTOTYPE = ctypes.CFUNCTYPE(None, *(6 * [ctypes.c_void_p]))
+# ctypes releases the GIL for the call, so threads filtering different batches run in parallel.
+BATCH_PROTOTYPE = abi.BATCH.prototype()
 OPT_LEVELS = (0, 1, 2, 3)
 # The method the native entry re-dispatches to; interned and kept alive for the process's life.
 _SLOW_METHOD = sys.intern("call")
-FAST_ENTRY = calltype.AVAILABLE and calltype.BYTES_LAYOUT is not None
+FAST_ENTRY = cpython.NATIVE_ENTRY  # False: every call takes the ctypes path (see cpython)
 
-# Code generation level of the baseline tier (LLVM's -O0 back end: FastISel + the fast allocator).
-BASELINE_CODEGEN = 0
 # Packets (in batches, or single-packet calls) after which a filter tiers up. The baseline tier costs
 # ~3-40 ns more a packet here, so by then it has cost about what the ~5 ms recompile does.
 TIER_UP_PACKETS = 1 << 17
-NEVER = (1 << 64) - 1  # the native entry's countdown once optimised: never reaches 0
+NO_COUNTDOWN = (1 << 64) - 1  # the native entry's countdown once tiered up: never reaches 0
+Tier = Literal["baseline", "optimised"]
 
-_cache_lock = threading.Lock()
-_live: weakref.WeakValueDictionary[tuple[Program, int], Code] = weakref.WeakValueDictionary()
-_recent: OrderedDict[tuple[Program, int], Code] = OrderedDict()
-RECENT_CODES = 16  # compiled programs (~40 KiB each, ~80 once tiered up) kept after their last Filter is gone
+# Compiled programs (~40 KiB each, ~80 once tiered up): every one a live Filter uses, and the 16
+# most recently used after their last Filter is gone.
+_codes: CodeCache[tuple[Program, int], TieredCode] = CodeCache(keep=16)
 _names = itertools.count()
 
 
@@ -64,18 +62,12 @@ def _entry_address() -> int:
         with native.LLVM_LOCK:
             if "code" not in _entry:
                 for name in pyentry.C_API:
-                    native.add_symbol(name, calltype.c_api_address(name))
+                    native.add_symbol(name, cpython.c_api_address(name))
                 native.add_symbol(pyentry.BYTES_TYPE_SYMBOL, id(bytes))
                 native.add_symbol(pyentry.INT_TYPE_SYMBOL, id(int))
                 native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
-                assert calltype.BYTES_LAYOUT is not None
-                type_offset, size_offset, data_offset = calltype.BYTES_LAYOUT
-                layout = pyentry.Layout(
-                    type_offset, size_offset, data_offset, calltype.FILTER_OFFSET, calltype.TABLE_OFFSET,
-                    calltype.COUNTDOWN_OFFSET,
-                )
-                module = lower.new_module("bpfjit_entry")
-                pyentry.lower_entry(module, layout)
+                module = ir.Module(name="bpfjit_entry")
+                pyentry.lower_entry(module, cpython.entry_layout())
                 _entry["code"] = native.build(module, 2, (pyentry.ENTRY_NAME,))
     return int(_entry["code"].addresses[pyentry.ENTRY_NAME])
 
@@ -98,78 +90,52 @@ def _result_table(program: Program) -> tuple[ctypes.Array[ctypes.c_uint64], list
     return table, objects
 
 
-class Code:
+class TieredCode:
     """A program's machine code: the baseline tier, then the optimising one once it is made.
 
     Every tier stays alive with this object: a thread may still be running an earlier one."""
 
     def __init__(self, program: Program, opt_level: int):
-        serial = next(_names)
-        self.name = f"bpf_filter_{serial}"
+        self.name = f"bpf_filter_{next(_names)}"
         self.opt_level = opt_level
-        module = lower.new_module(f"bpfjit_{serial}")
         # The batch loop is the filter's only machine code: single packets are batches of one. (A
         # separate single-packet function cost ~1.5 ms more of code generation per compile.)
-        lower.lower_program_batch(module, program, self.name)
-        baseline = min(opt_level, BASELINE_CODEGEN)
-        self.tiers = [native.build(module, opt_level, (self.name,), codegen_level=baseline)]
+        self.tiers = [pipeline.compile_program(program, opt_level, self.name)]
         self._table, self._objects = _result_table(program)
         self.table = ctypes.addressof(self._table)
         self._lock = threading.Lock()
 
     @property
-    def current(self) -> native.NativeCode:
+    def current(self) -> native.MachineCode:
         return self.tiers[-1]
 
     @property
-    def optimized(self) -> bool:
+    def tiered_up(self) -> bool:
         return self.current.codegen_level == self.opt_level
 
-    def batch_address(self, tier: native.NativeCode) -> int:
+    def batch_address(self, tier: native.MachineCode) -> int:
         return int(tier.addresses[self.name])
 
-    def optimize(self) -> native.NativeCode:
+    def tier(self, name: Tier) -> native.MachineCode:
+        """The baseline tier, or the optimising one (made on first use)."""
+        return self.tiers[0] if name == "baseline" else self.tier_up()
+
+    def tier_up(self) -> native.MachineCode:
         """The optimising tier, machine-coded from the same IR on first use."""
         with self._lock:
-            if not self.optimized:
-                self.tiers.append(native.recompile(self.tiers[0], self.opt_level, (self.name,)))
+            if not self.tiered_up:
+                self.tiers.append(pipeline.tier_up(self.tiers[0], self.opt_level, self.name))
             return self.current
 
 
-def native_code(program: Program, opt_level: int) -> Code:
+def tiered_code(program: Program, opt_level: int) -> TieredCode:
     """The machine code for a validated program, from the cache when it was compiled before."""
-    key = (program, opt_level)
-    with _cache_lock:
-        code = _live.get(key)
-        if code is not None:
-            _recent[key] = code
-            _recent.move_to_end(key)
-            return code
-    code = Code(program, opt_level)
-    with _cache_lock:
-        code = _live.setdefault(key, code)
-        _recent[key] = code
-        _recent.move_to_end(key)
-        while len(_recent) > RECENT_CODES:
-            _recent.popitem(last=False)
-    return code
+    return _codes.get((program, opt_level), lambda: TieredCode(program, opt_level))
 
 
 def clear_cache() -> None:
     """Forget compiled code that no live Filter uses (benchmarks use it to time cold compiles)."""
-    with _cache_lock:
-        _recent.clear()
-
-
-def _buffer_address(view: memoryview) -> tuple[int, object]:
-    """Address of a buffer's first byte without copying it, and the object that keeps it valid."""
-    if not view.readonly:
-        holder = (ctypes.c_char * len(view)).from_buffer(view)
-        return ctypes.addressof(holder), holder
-    import numpy  # read-only buffers: ctypes' from_buffer refuses them, numpy reads them in place
-
-    array = numpy.frombuffer(view, dtype=numpy.uint8)
-    return array.ctypes.data, array
+    _codes.clear()
 
 
 _scratch = threading.local()
@@ -185,14 +151,15 @@ def _new_scratch() -> tuple[Any, ...]:
     return _scratch.arrays
 
 
-_FilterBase: Any = calltype.NativeCallable if FAST_ENTRY else object
+_FilterBase: Any = cpython.NativeCallable if FAST_ENTRY else object
 
 
 class Filter(_FilterBase):
     """A cBPF program compiled to native code. `f(packet)` returns the BPF result (0 = drop).
 
-    Build one with `bpfjit.compile`. Calling it with one bytes-like packet runs the native entry
-    directly; `f(packet, wirelen)` and `f.call(...)` take the checked ctypes route.
+    Build one with `bpfjit.compile`. `f(packet)` and `f(packet, wirelen)` run the native entry
+    directly (see `pyentry`); keywords, unusual arguments and `f.call(...)` take the checked ctypes
+    route, which raises the documented errors (and is the only route under BPFJIT_CALL_PATH=ctypes).
     """
 
     program: Program
@@ -207,7 +174,7 @@ class Filter(_FilterBase):
     def _create(
         cls, program: Program, opt_level: int, expression: str | None = None, linktype: int | str | None = None
     ) -> Filter:
-        code = native_code(program, opt_level)
+        code = tiered_code(program, opt_level)
         self: Filter = cls.__new__(cls)
         self.program = program
         self.opt_level = opt_level
@@ -218,33 +185,54 @@ class Filter(_FilterBase):
         self._adopt(code.current)
         return self
 
-    def _adopt(self, tier: native.NativeCode) -> None:
-        """Point both call paths at `tier`'s machine code."""
+    def _adopt(self, tier: native.MachineCode, pinned: bool = False) -> None:
+        """Point both call paths at `tier`'s machine code (`pinned`: and never tier up by itself)."""
         address = self._code.batch_address(tier)
         self._batch = BATCH_PROTOTYPE(address)
         self._tier = tier
-        if self.optimized:
-            self._packets = NEVER  # nothing left to count
+        counting = not pinned and not self.optimized
+        if not counting:
+            self._packets = NO_COUNTDOWN  # nothing left to count
         if FAST_ENTRY:
-            countdown = NEVER if self.optimized else TIER_UP_PACKETS
-            calltype.set_entry(self, _entry_address(), address, self._code.table, countdown)
+            countdown = TIER_UP_PACKETS if counting else NO_COUNTDOWN
+            cpython.set_entry(self, _entry_address(), address, self._code.table, countdown)
 
     def _count(self, packets: int) -> None:
         """Count packets run on the baseline tier (the native entry counts its own calls down to 0,
         then hands one call to `call`); tier up past TIER_UP_PACKETS."""
         self._packets += packets
-        if self._packets > TIER_UP_PACKETS or (FAST_ENTRY and calltype.countdown(self) == 0):
-            self.optimize()
+        if self._packets > TIER_UP_PACKETS or (FAST_ENTRY and cpython.countdown(self) == 0):
+            self.tier_up()
 
-    def optimize(self) -> Filter:
+    def tier_up(self) -> Filter:
         """Switch to the optimising tier now (made once per program; ~5 ms), and return the filter.
 
         Without this, a filter tiers up by itself after TIER_UP_PACKETS packets (in batches, or one
         per call)."""
-        tier = self._code.optimize()
+        tier = self._code.tier_up()
         if tier is not self._tier:
             self._adopt(tier)
         return self
+
+    optimize = tier_up  # the name the README used first; `compile(optimize=)` is libpcap's optimiser flag
+
+    def use_tier(self, tier: Tier) -> Filter:
+        """Run `tier` ("baseline" or "optimised") from now on, and never tier up by itself: for tests
+        and benchmarks that must know which code runs. Returns the filter."""
+        if tier not in ("baseline", "optimised"):
+            raise ValueError(f"tier must be 'baseline' or 'optimised', not {tier!r}")
+        self._adopt(self._code.tier(tier), pinned=True)
+        return self
+
+    @property
+    def code(self) -> TieredCode:
+        """The program's machine code in its tiers, shared by every Filter of the same program."""
+        return self._code
+
+    @property
+    def tier(self) -> Tier:
+        """The tier this filter runs: "baseline" until it tiers up, then "optimised"."""
+        return "optimised" if self.optimized else "baseline"
 
     @property
     def optimized(self) -> bool:
@@ -263,7 +251,7 @@ class Filter(_FilterBase):
         wire = check_lengths(caplen, wirelen)
         if caplen == 0:
             return self._run_one(None, 0, wire)
-        address, keep = _buffer_address(view)
+        address, keep = buffer_address(view)
         result = self._run_one(address, caplen, wire)
         del keep
         return result
@@ -296,8 +284,8 @@ class Filter(_FilterBase):
             raise ValueError(f"out must be a writable C-contiguous uint32 array of shape ({n},)")
         if self._packets <= TIER_UP_PACKETS:
             self._count(n)
-        if self._tier is not self._code.current:  # another Filter of this program tiered up
-            self._adopt(self._code.current)
+        if self._tier is not self._code.current and self._packets != NO_COUNTDOWN:
+            self._adopt(self._code.current)  # another Filter of this program tiered up
         if n:
             self._batch(
                 batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
@@ -338,15 +326,14 @@ class Filter(_FilterBase):
 
     def __repr__(self) -> str:
         source = f" {self.expression!r}" if self.expression is not None else ""
-        tier = "optimised" if self.optimized else "baseline"
-        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, {tier} tier>"
+        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, {self.tier} tier>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype))
 
 
 if FAST_ENTRY:
-    calltype.enable_vectorcall(Filter)
+    cpython.enable_vectorcall(Filter)
 
 
 def _rebuild(program: Program, opt_level: int, expression: str | None, linktype: int | str | None) -> Filter:
@@ -358,7 +345,7 @@ def compile(
     *,
     opt_level: int = 2,
     linktype: int | str = "EN10MB",
-    snaplen: int = 262144,
+    snaplen: int = DEFAULT_SNAPLEN,
     optimize: bool = True,
     netmask: int | str | None = None,
 ) -> Filter:

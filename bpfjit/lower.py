@@ -1,14 +1,15 @@
-"""Lowering: a validated `Program` becomes LLVM IR, built with `llvmlite.ir` only.
+"""Lowering: a validated, analysed `Program` becomes LLVM IR, built with `llvmlite.ir` only.
 
-    void @NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out)  lower_program_batch
-    i32 @NAME(i8* %P, i32 %caplen, i32 %wirelen)                                        lower_filter
+    abi.BATCH   void @NAME(base, offsets, caplens, wirelens, n, u32 *out)   lower_program_batch
+    abi.FILTER  u32 @NAME(u8 *P, u32 caplen, u32 wirelen)                   lower_filter
 
 A compiled filter is its batch loop with the program lowered straight into the loop body;
 `lower_filter` makes a function of it for callers that inline several (the classifier, walkers).
 One basic block per leader; A, X and the M[k] the program uses are entry-block allocas that SROA
 turns into SSA values; every failed check (packet bounds, division by X == 0) branches to ONE
-shared, cold `reject` block that yields 0. Static length checks follow `analysis.bounds_plan`, so a load
-already covered by an earlier check costs nothing. Hazards handled here and only here:
+shared, cold `reject` block that yields 0. Static length checks follow the analysis's bounds plan
+(`analysis.analyse`), so a load already covered by an earlier check costs nothing. Hazards handled
+here and only here:
   - `shl`/`lshr` by >= 32 is poison in LLVM: shift by (X & 31) and select 0 when X >= 32;
   - `udiv`/`urem` by zero is undefined in LLVM: test X == 0 first and reject;
   - `[x + k]` offsets are summed in 64 bits so that X + k >= 2^32 fails the check instead of wrapping.
@@ -20,12 +21,12 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .analysis import bounds_plan, leaders
+from . import abi
+from .analysis import Analysis
 from .opcodes import OPCODES, U32_MASK
 from .program import Insn, Program
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-FILTER_TYPE = ir.FunctionType(I32, [I8.as_pointer(), I32, I32])
 # Weights for (likely, unlikely) edges of a check: failed checks are the cold path.
 LIKELY = (2000, 1)
 
@@ -43,11 +44,11 @@ class Lowering:
     def __init__(
         self,
         program: Program,
+        analysis: Analysis,
         function: ir.Function,
         builder: ir.IRBuilder,
         args: tuple[ir.Value, ir.Value, ir.Value],
         finish: Finish,
-        known_caplen: int = 0,
     ):
         self.program = program
         self.function = function
@@ -66,12 +67,12 @@ class Lowering:
         b.store(ir.Constant(I32, 0), self.a)
         b.store(ir.Constant(I32, 0), self.x)
         self.caplen64 = b.zext(self.caplen, I64, name="caplen64")
-        self.blocks = {i: function.append_basic_block(f"insn{i}") for i in leaders(program)}
+        self.blocks = {i: function.append_basic_block(f"insn{i}") for i in analysis.leaders}
         self.reject = function.append_basic_block("reject")
         finish(ir.IRBuilder(self.reject), ir.Constant(I32, 0))
         self.values: dict[ir.AllocaInstr, ir.Value] = {}  # register -> value, in the current block
-        self.checks = bounds_plan(program, known_caplen).checks
-        self.preloaded = self.preload(known_caplen)
+        self.checks = analysis.bounds.checks
+        self.preloaded = self.preload(analysis.bounds.known_caplen)
         b.branch(self.blocks[0])
 
     # -- registers ---------------------------------------------------------------------------
@@ -326,20 +327,15 @@ EMITTERS: dict[str, Emitter] = {
 }  # fmt: skip
 
 
-def lower_filter(module: ir.Module, program: Program, name: str, known_caplen: int = 0) -> ir.Function:
-    """Add the filter function for a VALIDATED program to `module` and return it (always inlined).
-
-    `known_caplen`: callers that only call it once caplen >= known_caplen is proven (the classifier)
-    pass that bound, and checks it already covers are not emitted."""
-    function = ir.Function(module, FILTER_TYPE, name)
-    packet, caplen, wirelen = function.args
-    packet.name, caplen.name, wirelen.name = "P", "caplen", "wirelen"
-    packet.attributes.add("noalias")
-    packet.attributes.add("captures(none)")
-    function.attributes.add("alwaysinline")  # into a batch loop or the classifier
-    function.attributes.add("nounwind")
+def lower_filter(module: ir.Module, program: Program, analysis: Analysis, name: str) -> ir.Function:
+    """Add the filter function (`abi.FILTER`) of a VALIDATED program to `module` and return it
+    (always inlined). An analysis made with a `known_caplen` (the classifier, which calls the filter
+    only once caplen >= known_caplen is proven) leaves out the checks that bound already covers."""
+    function = abi.FILTER.declare(module, name)
+    arg = abi.args(function)
     builder = ir.IRBuilder(function.append_basic_block("entry"))
-    Lowering(program, function, builder, (packet, caplen, wirelen), _return, known_caplen).run()
+    packet = (arg["P"], arg["caplen"], arg["wirelen"])
+    Lowering(program, analysis, function, builder, packet, _return).run()
     return function
 
 
@@ -348,24 +344,16 @@ def _return(builder: ir.IRBuilder, value: ir.Value) -> None:
 
 
 def new_module(name: str) -> ir.Module:
-    module = ir.Module(name=name)
-    return module
-
-
-BATCH_TYPE = ir.FunctionType(
-    ir.VoidType(), [I8.as_pointer(), I64.as_pointer(), I32.as_pointer(), I32.as_pointer(), I64, I32.as_pointer()]
-)
+    return ir.Module(name=name)
 
 
 PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value], None]
 
 
-def emit_packet_loop(fn: ir.Function, count: ir.Value, visit: PacketVisitor) -> None:
-    """The body of a batch function whose first four arguments are (base, offsets, caplens,
-    wirelens): for i < count, visit(builder, i, base + offsets[i], caplens[i], wirelens[i])."""
-    # nounwind: no unwind table to emit and register for the loop (cBPF code cannot throw).
-    fn.attributes.add("nounwind")
-    base, offsets, caplens, wirelens = fn.args[:4]
+def emit_packet_loop(fn: ir.Function, visit: PacketVisitor) -> None:
+    """The body of a batch-shaped function (its arguments start with `abi.PACKETS`): for i < n,
+    visit(builder, i, base + offsets[i], caplens[i], wirelens[i])."""
+    arg = abi.args(fn)
     entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
     b = ir.IRBuilder(entry)
     counter = b.alloca(I64, name="i")  # promoted to a phi by sroa
@@ -373,11 +361,12 @@ def emit_packet_loop(fn: ir.Function, count: ir.Value, visit: PacketVisitor) -> 
     b.branch(head)
     b.position_at_end(head)
     i = b.load(counter, name="i")
-    b.cbranch(b.icmp_unsigned("<", i, count), body, done)
+    b.cbranch(b.icmp_unsigned("<", i, arg["n"]), body, done)
     b.position_at_end(body)
-    packet = b.gep(base, [b.load(b.gep(offsets, [i]), name="offset")], inbounds=True, name="packet")
-    caplen = b.load(b.gep(caplens, [i]), name="caplen")
-    wirelen = b.load(b.gep(wirelens, [i]), name="wirelen")
+    offset = b.load(b.gep(arg["offsets"], [i]), name="offset")
+    packet = b.gep(arg["base"], [offset], inbounds=True, name="packet")
+    caplen = b.load(b.gep(arg["caplens"], [i]), name="caplen")
+    wirelen = b.load(b.gep(arg["wirelens"], [i]), name="wirelen")
     visit(b, i, packet, caplen, wirelen)
     b.store(b.add(i, ir.Constant(I64, 1)), counter)
     b.branch(head)
@@ -385,34 +374,23 @@ def emit_packet_loop(fn: ir.Function, count: ir.Value, visit: PacketVisitor) -> 
     b.ret_void()
 
 
-def _batch_function(module: ir.Module, name: str) -> ir.Function:
-    fn = ir.Function(module, BATCH_TYPE, name)
-    for arg, label in zip(fn.args, ("base", "offsets", "caplens", "wirelens", "n", "out"), strict=True):
-        arg.name = label
-    for pointer in fn.args[1:4]:
-        pointer.attributes.add("captures(none)")
-    fn.args[5].attributes.add("noalias")
-    return fn
-
-
 def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Function:
-    """void NAME(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out):
-    out[i] <- filter_fn(base + offsets[i], caplens[i], wirelens[i]) for i < n."""
-    fn = _batch_function(module, name)
-    out = fn.args[5]
+    """`abi.BATCH` around a filter function: out[i] <- filter_fn(packet i) for i < n."""
+    fn = abi.BATCH.declare(module, name)
+    out = abi.args(fn)["out"]
 
     def run_filter(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
         b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
 
-    emit_packet_loop(fn, fn.args[4], run_filter)
+    emit_packet_loop(fn, run_filter)
     return fn
 
 
-def lower_program_batch(module: ir.Module, program: Program, name: str) -> ir.Function:
-    """The batch function of `lower_batch` with a VALIDATED program lowered straight into the loop
-    body (no separate filter function to inline: less IR to build, print, parse and optimise)."""
-    fn = _batch_function(module, name)
-    out = fn.args[5]
+def lower_program_batch(module: ir.Module, program: Program, analysis: Analysis, name: str) -> ir.Function:
+    """`abi.BATCH` with a VALIDATED program lowered straight into the loop body (no separate filter
+    function to inline: less IR to build, print, parse and optimise)."""
+    fn = abi.BATCH.declare(module, name)
+    out = abi.args(fn)["out"]
 
     def run_program(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
         done = fn.append_basic_block("result")
@@ -422,12 +400,12 @@ def lower_program_batch(module: ir.Module, program: Program, name: str) -> ir.Fu
             results.append((value, builder.block))
             builder.branch(done)
 
-        Lowering(program, fn, b, (packet, caplen, wirelen), finish).run()
+        Lowering(program, analysis, fn, b, (packet, caplen, wirelen), finish).run()
         b.position_at_end(done)
         result = b.phi(I32, name="result")
         for value, block in results:
             result.add_incoming(value, block)
         b.store(result, b.gep(out, [i]))
 
-    emit_packet_loop(fn, fn.args[4], run_program)
+    emit_packet_loop(fn, run_program)
     return fn

@@ -4,9 +4,13 @@ LLVM is initialised lazily, once per process, under a lock (never at import). Co
 into a shared MCJIT engine (an `Arena`) that takes ARENA_MODULES of them before a fresh one is made:
 an engine's target machine builds its X86 subtarget (instruction and lowering tables) on first use,
 which was ~2.5 ms of a ~10 ms cold compile when every module had an engine of its own. An arena, with
-its machine code, is freed when the last `NativeCode` compiled into it is dropped; each module's IR is
-taken back out of the engine after code generation, so it is freed with its own `NativeCode`.
+its machine code, is freed when the last `MachineCode` compiled into it is dropped; each module's IR is
+taken back out of the engine after code generation, so it is freed with its own `MachineCode`.
 llvmlite's binding shares one LLVM context, so everything that touches it runs under `LLVM_LOCK`.
+
+The compile stages this module owns (`pipeline.STAGES` names them all): `translate` (llvmlite.ir
+text to an LLVM module, verified), `run_passes` (the IR passes of an opt level) and `generate`
+(machine code at a code-generation level); `build` runs the three for the other code generators.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def _arena(opt_level: int) -> Arena:
     return arena
 
 
-class NativeCode:
+class MachineCode:
     """Machine code of one LLVM module, alive as long as this object is."""
 
     def __init__(self, arena: Arena, addresses: dict[str, int], module: Any, names: set[str]):
@@ -172,19 +176,36 @@ def _pass_manager(opt_level: int, extra: tuple[str, ...]) -> Any:
     return manager
 
 
-def optimize(module: Any, opt_level: int, extra: tuple[str, ...] = ()) -> None:
-    """Run PIPELINES[opt_level] (+ `extra` passes) on a parsed module (call with LLVM_LOCK held)."""
+def run_passes(module: Any, opt_level: int, extra: tuple[str, ...] = ()) -> None:
+    """Run PIPELINES[opt_level] (+ `extra` passes) on a translated module, in place."""
     if not PIPELINES[opt_level]:
         return
-    llvm = binding()
-    machine = _state.get(("passes", opt_level))
-    if machine is None:  # not owned by any engine, so one per level can be shared
-        machine = _state[("passes", opt_level)] = target_machine(opt_level)
-    # A fresh PassBuilder per run: llvmlite registers per-run instrumentation callbacks in it, which
-    # would dangle if the builder outlived the run. (Each one still leaks ~2.4 KiB inside llvmlite.)
-    tuning = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-    builder = llvm.create_pass_builder(machine, tuning)
-    _pass_manager(opt_level, extra).run(module, builder)
+    with LLVM_LOCK:
+        llvm = binding()
+        machine = _state.get(("passes", opt_level))
+        if machine is None:  # not owned by any engine, so one per level can be shared
+            machine = _state[("passes", opt_level)] = target_machine(opt_level)
+        # A fresh PassBuilder per run: llvmlite registers per-run instrumentation callbacks in it,
+        # which would dangle if the builder outlived the run. (Each still leaks ~2.4 KiB in llvmlite.)
+        tuning = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+        builder = llvm.create_pass_builder(machine, tuning)
+        _pass_manager(opt_level, extra).run(module, builder)
+
+
+class Translated:
+    """An `llvmlite.ir` module as LLVM's own (parsed and verified), with the external names it defines."""
+
+    def __init__(self, module: ir.Module):
+        self.names = _defined_names(module)
+        with LLVM_LOCK:
+            llvm = binding()
+            module.triple = _state["triple"]
+            self.module = llvm.parse_assembly(str(module))
+            self.module.verify()
+
+
+def translate(module: ir.Module) -> Translated:
+    return Translated(module)
 
 
 def build(
@@ -194,39 +215,42 @@ def build(
     data_symbols: tuple[str, ...] = (),
     extra_passes: tuple[str, ...] = (),
     codegen_level: int | None = None,
-) -> NativeCode:
-    """Optimise `module` with PIPELINES[opt_level] and generate machine code for it at
-    `codegen_level` (default: opt_level); return its code and the addresses of its functions
-    `symbols` and global variables `data_symbols`."""
+) -> MachineCode:
+    """translate, run_passes (PIPELINES[opt_level] + `extra_passes`), generate at `codegen_level`
+    (default: opt_level); the code and the addresses of its functions `symbols` and globals `data_symbols`."""
     with LLVM_LOCK:
-        llvm = binding()
-        module.triple = _state["triple"]
-        parsed = llvm.parse_assembly(str(module))
-        parsed.verify()
-        optimize(parsed, opt_level, extra_passes)
+        translated = translate(module)
+        run_passes(translated.module, opt_level, extra_passes)
         level = opt_level if codegen_level is None else codegen_level
-        return generate(parsed, _defined_names(module), level, symbols, data_symbols)
+        return generate(translated, level, symbols, data_symbols)
 
 
-def recompile(code: NativeCode, codegen_level: int, symbols: tuple[str, ...]) -> NativeCode:
+def recompile(code: MachineCode, codegen_level: int, symbols: tuple[str, ...]) -> MachineCode:
     """The same optimised IR as `code`, machine-coded again at `codegen_level` (the IR passes are
     not run again: only code generation)."""
     with LLVM_LOCK:
-        return generate(code._module.clone(), code._names, codegen_level, symbols, ())
+        return _generate(code._module.clone(), code._names, codegen_level, symbols, ())
 
 
 def generate(
+    translated: Translated, level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...] = ()
+) -> MachineCode:
+    """Machine code for a translated (and optimised) module, in the current arena of `level`; the
+    module now belongs to the returned code."""
+    with LLVM_LOCK:
+        return _generate(translated.module, translated.names, level, symbols, data_symbols)
+
+
+def _generate(
     parsed: Any, names: set[str], level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...]
-) -> NativeCode:
-    """Machine code for an already optimised, parsed module, in the current arena of `level`
-    (call with LLVM_LOCK held); `names` are the external symbols it defines."""
+) -> MachineCode:
     arena = _arena(level)
     arena.add(parsed, names)
     engine = arena.engine
     addresses = {name: engine.get_function_address(name) for name in symbols}
     addresses.update((name, engine.get_global_value_address(name)) for name in data_symbols)
-    engine.remove_module(parsed)  # the code stays in the engine; the IR is now this NativeCode's
-    return NativeCode(arena, addresses, parsed, names)
+    engine.remove_module(parsed)  # the code stays in the engine; the IR is now this MachineCode's
+    return MachineCode(arena, addresses, parsed, names)
 
 
 def _defined_names(module: ir.Module) -> set[str]:

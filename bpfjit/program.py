@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 # struct sock_filter / struct bpf_insn: u16 code, u8 jt, u8 jf, u32 k, native byte order, no padding.
 INSN_STRUCT = struct.Struct("=HBBI")
 INSN_SIZE = INSN_STRUCT.size
+# The snap length expressions are compiled for unless told: libpcap's MAXIMUM_SNAPLEN, tcpdump's default.
+DEFAULT_SNAPLEN = 262144
 
 
 def _layout(byteorder: str) -> struct.Struct:
@@ -181,7 +183,7 @@ class Program:
         cls,
         expression: str,
         linktype: int | str = "EN10MB",
-        snaplen: int = 262144,
+        snaplen: int = DEFAULT_SNAPLEN,
         optimize: bool = True,
         netmask: int | str | None = None,
     ) -> Program:

@@ -3,7 +3,7 @@
     PyObject *bpfjit_entry(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 
 A ctypes call costs ~300 ns, ten times a filter's work, so `f(packet)` does not go through ctypes:
-`Filter` is a vectorcall type (see `calltype`) whose instances point at this function and carry
+`Filter` is a vectorcall type (see `cpython`) whose instances point at this function and carry
 the address of their own native code (its batch loop, called with n = 1) and of a small table of
 prebuilt result ints. The entry is
 the same for every filter, so it is compiled once per process and costs a filter's cold compile
@@ -15,69 +15,30 @@ are read in place: an exact `bytes` through its verified layout, anything else t
 returned as a Python int, from the table when it is one of the program's `ret #k` values.
 Everything else (keywords, a non-buffer, a strided view, wirelen < caplen or not a u32, > 4 GiB)
 re-dispatches to the Python method `self.call(...)`, which checks its arguments and raises the
-documented errors. Only stable C-API functions are called; `Py_buffer`'s layout is part of the
-stable ABI since 3.11 (buf at offset 0, len at offset 16 on 64-bit).
+documented errors. Only stable C-API functions are called (their signatures: `abi.C_API`); every
+layout the entry reads comes verified from `cpython` (`cpython.Layout`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from llvmlite import ir
+
+from . import abi
+from .cpython import PY_BUFFER_LEN_OFFSET, PY_BUFFER_SIZE, PY_VECTORCALL_NARGS_MASK, Layout
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 OBJ = I8.as_pointer()  # PyObject *
-ENTRY_TYPE = ir.FunctionType(OBJ, [OBJ, OBJ.as_pointer(), I64, OBJ])
-# void batch(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, u32 *out): each filter's only
-# machine code (lower.lower_batch); one packet is a batch of one.
-BATCH_FN = ir.FunctionType(
-    ir.VoidType(), [I8.as_pointer(), I64.as_pointer(), I32.as_pointer(), I32.as_pointer(), I64, I32.as_pointer()]
-).as_pointer()
 ENTRY_NAME = "bpfjit_entry"
-PY_BUFFER_SIZE = 80  # sizeof(Py_buffer) on 64-bit
-PY_BUFFER_LEN_OFFSET = 16
-PY_VECTORCALL_NARGS_MASK = (1 << 63) - 1
 NO_WIRELEN = 1 << 32  # "wirelen not given" (never a valid u32)
 SLOW_METHOD_SYMBOL = "bpfjit_slow_method_name"  # a `str` object: the name of the method to re-dispatch to
 BYTES_TYPE_SYMBOL = "PyBytes_Type"
 INT_TYPE_SYMBOL = "PyLong_Type"
 MAX_CACHED_RESULTS = 8
-
-# C-API functions the entry calls; resolved from the running interpreter by the native module.
-C_API: dict[str, ir.FunctionType] = {
-    "PyObject_GetBuffer": ir.FunctionType(I32, [OBJ, I8.as_pointer(), I32]),
-    "PyBuffer_Release": ir.FunctionType(ir.VoidType(), [I8.as_pointer()]),
-    "PyErr_Clear": ir.FunctionType(ir.VoidType(), []),
-    "PyLong_FromUnsignedLong": ir.FunctionType(OBJ, [I64]),
-    "PyLong_AsUnsignedLongLong": ir.FunctionType(I64, [OBJ]),
-    "PyObject_VectorcallMethod": ir.FunctionType(OBJ, [OBJ, OBJ.as_pointer(), I64, OBJ]),
-    "PyTuple_Size": ir.FunctionType(I64, [OBJ]),
-    "Py_IncRef": ir.FunctionType(ir.VoidType(), [OBJ]),
-}
-
-
-class Layout(NamedTuple):
-    """Offsets the entry reads, verified on the running interpreter by `calltype`.
-
-    ob_type in any object; ob_size and ob_sval in an exact `bytes`; and, in a Filter instance, the
-    filter's address, its result table (u64 count, u64 values[MAX_CACHED_RESULTS], then
-    PyObject *objects[MAX_CACHED_RESULTS]: see `result_table`) and a u64 countdown of calls: at 0
-    the call goes to the slow path, where the Filter tiers up.
-    """
-
-    type_offset: int
-    bytes_size_offset: int
-    bytes_data_offset: int
-    filter_offset: int
-    table_offset: int
-    countdown_offset: int
+C_API = tuple(abi.C_API)  # what the entry calls: resolved from the running interpreter by filter.py
 
 
 def _declare(module: ir.Module, name: str) -> ir.Function:
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    return ir.Function(module, C_API[name], name)
+    return abi.C_API[name].declare_external(module, name)
 
 
 def _external(module: ir.Module, name: str) -> ir.GlobalVariable:
@@ -98,7 +59,7 @@ def _field(b: ir.IRBuilder, obj: ir.Value, offset: int, ty: ir.Type, name: str) 
 
 
 def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
-    fn = ir.Function(module, ENTRY_TYPE, ENTRY_NAME)
+    fn = abi.ENTRY.declare(module, ENTRY_NAME)
     self_obj, args, nargsf, kwnames = fn.args
     names = ("entry", "two_args", "is_int", "wire_ok", "bad_wire", "packet", "is_bytes", "try_buffer",
              "no_buffer", "got_view", "run", "release", "result", "slow")  # fmt: skip
@@ -176,7 +137,7 @@ def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
     b.cbranch(b.icmp_unsigned("==", left, ir.Constant(I64, 0)), blocks["release"], counted)
     b.position_at_end(counted)
     b.store(b.sub(left, ir.Constant(I64, 1)), countdown)
-    batch_fn = _field(b, self_obj, layout.filter_offset, BATCH_FN, "batch")
+    batch_fn = _field(b, self_obj, layout.filter_offset, abi.BATCH.ir_type().as_pointer(), "batch")
     b.store(ir.Constant(I64, 0), offset_arg)
     b.store(b.trunc(length, I32), caplen_arg)
     b.store(b.trunc(wire64, I32), wirelen_arg)

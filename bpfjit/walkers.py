@@ -8,39 +8,42 @@ the filter accepts it, appends it to an iovec list over the mapped file (adjacen
 iovec), so that writing the accepted records is one writev call per 1024 runs. Python runs once per
 chunk of thousands of records, never once per record.
 
-    u64 walk_pcap(u8 *file, u64 size, u64 pos, u32 swapped, u32 hdrlen, u32 max_caplen, Chunk *chunk)
-    u64 walk_pcapng(u8 *file, u64 size, u64 pos, u32 swapped, u32 *iface_snaplens, u32 *iface_class,
-                    u32 n_ifaces, Chunk *chunk)
+    abi.WALK_PCAP    u64 walk_pcap(file, size, pos, swapped, hdrlen, max_caplen, Chunk *chunk)
+    abi.WALK_PCAPNG  u64 walk_pcapng(file, size, pos, swapped, iface_snaplens, iface_slots, n_ifaces, chunk)
 
-`Chunk` (below, shared with Python through ctypes) holds the per-record arrays the walker fills
+`abi.Chunk` (shared with Python through ctypes) holds the per-record arrays the walker fills
 (record start, packet data offset, caplen, wirelen, interface, verdict), the iovecs and, on return,
 where the walk stopped and why (`Status`). It returns the number of records n; record i occupies
 `[starts[i], starts[i + 1])` and `starts[n]` is where the walk stopped. Records it returns are whole
 and inside the file; whatever it cannot vouch for is a status for Python to explain.
 
-`walker(format, programs)` runs `programs[class]` on each record (a record's class is the index of its
-link type; pcap has one). The filter reads the packet the walk has just brought into L1, and one LLVM
+`walker(format, programs)` runs `programs[slot]` on each record, where a record's link-type slot is
+the index of its interface's link type in the file (pcap has one; `iface_slots` maps pcapng
+interfaces to slots). The filter reads the packet the walk has just brought into L1, and one LLVM
 module holds the whole thing: an LLVM module costs milliseconds of fixed overhead and a command-line
 run lives a fraction of a second. Each walker is compiled once per process, cached by its programs.
 
-Two small kernels serve the other consumers: `gather` copies iovecs into a buffer (outputs without a
-file descriptor) and `accepted_indices` lists the accepted records of a chunk (`read_file`).
+Two small helpers serve the other consumers: `gather` (`abi.GATHER`) copies iovecs into a buffer
+(outputs without a file descriptor) and `accepted_indices` (`abi.ACCEPTED_INDICES`) lists the
+accepted records of a chunk (`read_file`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Union
 
+from . import abi
+from .abi import Chunk as Chunk  # capfile fills one per walker call
+from .caches import CodeCache
+
 if TYPE_CHECKING:
     from llvmlite import ir
 
-    from .native import NativeCode
+    from .native import MachineCode
     from .program import Program
 
 
@@ -54,7 +57,7 @@ class Status(IntEnum):
     BAD_BLOCK = 4  # pcapng: a packet block whose lengths are inconsistent
     BAD_INTERFACE = 5  # pcapng: a packet block naming an interface no IDB described
     OTHER_BLOCK = 6  # pcapng: a non-packet block (SHB, IDB, NRB, ISB, ...), for Python to handle
-    NEW_CLASS = 7  # pcapng: a packet of a link type this walker has no filter for (compile one, resume)
+    NEW_LINKTYPE = 7  # pcapng: a packet of a link type this walker has no filter for (compile one, resume)
     LIMIT = 8  # `limit` packets accepted (tcpdump's -c)
 
 
@@ -69,36 +72,7 @@ PREFETCH = (4096, 4096 + 128, 4096 + 256, 4096 + 384)
 IOV_GROUP = 1024  # iovecs per writev call (Linux's IOV_MAX); `group_bytes[g]` sums group g
 
 
-class Chunk(ctypes.Structure):
-    """The walker's arrays and results (a C struct the generated code reads with GEPs, by index)."""
-
-    _fields_ = [
-        ("starts", ctypes.c_void_p),  # u64[capacity + 1]: record starts, then where the walk stopped
-        ("offsets", ctypes.c_void_p),  # u64[capacity]: packet data offsets
-        ("caplens", ctypes.c_void_p),  # u32[capacity]
-        ("wirelens", ctypes.c_void_p),  # u32[capacity]
-        ("ifaces", ctypes.c_void_p),  # u32[capacity]: pcapng interface ids
-        ("verdicts", ctypes.c_void_p),  # u32[capacity]: the filter's results (1 without a filter)
-        ("iov", ctypes.c_void_p),  # struct iovec[capacity]: accepted records, adjacent ones merged
-        ("group_bytes", ctypes.c_void_p),  # u64[capacity / IOV_GROUP + 1]: bytes per writev call
-        ("capacity", ctypes.c_uint64),  # in: records per call at most
-        ("limit", ctypes.c_uint64),  # in: stop once this many records are accepted
-        ("end", ctypes.c_uint64),  # out: where the walk stopped (the file offset)
-        ("status", ctypes.c_uint64),  # out: Status
-        ("iov_count", ctypes.c_uint64),  # out: iovecs used
-        ("accepted", ctypes.c_uint64),  # out: records accepted
-        ("bytes", ctypes.c_uint64),  # out: bytes in the iovecs
-    ]
-
-
-FIELDS = {field[0]: index for index, field in enumerate(Chunk._fields_)}
-U32, U64, VOIDP = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
-WALK_PCAP = ctypes.CFUNCTYPE(U64, VOIDP, U64, U64, U32, U32, U32, VOIDP)
-WALK_PCAPNG = ctypes.CFUNCTYPE(U64, VOIDP, U64, U64, U32, VOIDP, VOIDP, U32, VOIDP)
-GATHER = ctypes.CFUNCTYPE(U64, VOIDP, U64, VOIDP)
-ACCEPTED_INDICES = ctypes.CFUNCTYPE(U64, VOIDP, U64, VOIDP)
-WALKERS = {"pcap": WALK_PCAP, "pcapng": WALK_PCAPNG}
-KERNELS: dict[str, Any] = {"gather": GATHER, "accepted_indices": ACCEPTED_INDICES}
+FIELDS = abi.CHUNK_FIELDS
 PREFIX = "bpfjit_file_"
 
 
@@ -106,20 +80,14 @@ PREFIX = "bpfjit_file_"
 class _Builder:
     """One function being built: its builder, typed helpers and loop-carried variables."""
 
-    def __init__(self, module: ir.Module, name: str, ret: ir.Type, args: Sequence[tuple[str, ir.Type]]):
+    def __init__(self, module: ir.Module, name: str, signature: abi.Signature):
         from llvmlite import ir
 
         self.ir = ir
         self.i1, self.i8, self.i16 = ir.IntType(1), ir.IntType(8), ir.IntType(16)
         self.i32, self.i64 = ir.IntType(32), ir.IntType(64)
-        self.fn = ir.Function(module, ir.FunctionType(ret, [ty for _, ty in args]), PREFIX + name)
-        self.fn.attributes.add("nounwind")
-        self.args: dict[str, ir.Argument] = {}
-        for arg, (label, ty) in zip(self.fn.args, args, strict=True):
-            arg.name = label
-            if isinstance(ty, ir.PointerType):
-                arg.attributes.add("noalias")
-            self.args[label] = arg
+        self.fn = signature.declare(module, PREFIX + name)
+        self.args = abi.args(self.fn)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.swapped: ir.Value | None = None
 
@@ -263,9 +231,9 @@ class _Builder:
         b.ret(n)
         return self.fn
 
-    def verdict(self, filters: Sequence[ir.Function | None], cls: ir.Value, packet: ir.Value, caplen: ir.Value,
+    def verdict(self, filters: Sequence[ir.Function | None], slot: ir.Value, packet: ir.Value, caplen: ir.Value,
                 wirelen: ir.Value) -> ir.Value:  # fmt: skip
-        """filters[cls](packet, caplen, wirelen), inlined; 1 (keep) where there is no filter."""
+        """filters[slot](packet, caplen, wirelen), inlined; 1 (keep) where there is no filter."""
         one = self.const(self.i32, 1)
         if not filters:
             return one
@@ -273,13 +241,13 @@ class _Builder:
         def run(fn: ir.Function | None) -> ir.Value:
             return one if fn is None else self.b.call(fn, [packet, caplen, wirelen], name="verdict")
 
-        distinct = list(dict.fromkeys(filters))  # classes sharing a program share its code
+        distinct = list(dict.fromkeys(filters))  # slots sharing a program share its code
         if len(distinct) == 1:
             return run(distinct[0])
         result = self.b.alloca(self.i32, name="verdict.slot")  # promoted by sroa
         join = self.block("verdict.join")
         blocks = {fn: self.block(f"verdict.{k}") for k, fn in enumerate(distinct)}
-        switch = self.b.switch(cls, blocks[filters[-1]])  # the caller checked cls < len(filters)
+        switch = self.b.switch(slot, blocks[filters[-1]])  # the caller checked slot < len(filters)
         for k, fn in enumerate(filters[:-1]):
             switch.add_case(self.const(self.i32, k), blocks[fn])
         for fn, block in blocks.items():
@@ -290,24 +258,12 @@ class _Builder:
         return self.b.load(result)
 
 
-def _chunk_type(module: ir.Module) -> ir.Type:
-    from llvmlite import ir
-
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    iovec = ir.LiteralStructType([i8.as_pointer(), i64])  # struct iovec
-    pointers = {"starts": i64, "offsets": i64, "caplens": i32, "wirelens": i32, "ifaces": i32, "verdicts": i32,
-                "iov": iovec, "group_bytes": i64}  # fmt: skip
-    return ir.LiteralStructType([pointers[name].as_pointer() if name in pointers else i64 for name in FIELDS])
-
-
 def emit_walk_pcap(module: ir.Module, name: str, filters: Sequence[ir.Function | None] = ()) -> ir.Function:
     """Classic pcap: a 16-byte (24-byte in "modified" pcap) header before each packet's data."""
     from llvmlite import ir
 
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    args = [("file", i8.as_pointer()), ("size", i64), ("pos", i64), ("swapped", i32), ("hdrlen", i32),
-            ("max_caplen", i32), ("chunk", _chunk_type(module).as_pointer())]  # fmt: skip
-    b = _Builder(module, name, i64, args)
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    b = _Builder(module, name, abi.WALK_PCAP)
     bb = b.b
     b.swapped = bb.icmp_unsigned("!=", b["swapped"], b.const(i32, 0), name="swapped")
     hdrlen = bb.zext(b["hdrlen"], i64, name="hdrlen64")
@@ -330,11 +286,8 @@ def emit_walk_pcapng(module: ir.Module, name: str, filters: Sequence[ir.Function
     """pcapng: EPB, SPB and PB blocks in one section's byte order; any other block returns to Python."""
     from llvmlite import ir
 
-    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-    args = [("file", i8.as_pointer()), ("size", i64), ("pos", i64), ("swapped", i32),
-            ("iface_snaplens", i32.as_pointer()), ("iface_class", i32.as_pointer()), ("n_ifaces", i32),
-            ("chunk", _chunk_type(module).as_pointer())]  # fmt: skip
-    b = _Builder(module, name, i64, args)
+    i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    b = _Builder(module, name, abi.WALK_PCAPNG)
     bb = b.b
     b.swapped = bb.icmp_unsigned("!=", b["swapped"], b.const(i32, 0), name="swapped")
     # what the per-type blocks found, for the common tail
@@ -401,12 +354,12 @@ def emit_walk_pcapng(module: ir.Module, name: str, filters: Sequence[ir.Function
     iface = bb.load(v_iface, name="iface")
     b.stop_if(bb.icmp_unsigned(">=", iface, b["n_ifaces"]), Status.BAD_INTERFACE, "iface")
     data, caplen, wirelen = bb.load(v_data), bb.load(v_caplen), bb.load(v_wirelen)
-    cls = b.const(i32, 0)
+    slot = b.const(i32, 0)
     if filters:
-        cls = bb.load(b.at(b["iface_class"], bb.zext(iface, i64)), name="class")
-        b.stop_if(bb.icmp_unsigned(">=", cls, b.const(i32, len(filters))), Status.NEW_CLASS, "class")
+        slot = bb.load(b.at(b["iface_slots"], bb.zext(iface, i64)), name="slot")
+        b.stop_if(bb.icmp_unsigned(">=", slot, b.const(i32, len(filters))), Status.NEW_LINKTYPE, "slot")
     packet = bb.gep(b["file"], [data], inbounds=True, name="packet")
-    verdict = b.verdict(filters, cls, packet, caplen, wirelen)
+    verdict = b.verdict(filters, slot, packet, caplen, wirelen)
     b.record(n, at, bb.add(at, length, name="next"), data, caplen, wirelen, iface, verdict)
     return b.finish_walk()
 
@@ -431,8 +384,7 @@ def emit_gather(module: ir.Module) -> None:
     from llvmlite import ir
 
     i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    iovec = ir.LiteralStructType([i8.as_pointer(), i64])
-    b = _Builder(module, "gather", i64, [("iov", iovec.as_pointer()), ("count", i64), ("out", i8.as_pointer())])
+    b = _Builder(module, "gather", abi.GATHER)
     memcpy = b.declare("llvm.memcpy.p0i8.p0i8.i64", ir.VoidType(), [i8.as_pointer(), i8.as_pointer(), i64, i1])
     at = b.var(i64, b.const(i64, 0), "at")
 
@@ -453,8 +405,7 @@ def emit_accepted_indices(module: ir.Module) -> None:
     from llvmlite import ir
 
     i32, i64 = ir.IntType(32), ir.IntType(64)
-    args = [("verdicts", i32.as_pointer()), ("n", i64), ("out", i32.as_pointer())]
-    b = _Builder(module, "accepted_indices", i64, args)
+    b = _Builder(module, "accepted_indices", abi.ACCEPTED_INDICES)
     count = b.var(i64, b.const(i64, 0), "count")
 
     def keep(index: ir.Value) -> None:
@@ -468,68 +419,78 @@ def emit_accepted_indices(module: ir.Module) -> None:
     b.b.ret(b.b.load(count))
 
 
-EMITTERS: dict[str, Callable[[ir.Module], None]] = {"gather": emit_gather, "accepted_indices": emit_accepted_indices}
+HELPER_EMITTERS: dict[str, Callable[[ir.Module], None]] = {"gather": emit_gather,
+                                                           "accepted_indices": emit_accepted_indices}
 WALKER_EMITTERS = {"pcap": emit_walk_pcap, "pcapng": emit_walk_pcapng}
+SIGNATURES = {"pcap": abi.WALK_PCAP, "pcapng": abi.WALK_PCAPNG, "gather": abi.GATHER,
+              "accepted_indices": abi.ACCEPTED_INDICES}  # fmt: skip
 
 
 # -- compiling ----------------------------------------------------------------------------------------
 _lock = threading.RLock()
-_kernels: dict[str, tuple[Any, NativeCode]] = {}  # name -> (ctypes function, the code it lives in)
+_helpers: dict[str, Any] = {}  # compiled once per process
 WalkerKey = tuple[str, tuple[Union["Program", None], ...], int]
-_walkers: OrderedDict[WalkerKey, tuple[Any, NativeCode]] = OrderedDict()
-WALKER_CACHE_SIZE = 32
+_walkers: CodeCache[WalkerKey, Any] = CodeCache(keep=32)
 _serial = itertools.count()
 
 
 def walker(
-    format: str, programs: Sequence[Program | None] = (), also: Sequence[str] = (), opt_level: int = 2
+    format: str, programs: Sequence[Program | None] = (), helpers: Sequence[str] = (), opt_level: int = 2
 ) -> Any:
-    """The walker for `format` ("pcap" or "pcapng") that runs `programs[class]` (VALIDATED; None keeps
-    the packet) on every record; no programs: every record is accepted.
+    """The walker for `format` ("pcap" or "pcapng") that runs `programs[slot]` (VALIDATED; None keeps
+    the packet) on every record; no programs: every record is accepted. A ctypes function, which
+    keeps its machine code alive.
 
-    Compiled on first use, in one module with the kernels `also` that are not compiled yet.
+    Compiled on first use, in one module with the `helpers` that are not compiled yet.
     """
     if all(program is None for program in programs):
         programs = ()
     key: WalkerKey = (format, tuple(programs), opt_level)
     with _lock:
-        entry = _walkers.get(key)
-        missing = [name for name in dict.fromkeys(also) if name not in _kernels]
-        if entry is None:
-            _compile(key, missing)
-            entry = _walkers[key]
-        else:
-            _walkers.move_to_end(key)
-            if missing:
-                _compile(None, missing)
-        while len(_walkers) > WALKER_CACHE_SIZE:
-            _walkers.popitem(last=False)
-        return entry[0]
+        missing = [name for name in dict.fromkeys(helpers) if name not in _helpers]
+        made = []
+
+        def make() -> Any:
+            made.append(_compile(key, missing))
+            return made[0]
+
+        function = _walkers.get(key, make)
+        if missing and not made:
+            _compile(None, missing)
+        return function
 
 
-def kernel(name: str) -> Any:
-    """The compiled kernel `name` (a ctypes function), compiling it now if needed."""
+def helper(name: str) -> Any:
+    """The compiled helper `name` (a ctypes function), compiling it now if needed."""
     with _lock:
-        if name not in _kernels:
+        if name not in _helpers:
             _compile(None, [name])
-        return _kernels[name][0]
+        return _helpers[name]
 
 
-def _compile(key: WalkerKey | None, names: Sequence[str]) -> None:
-    """Compile a walker (if `key`) and the kernels `names` in one module (with `_lock` held)."""
+def _bind(signature: abi.Signature, code: MachineCode, symbol: str) -> Any:
+    function = signature.prototype()(code.addresses[symbol])
+    function.code = code  # the machine code lives as long as anything can call it
+    return function
+
+
+def _compile(key: WalkerKey | None, names: Sequence[str]) -> Any:
+    """Compile a walker (if `key`: returned) and the helpers `names` in one module (with `_lock` held)."""
     from . import lower, native
+    from .analysis import analyse
 
     serial = next(_serial)
     module = lower.new_module(f"bpfjit_file_{serial}")
     for name in names:
-        EMITTERS[name](module)
+        HELPER_EMITTERS[name](module)
     symbols = [PREFIX + name for name in names]
     if key is not None:
         format, programs, _ = key
         bodies: dict[Program, ir.Function] = {}
         for program in programs:
             if program is not None and program not in bodies:
-                body = lower.lower_filter(module, program, f"bpfjit_file_{serial}_filter_{len(bodies)}")
+                name = f"bpfjit_file_{serial}_filter_{len(bodies)}"
+                body = lower.lower_filter(module, program, analyse(program), name)
                 body.linkage = "internal"  # machine-coded once, inlined into the walker
                 bodies[program] = body
         filters = [None if program is None else bodies[program] for program in programs]
@@ -538,6 +499,5 @@ def _compile(key: WalkerKey | None, names: Sequence[str]) -> None:
         symbols.append(PREFIX + name)
     code = native.build(module, key[2] if key is not None else 2, tuple(symbols))
     for name in names:
-        _kernels[name] = (KERNELS[name](code.addresses[PREFIX + name]), code)
-    if key is not None:
-        _walkers[key] = (WALKERS[key[0]](code.addresses[symbols[-1]]), code)
+        _helpers[name] = _bind(SIGNATURES[name], code, PREFIX + name)
+    return None if key is None else _bind(SIGNATURES[key[0]], code, symbols[-1])

@@ -34,9 +34,8 @@ def _compiled(program: Program, opt_level: int = 2) -> bpfjit.Filter:
 def _baseline(program: Program, opt_level: int = 2) -> bpfjit.Filter:
     """A Filter on the baseline tier, even when another backend has tiered this program's code up
     (filters of one program share it, and a new one starts on the best tier made so far)."""
-    f = _compiled(program, opt_level)
-    f._adopt(f._code.tiers[0])
-    assert not f.optimized or opt_level == 0  # -O0 has one tier
+    f = _compiled(program, opt_level).use_tier("baseline")
+    assert f.tier == "baseline" or opt_level == 0  # -O0 has one tier
     return f
 
 
@@ -54,8 +53,8 @@ def run_jit_ctypes(program: Program, packet: bytes, wirelen: int | None) -> int:
 
 def run_jit_optimized(program: Program, packet: bytes, wirelen: int | None) -> int:
     """The optimising tier (compile() gives the baseline one), through the batch entry."""
-    f = _compiled(program).optimize()
-    assert f.optimized
+    f = _compiled(program).tier_up()
+    assert f.tier == "optimised"
     return int(f.run_batch(bpfjit.Batch.from_packets([packet], None if wirelen is None else [wirelen]))[0])
 
 

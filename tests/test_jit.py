@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import gc
 import mmap
+import os
 import pickle
 import sys
 import threading
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 
 import bpfjit
 import bpfjit.filter  # the module (bpfjit loads it lazily)
-from bpfjit import Insn, Program, calltype, lower
+import bpfjit.pipeline
+from bpfjit import Insn, Program, cpython, lower
 from bpfjit.analysis import bounds_plan
 from bpfjit.opcodes import KINDS
 from bpfjit.strategies import packets_with_wirelen, programs
@@ -56,14 +58,19 @@ def test_every_kind_has_an_emitter() -> None:
     assert set(lower.EMITTERS) == set(KINDS)
 
 
-def test_native_entry_is_in_use() -> None:
-    assert calltype.AVAILABLE, "the vectorcall entry should be available on CPython"
-    assert bpfjit.Filter.__flags__ & calltype.Py_TPFLAGS_HAVE_VECTORCALL
+def test_native_entry_is_in_use_unless_switched_off() -> None:
+    if os.environ.get(cpython.CALL_PATH_VARIABLE) == "ctypes":  # the fallback switch: no native entry
+        assert not cpython.NATIVE_ENTRY and not bpfjit.filter.FAST_ENTRY
+        assert bpfjit.filter._entry_address() == 0 and bpfjit.Filter.__call__ is bpfjit.Filter.call
+        return
+    assert cpython.NATIVE_ENTRY, "the vectorcall entry should be available on CPython"
+    if sys.version_info >= (3, 11):  # 3.10 calls it through tp_call (PyVectorcall_Call): still native
+        assert bpfjit.Filter.__flags__ & cpython.Py_TPFLAGS_HAVE_VECTORCALL
     f = bpfjit.compile(IP_ONLY)
     entry = bpfjit.filter._entry_address()
     assert entry != 0 and entry == bpfjit.filter._entry_address()  # one entry, shared by every filter
-    assert ctypes.c_void_p.from_address(id(f) + calltype.ENTRY_OFFSET).value == entry
-    assert ctypes.c_void_p.from_address(id(f) + calltype.FILTER_OFFSET).value == f.address
+    assert ctypes.c_void_p.from_address(id(f) + cpython.ENTRY_OFFSET).value == entry
+    assert ctypes.c_void_p.from_address(id(f) + cpython.FILTER_OFFSET).value == f.address
 
 
 def test_results_are_python_ints_with_exact_values() -> None:
@@ -153,8 +160,8 @@ def test_compiling_twice_reuses_machine_code() -> None:
     program = Program([(0x6, 0, 0, 12345)])
     first = bpfjit.compile(program)
     second = bpfjit.compile(Program([(0x6, 0, 0, 12345)]))
-    assert first is not second and first._code is second._code
-    assert bpfjit.compile(program, opt_level=0)._code is not first._code
+    assert first is not second and first.code is second.code
+    assert bpfjit.compile(program, opt_level=0).code is not first.code
 
 
 def test_calls_from_many_threads() -> None:
@@ -270,16 +277,16 @@ def _fresh_ip_filter(tag: int) -> bpfjit.Filter:
     return bpfjit.compile([*IP_ONLY, (0x6, 0, 0, tag)])
 
 
-def test_compile_gives_the_baseline_tier_and_optimize_switches() -> None:
+def test_compile_gives_the_baseline_tier_and_tier_up_switches() -> None:
     f = _fresh_ip_filter(1001)
-    assert not f.optimized and f._tier.codegen_level == bpfjit.filter.BASELINE_CODEGEN
+    assert not f.optimized and f.tier == "baseline" and f.code.current.codegen_level == bpfjit.pipeline.BASELINE_CODEGEN
     baseline_address, baseline_asm = f.address, f.asm
-    assert f.optimize() is f and f.optimized and f._tier.codegen_level == 2
+    assert f.tier_up() is f and f.optimized and f.tier == "optimised" and f.code.current.codegen_level == 2
     assert f.address != baseline_address and f.asm != baseline_asm
     assert f(IPV4_FRAME) == 262144 and f(bytes(60)) == 0 and f.call(IPV4_FRAME[:13]) == 0
     assert f.optimize().address == f.address  # made once
     # the baseline code stays valid while the filter lives (native callers may hold its address)
-    assert baseline_address in [f._code.batch_address(tier) for tier in f._code.tiers]
+    assert baseline_address in [f.code.batch_address(tier) for tier in f.code.tiers]
     run = bpfjit.filter.BATCH_PROTOTYPE(baseline_address)
     out = ctypes.c_uint32(7)
     offset, caplen = ctypes.c_uint64(0), ctypes.c_uint32(len(IPV4_FRAME))
@@ -289,7 +296,7 @@ def test_compile_gives_the_baseline_tier_and_optimize_switches() -> None:
 
 def test_opt_level_0_has_one_tier() -> None:
     f = bpfjit.compile([*IP_ONLY, (0x6, 0, 0, 1002)], opt_level=0)
-    assert f.optimized and f.optimize().address == f.address and len(f._code.tiers) == 1
+    assert f.optimized and f.tier_up().address == f.address and len(f.code.tiers) == 1
 
 
 def test_batches_tier_up_after_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,11 +309,24 @@ def test_batches_tier_up_after_the_threshold(monkeypatch: pytest.MonkeyPatch) ->
     assert f.run_batch(frames).tolist() == [262144, 0, 0, 262144] and f.optimized  # the 12th packet
     # another Filter of the same program adopts the optimised code on its next batch
     g = _fresh_ip_filter(1003)
-    assert g._code is f._code and g.optimized  # created after the tier-up: starts on it
+    assert g.code is f.code and g.optimized  # created after the tier-up: starts on it
     h_code_before = _fresh_ip_filter(1004)
     h = _fresh_ip_filter(1004)
     h_code_before.optimize()
     assert not h.optimized and h.filter(frames) == [IPV4_FRAME, IPV4_FRAME] and h.optimized
+
+
+def test_use_tier_pins_a_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bpfjit.filter, "TIER_UP_PACKETS", 10)
+    f = _fresh_ip_filter(1008).use_tier("baseline")
+    frames = [IPV4_FRAME, bytes(60)] * 20
+    assert f.run_batch(frames).tolist() == [262144, 0] * 20 and [f(p) for p in frames] == [262144, 0] * 20
+    assert f.tier == "baseline"  # pinned: 80 packets, no tier-up
+    other = _fresh_ip_filter(1008).tier_up()  # the program's code tiers up through another filter
+    assert other.tier == "optimised" and f.run_batch(frames).tolist() == [262144, 0] * 20 and f.tier == "baseline"
+    assert f.use_tier("optimised").address == other.address and f.tier == "optimised"
+    with pytest.raises(ValueError, match="tier must be"):
+        f.use_tier("fast")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("path", ["native entry", "ctypes"])
@@ -320,7 +340,7 @@ def test_single_packet_calls_tier_up_after_the_threshold(monkeypatch: pytest.Mon
     assert [call(IPV4_FRAME) for _ in range(30)] == [262144] * 30
     if bpfjit.filter.FAST_ENTRY:
         counted = 30 if path == "native entry" else 0
-        assert calltype.countdown(f) == bpfjit.filter.NEVER - counted  # counting on, never to reach 0
+        assert cpython.countdown(f) == bpfjit.filter.NO_COUNTDOWN - counted  # counting on, never to reach 0
 
 
 def test_tier_up_while_other_threads_run_batches(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,7 +120,7 @@ def test_walk_pcapng_blocks_and_classes(order: str) -> None:
     assert arrays.ifaces[:2] == [0, 1] and arrays.caplens[:2] == [5, 8] and arrays.wirelens[:2] == [5, 9]
     assert arrays.offsets[:2] == [28 + 28, 28 + 40 + 28]
     n = walk((UDP_OR_KEEP_ALL,), 28)  # a filter for class 0 only: class 1 needs a new walker
-    assert (n, arrays.chunk.status, arrays.chunk.end) == (1, Status.NEW_CLASS, 28 + 40)
+    assert (n, arrays.chunk.status, arrays.chunk.end) == (1, Status.NEW_LINKTYPE, 28 + 40)
     n = walk((UDP_OR_KEEP_ALL, None), 28)
     assert (n, arrays.chunk.status, arrays.verdicts[:2]) == (2, Status.OTHER_BLOCK, [0, 1])
 
@@ -153,9 +153,9 @@ def test_gather_and_accepted_indices() -> None:
     base = ctypes.addressof(buffer)
     iov = (ctypes.c_uint64 * 6)(base + 2, 3, base + 10, 0, base + 12, 4)
     out = ctypes.create_string_buffer(16)
-    assert walkers.kernel("gather")(ctypes.addressof(iov), 3, ctypes.addressof(out)) == 7
+    assert walkers.helper("gather")(ctypes.addressof(iov), 3, ctypes.addressof(out)) == 7
     assert out.raw[:7] == b"234cdef"
     verdicts = (ctypes.c_uint32 * 6)(0, 5, 0, 0, 1, 0xFFFFFFFF)
     indices = (ctypes.c_uint32 * 6)()
-    assert walkers.kernel("accepted_indices")(ctypes.addressof(verdicts), 6, ctypes.addressof(indices)) == 3
+    assert walkers.helper("accepted_indices")(ctypes.addressof(verdicts), 6, ctypes.addressof(indices)) == 3
     assert indices[:3] == [1, 4, 5]

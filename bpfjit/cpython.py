@@ -1,18 +1,33 @@
-"""A CPython type whose instances are called through vectorcall, built at run time with ctypes.
+"""Every fact bpfjit relies on about the running CPython, and the probes that verify them.
 
-`Filter` derives from `NativeCallable` so `f(packet)` jumps straight to the machine code that the
-JIT emitted for f (see `pyentry`), as fast as a call of a builtin such as `len()`. Each instance
-stores its entry's address right after the object header (`__vectorcalloffset__`).
+`f(packet)` skips ctypes: `Filter` derives from `NativeCallable`, a vectorcall type built here at run
+time with ctypes, so a call jumps straight to the native entry (`pyentry`) with the filter's own
+code address in the instance. That couples bpfjit to CPython's object layouts; all of them are here,
+each verified on the running interpreter before use:
 
-Where this cannot be set up safely (another interpreter, a layout we did not verify), `AVAILABLE` is
-False and filters are called through ctypes instead; nothing else changes.
+- the object header (ob_type), an exact `bytes` object's ob_size/ob_sval (`BYTES_LAYOUT`, probed);
+- `Py_buffer` (buf at 0, len at 16, 80 bytes on 64-bit: stable ABI since 3.11);
+- the vectorcall convention (PY_VECTORCALL_ARGUMENTS_OFFSET in nargsf) and, on 3.11, where
+  PyTypeObject keeps tp_flags / tp_vectorcall_offset / tp_call (`enable_vectorcall`, probed);
+- the native slots of a `NativeCallable` instance (entry, filter address, result table, countdown).
+
+`NATIVE_ENTRY` says whether filters use the native entry: not on other implementations, not on
+free-threaded builds (another object header; read from the build configuration, not from the
+runtime GIL state), not when a probe fails, and not when the environment says
+`BPFJIT_CALL_PATH=ctypes` (the fallback switch: every call then takes the checked ctypes path,
+which the suite runs once more under it). Nothing else changes between the two paths.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
-from typing import Any
+import sysconfig
+from typing import Any, NamedTuple
+
+CALL_PATH_VARIABLE = "BPFJIT_CALL_PATH"  # "ctypes" forces the fallback path; anything else: the default
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 Py_tp_call, Py_tp_doc, Py_tp_new, Py_tp_members = 50, 56, 65, 72
 T_PYSSIZET, READONLY = 19, 1
@@ -60,10 +75,10 @@ def _symbol(name: str) -> int:
 
 
 def _make_base() -> type | None:
-    if sys.implementation.name != "cpython" or sys.version_info < (3, 10):
+    if sys.implementation.name != "cpython" or sys.version_info < (3, 10) or FREE_THREADED:
+        return None  # (free-threaded builds use another object header)
+    if os.environ.get(CALL_PATH_VARIABLE, "").strip().lower() == "ctypes":
         return None
-    if getattr(sys, "_is_gil_enabled", lambda: True)() is False:
-        return None  # free-threaded builds use another object header
     doc = b"Base of bpfjit.Filter: instances are called through their vectorcall pointer."
     members = (_Member * 2)(_Member(b"__vectorcalloffset__", T_PYSSIZET, ENTRY_OFFSET, READONLY, None))
     slots = (_Slot * 5)(
@@ -156,3 +171,30 @@ def _verified_bytes_layout() -> tuple[int, int, int] | None:
 
 
 BYTES_LAYOUT = _verified_bytes_layout()
+# Whether filters are called through the native entry (else through ctypes: see the docstring).
+NATIVE_ENTRY = AVAILABLE and BYTES_LAYOUT is not None
+
+# -- what the native entry reads (pyentry emits it from these) -----------------------------------------
+PY_BUFFER_SIZE = 80  # sizeof(Py_buffer) on 64-bit
+PY_BUFFER_LEN_OFFSET = 16  # Py_buffer.len (buf is at 0)
+PY_VECTORCALL_NARGS_MASK = (1 << 63) - 1  # nargsf without PY_VECTORCALL_ARGUMENTS_OFFSET
+
+
+class Layout(NamedTuple):
+    """Offsets the entry reads: ob_type in any object; ob_size and ob_sval in an exact `bytes`; and,
+    in a Filter instance, the filter's address, its result table (u64 count, u64 values[N], then
+    PyObject *objects[N]) and a u64 countdown of calls: at 0 the call goes to the slow path."""
+
+    type_offset: int
+    bytes_size_offset: int
+    bytes_data_offset: int
+    filter_offset: int
+    table_offset: int
+    countdown_offset: int
+
+
+def entry_layout() -> Layout:
+    """The verified layout (only when NATIVE_ENTRY)."""
+    assert BYTES_LAYOUT is not None
+    type_offset, size_offset, data_offset = BYTES_LAYOUT
+    return Layout(type_offset, size_offset, data_offset, FILTER_OFFSET, TABLE_OFFSET, COUNTDOWN_OFFSET)

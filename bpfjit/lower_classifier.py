@@ -1,4 +1,4 @@
-"""Lowering of a multi-filter classifier (MPF / BPF+ style): many filters in ONE function.
+"""Lowering of the classifier (MPF / BPF+ style): many filters in ONE function.
 
 Each filter is lowered as usual (`lower.lower_filter`, marked alwaysinline) and called in order from
 one classifier function; after inlining, LLVM sees every filter's loads and compares at once, so the
@@ -7,9 +7,9 @@ threading). The lowering helps it in one way it can prove: when the packet is sh
 every filter needs before it could accept (`need[0]` of `analysis.bounds_plan`), all filters reject,
 so one up-front length test returns "none" for the whole set.
 
-    bitmask: void NAME(u8 *P, u32 caplen, u32 wirelen, u64 *mask)      mask[i/64] bit i%64 = accepted
-    first:   i32  NAME(u8 *P, u32 caplen, u32 wirelen, u32 *value)     first accepting index or -1
-    batch:   void NAME_batch(u8 *base, u64 *offsets, u32 *caplens, u32 *wirelens, u64 n, OUT *out, u32 *values)
+    abi.CLASSIFY_BITMASK   mask[i/64] bit i%64 = filter i accepted
+    abi.CLASSIFY_FIRST     the first accepting filter's index (its result in *value), or -1
+    abi.CLASSIFY_*_BATCH   the batch loops around them
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from collections.abc import Sequence
 
 from llvmlite import ir
 
-from .analysis import bounds_plan
-from .lower import I8, I32, I64, emit_packet_loop, lower_filter
+from . import abi
+from .analysis import analyse, bounds_plan
+from .lower import I32, I64, emit_packet_loop, lower_filter
 from .opcodes import U32_MASK
 from .program import Program
 
-PACKET_ARGS = [I8.as_pointer(), I32, I32]
+SIGNATURES = {"bitmask": abi.CLASSIFY_BITMASK, "first": abi.CLASSIFY_FIRST}
+BATCH_SIGNATURES = {"bitmask": abi.CLASSIFY_BITMASK_BATCH, "first": abi.CLASSIFY_FIRST_BATCH}
 
 
 def words_for(count: int) -> int:
@@ -41,13 +43,11 @@ def lower_classifier(module: ir.Module, programs: Sequence[Program], name: str, 
     # Each filter runs only after the shared test caplen >= shortest, so none repeats it; with no
     # check in between, the filters' common loads dominate one another and GVN merges them.
     known = shortest if shortest <= U32_MASK else 0
-    filters = [lower_filter(module, program, f"{name}_f{i}", known) for i, program in enumerate(programs)]
+    filters = [lower_filter(module, program, analyse(program, known), f"{name}_f{i}")
+               for i, program in enumerate(programs)]  # fmt: skip
     for filter_fn in filters:
         filter_fn.linkage = "internal"  # only the classifier calls them; dropped once inlined
-    out_type = I64.as_pointer() if mode == "bitmask" else I32.as_pointer()
-    result_type = ir.VoidType() if mode == "bitmask" else I32
-    fn = ir.Function(module, ir.FunctionType(result_type, [*PACKET_ARGS, out_type]), name)
-    fn.attributes.add("alwaysinline")
+    fn = SIGNATURES[mode].declare(module, name)
     packet, caplen, wirelen, out = fn.args
     entry = fn.append_basic_block("entry")
     none = fn.append_basic_block("none")
@@ -98,10 +98,9 @@ def lower_classifier(module: ir.Module, programs: Sequence[Program], name: str, 
 def lower_classifier_batch(module: ir.Module, classifier: ir.Function, name: str, mode: str, count: int) -> ir.Function:
     """The batch loop around the classifier: `out` gets words_for(count) u64 per packet (bitmask) or
     one i32 index per packet with the accepting filter's result in `values` (first)."""
-    out_type = I64.as_pointer() if mode == "bitmask" else I32.as_pointer()
-    args = [I8.as_pointer(), I64.as_pointer(), I32.as_pointer(), I32.as_pointer(), I64, out_type, I32.as_pointer()]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name)
-    n, out, values = fn.args[4:]
+    fn = BATCH_SIGNATURES[mode].declare(module, name)
+    arg = abi.args(fn)
+    out, values = arg["out"], arg["values"]
 
     def classify(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
         if mode == "bitmask":
@@ -112,5 +111,5 @@ def lower_classifier_batch(module: ir.Module, classifier: ir.Function, name: str
             b.store(ir.Constant(I32, 0), value)
             b.store(b.call(classifier, [packet, caplen, wirelen, value]), b.gep(out, [i]))
 
-    emit_packet_loop(fn, n, classify)
+    emit_packet_loop(fn, classify)
     return fn
