@@ -20,19 +20,19 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .filter import Filter
+    from bpfjit import Filter
 
 __all__ = ["dpkt_filter", "scapy_lfilter", "scapy_reader"]
 
 
 def _as_filter(f: Filter | str, linktype: int | str) -> Filter:
     """`f` itself, or the expression `f` compiled for `linktype` (a DLT value or name)."""
-    from .filter import Filter, compile
+    import bpfjit  # the public API only (an integration, see tests/test_layering.py)
 
-    if isinstance(f, Filter):
+    if isinstance(f, bpfjit.Filter):
         return f
     if isinstance(f, str):
-        return compile(f, linktype=linktype)
+        return bpfjit.compile(f, linktype=linktype)
     raise TypeError(f"expected a bpfjit.Filter or an expression, not {type(f).__name__}")
 
 
@@ -80,7 +80,7 @@ def scapy_reader(source: str | os.PathLike[str], f: Filter | str) -> Iterator[An
     from scapy.config import conf
     from scapy.utils import EDecimal, RawPcapReader
 
-    from .libpcap import dlt_from_linktype
+    from bpfjit.libpcap import dlt_from_linktype
 
     filters: dict[int, Filter] = {}
     with RawPcapReader(os.fspath(source)) as reader:
@@ -118,7 +118,7 @@ def dpkt_filter(reader: Iterable[tuple[float, bytes]], f: Filter | str) -> Itera
     linktype: int | str = "EN10MB"
     datalink = getattr(reader, "datalink", None)
     if isinstance(f, str) and callable(datalink):
-        from .libpcap import dlt_from_linktype
+        from bpfjit.libpcap import dlt_from_linktype
 
         linktype = dlt_from_linktype(datalink())
     filter = _as_filter(f, linktype)

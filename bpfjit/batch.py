@@ -6,6 +6,7 @@ file readers produce over an mmap'd capture (zero-copy), and what `Filter.run_ba
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,16 @@ from .opcodes import U32_MASK
 U8Array = npt.NDArray[np.uint8]
 U32Array = npt.NDArray[np.uint32]
 U64Array = npt.NDArray[np.uint64]
+
+
+def buffer_address(view: memoryview) -> tuple[int, object]:
+    """Address of a C-contiguous buffer's first byte without copying it, and the object that keeps
+    it valid while the address is used (hold it until the native call returns)."""
+    if not view.readonly:
+        holder = (ctypes.c_char * len(view)).from_buffer(view)
+        return ctypes.addressof(holder), holder
+    array = np.frombuffer(view, dtype=np.uint8)  # read-only: ctypes' from_buffer refuses it, numpy reads it
+    return array.ctypes.data, array
 
 
 def _as_array(values: Any, dtype: type[np.unsignedinteger[Any]], name: str) -> npt.NDArray[Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-
 from .opcodes import U32_MASK
 
 
@@ -40,14 +38,3 @@ def check_lengths(caplen: int, wirelen: object) -> int:
         raise ValueError(f"wirelen {wirelen} does not fit in 32 bits")
     return wirelen
 
-
-def buffer_address(view: memoryview) -> tuple[int, object]:
-    """Address of a C-contiguous buffer's first byte without copying it, and the object that keeps
-    it valid while the address is used (hold it until the native call returns)."""
-    if not view.readonly:
-        holder = (ctypes.c_char * len(view)).from_buffer(view)
-        return ctypes.addressof(holder), holder
-    import numpy  # read-only buffers: ctypes' from_buffer refuses them, numpy reads them in place
-
-    array = numpy.frombuffer(view, dtype=numpy.uint8)
-    return array.ctypes.data, array

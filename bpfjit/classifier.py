@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import lower, lower_classifier, native
-from .batch import Batch
-from .buffers import buffer_address, check_lengths, packet_view
+from .batch import Batch, buffer_address
+from .buffers import check_lengths, packet_view
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
 

@@ -22,11 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from llvmlite import ir
 
 from . import abi, cpython, native, pipeline, pyentry
-from .batch import Batch
-from .buffers import buffer_address, check_lengths, packet_view
+from .batch import Batch, buffer_address
+from .buffers import check_lengths, packet_view
 from .caches import CodeCache
 from .opcodes import BPF_K, BPF_RET
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
@@ -66,8 +65,7 @@ def _entry_address() -> int:
                 native.add_symbol(pyentry.BYTES_TYPE_SYMBOL, id(bytes))
                 native.add_symbol(pyentry.INT_TYPE_SYMBOL, id(int))
                 native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
-                module = ir.Module(name="bpfjit_entry")
-                pyentry.lower_entry(module, cpython.entry_layout())
+                module = pyentry.entry_module(cpython.entry_layout())
                 _entry["code"] = native.build(module, 2, (pyentry.ENTRY_NAME,))
     return int(_entry["code"].addresses[pyentry.ENTRY_NAME])
 

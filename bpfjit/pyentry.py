@@ -58,6 +58,13 @@ def _field(b: ir.IRBuilder, obj: ir.Value, offset: int, ty: ir.Type, name: str) 
     return b.load(b.bitcast(b.gep(obj, [ir.Constant(I64, offset)]), ty.as_pointer()), name=name)
 
 
+def entry_module(layout: Layout) -> ir.Module:
+    """The module holding the entry alone (compiled once per process)."""
+    module = ir.Module(name="bpfjit_entry")
+    lower_entry(module, layout)
+    return module
+
+
 def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
     fn = abi.ENTRY.declare(module, ENTRY_NAME)
     self_obj, args, nargsf, kwnames = fn.args
