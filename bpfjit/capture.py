@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .opcodes import OPCODES
-from .program import Insn, InsnLike, Program
+from .program import DEFAULT_SNAPLEN, Insn, InsnLike, Program
 from .validate import validate
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ class Capture:
         interface: str,
         filter: Filter | Program | Iterable[InsnLike] | str | None = None,
         *,
-        snaplen: int = 262144,
+        snaplen: int = DEFAULT_SNAPLEN,
         promisc: bool = False,
         in_kernel: bool = True,
         block_timeout: float = BLOCK_TIMEOUT,

@@ -23,9 +23,10 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from .buffers import check_lengths, packet_view
+from .caches import CodeCache
 from .errors import ExpressionError, LibraryMissingError
 from .opcodes import U32_MASK
-from .program import Insn, InsnLike, Program
+from .program import DEFAULT_SNAPLEN, Insn, InsnLike, Program
 from .validate import validate
 
 __all__ = [
@@ -210,7 +211,7 @@ class LibpcapProgram:
     abort the process on some of them.
     """
 
-    __slots__ = ("_bpf_filter", "_bpf_program", "_insns", "_offline_filter", "program")
+    __slots__ = ("__weakref__", "_bpf_filter", "_bpf_program", "_insns", "_offline_filter", "program")
 
     def __init__(self, program: Program | Iterable[InsnLike]):
         self.program = validate(program)
@@ -238,27 +239,35 @@ class LibpcapProgram:
 def _packet_pointer(packet: object) -> tuple[object, int]:
     """Something ctypes passes as `const u_char *`, and the captured length.
 
-    bytes and writable buffers are passed without a copy; other read-only buffers (a memoryview of
-    bytes, a read-only numpy array) are copied, as ctypes cannot take their address.
+    bytes pass as a pointer to their own storage; any other buffer through `batch.buffer_address`
+    (no copy; it loads numpy, which only such callers pay for).
     """
     if type(packet) is bytes:
         return packet, len(packet)
+    from .batch import buffer_address
+
     view = packet_view(packet)
-    n = len(view)
-    if view.readonly:
-        return (ctypes.c_char * n).from_buffer_copy(view), n
-    return (ctypes.c_char * n).from_buffer(view), n
+    address, keep = buffer_address(view)
+    return _Pinned(address, keep), len(view)
 
 
-@functools.lru_cache(maxsize=256)
-def _prepared(program: Program) -> LibpcapProgram:
-    return LibpcapProgram(program)
+class _Pinned(ctypes.c_void_p):
+    """An address ctypes passes as `void *`, holding what keeps the buffer behind it alive."""
+
+    def __init__(self, address: int, keep: object):
+        super().__init__(address)
+        self.keep = keep
+
+
+# Prepared programs: every one in use, and the 256 most recently used (the code cache's policy).
+_prepared: CodeCache[Program, LibpcapProgram] = CodeCache(keep=256)
 
 
 def _prepare(program: Program | Iterable[InsnLike] | LibpcapProgram) -> LibpcapProgram:
     if isinstance(program, LibpcapProgram):
         return program
-    return _prepared(program if isinstance(program, Program) else Program(program))
+    key = program if isinstance(program, Program) else Program(program)
+    return _prepared.get(key, lambda: LibpcapProgram(key))
 
 
 def bpf_filter(
@@ -322,7 +331,7 @@ def _netmask_value(netmask: int | str | None) -> int:
 def compile_expression(
     expression: str,
     linktype: int | str = "EN10MB",
-    snaplen: int = 262144,
+    snaplen: int = DEFAULT_SNAPLEN,
     optimize: bool = True,
     netmask: int | str | None = None,
 ) -> Program:

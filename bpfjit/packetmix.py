@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .batch import Batch
+from .program import DEFAULT_SNAPLEN
 
 __all__ = [
     "BUSY_HOST",
@@ -623,7 +624,7 @@ def write_pcap(
     path: str | os.PathLike[str],
     batch: Batch,
     linktype: int = 1,
-    snaplen: int = 262144,
+    snaplen: int = DEFAULT_SNAPLEN,
     nanosecond: bool = False,
     timestamps: npt.ArrayLike | None = None,
 ) -> int:

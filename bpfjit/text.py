@@ -8,7 +8,7 @@ derived from the one opcode table (`OPCODES`): the writers print `OpInfo.mnemoni
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
 from .errors import ParseError
@@ -30,29 +30,29 @@ def _signed(k: int) -> int:
     return k - (1 << 32) if k & 0x80000000 else k
 
 
+# The operand forms of OPCODES as both notations write them; `{}` is the number, written by the
+# notation's own rule (tcpdump's or bpf_asm's). `len`, jump targets and `ret a` differ: see the callers.
+_OPERAND_SHAPES = {"hex": "#{}", "dec": "#{}", "abs": "[{}]", "ind": "[x + {}]", "mem": "M[{}]",
+                   "msh": "4*([{}]&0xf)", "x": "x"}  # fmt: skip
+
+
+def _shaped(form: str, k: int, number: Callable[[int, str], str]) -> str:
+    shape = _OPERAND_SHAPES.get(form)
+    return "" if shape is None else shape.format(number(k, form))
+
+
+def _tcpdump_number(k: int, form: str) -> str:
+    return f"0x{k:x}" if form == "hex" else str(_signed(k))
+
+
 def _operand(insn: Insn, index: int) -> str:
     """The operand as libpcap's bpf_image prints it."""
     form = OPCODES[insn.code].operand
-    k = insn.k
-    if form == "hex":
-        return f"#0x{k:x}"
-    if form == "dec":
-        return f"#{_signed(k)}"
-    if form == "abs":
-        return f"[{_signed(k)}]"
-    if form == "ind":
-        return f"[x + {_signed(k)}]"
-    if form == "mem":
-        return f"M[{_signed(k)}]"
-    if form == "msh":
-        return f"4*([{_signed(k)}]&0xf)"
     if form == "len":
         return "#pktlen"
-    if form == "x":
-        return "x"
     if form == "target":
-        return str(_signed((index + 1 + k) & 0xFFFFFFFF))
-    return ""
+        return str(_signed((index + 1 + insn.k) & 0xFFFFFFFF))
+    return _shaped(form, insn.k, _tcpdump_number)
 
 
 def format_insn(insn: Insn, index: int = 0) -> str:
@@ -128,24 +128,11 @@ def _asm_number(k: int, form: str) -> str:
 
 
 def _asm_operand(info: OpInfo, k: int) -> str:
-    form = info.operand
-    if form in ("hex", "dec"):
-        return f"#{_asm_number(k, form)}"
-    if form == "len":
+    if info.operand == "len":
         return "#len"
-    if form == "abs":
-        return f"[{_asm_number(k, form)}]"
-    if form == "ind":
-        return f"[x + {_asm_number(k, form)}]"
-    if form == "mem":
-        return f"M[{_asm_number(k, form)}]"
-    if form == "msh":
-        return f"4*([{_asm_number(k, form)}]&0xf)"
-    if form == "x":
-        return "x"
     if info.kind == "ret_a":
         return "a"  # bpf_asm has no operand-less `ret`
-    return ""  # `none`, and `target`: ja's label comes from _asm_edges
+    return _shaped(info.operand, k, _asm_number)  # `target`: ja's label comes from _asm_edges
 
 
 def _asm_edges(insn: Insn, info: OpInfo, index: int) -> tuple[str, list[int]]:
