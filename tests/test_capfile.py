@@ -23,7 +23,7 @@ import pytest
 from needs import require, tcpdump_path
 
 import bpfjit
-from bpfjit import CaptureFileError, Program, capfile, cli, libpcap, packetmix, samples
+from bpfjit import CaptureFileError, Program, capfile, capwriter, cli, libpcap, packetmix, samples
 
 US_BASE = 1_700_000_000
 LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL = 1, 101, 113
@@ -321,7 +321,7 @@ def test_partial_and_interrupted_writes(tmp_path: Path, monkeypatch: pytest.Monk
         return -1
 
     for fake in (short, interrupted):
-        monkeypatch.setattr(capfile, "_libc_writev", lambda fake=fake: fake)
+        monkeypatch.setattr(capwriter, "_libc_writev", lambda fake=fake: fake)
         out = tmp_path / f"{fake.__name__}.pcap"
         bpfjit.filter_file(src, out, "tcp", chunk=50)
         assert out.read_bytes() == expected
@@ -330,7 +330,7 @@ def test_partial_and_interrupted_writes(tmp_path: Path, monkeypatch: pytest.Monk
         ctypes.set_errno(errno.ENOSPC)
         return -1
 
-    monkeypatch.setattr(capfile, "_libc_writev", lambda: failing)
+    monkeypatch.setattr(capwriter, "_libc_writev", lambda: failing)
     with pytest.raises(OSError) as raised:
         bpfjit.filter_file(src, tmp_path / "full.pcap", "tcp")
     assert raised.value.errno == errno.ENOSPC
