@@ -63,8 +63,8 @@ def demo(args: argparse.Namespace) -> int:
 
     from . import compile as jit_compile
     from . import interpret, libpcap, packetmix
-    from .benchmark import LibpcapLoop
     from .capfile import filter_file, read_batches
+    from .libpcap_loop import LibpcapLoop
 
     expressions = args.expression or list(DEMO_FILTERS)
     name_width = max(34, *(len(e) for e in expressions))
