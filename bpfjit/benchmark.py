@@ -9,7 +9,7 @@ worst cases) over one generated packet mix (`packetmix`), it measures:
     libpcap ctypes   libpcap's bpf_filter through ctypes (LibpcapProgram), per packet
     JIT batch        f.run_batch(batch): bpfjit's native loop over the batch, the filter inlined
     libpcap loop     libpcap's bpf_filter called from a native loop over the same batch, built by
-                     `lower.lower_batch` too, so both loops have the same shape
+                     `lower.lower_batch` too, so both loops have the same shape (`libpcap_loop`)
     compile          cold (a program never compiled before) and cached (a live filter's program)
 
 Rounds interleave the methods (in a fresh seeded order per filter and round) and repeat them;
@@ -46,6 +46,7 @@ import numpy.typing as npt
 from . import __version__, packetmix
 from .analysis import bounds_plan
 from .batch import Batch
+from .libpcap_loop import LIBPCAP_SYMBOL, LibpcapLoop  # noqa: F401 (both importable from here, as bench scripts do)
 from .opcodes import BPF_K, BPF_RET, OPCODES
 from .program import Insn, Program
 
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 DEFAULT_OUT = Path("bench") / "out"
 README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DOCS_CHART = Path("docs") / "bench.png"
-LIBPCAP_SYMBOL = "bpfjit_bench_libpcap_bpf_filter"  # libpcap's bpf_filter, as the loop module calls it
 
 # -- the suite ---------------------------------------------------------------------------------------
 PORTS_13 = "20 or 21 or 22 or 23 or 25 or 53 or 80 or 110 or 143 or 443 or 993 or 995 or 8080"
@@ -202,52 +202,6 @@ class Settings:
         base = {"count": 2_000, "rounds": 2, "per_packet": 500, "interpreted": 40, "min_sample_ms": 0.5,
                 "cached_compiles": 20, "quick": True}  # fmt: skip
         return cls(**{**base, **overrides})
-
-
-# -- the libpcap loop --------------------------------------------------------------------------------
-class LibpcapLoop:
-    """libpcap's interpreter over a Batch, in a native loop: `lower.lower_batch` around a call to
-    `bpf_filter(insns, P, wirelen, caplen)`, the instructions a constant array in the module."""
-
-    def __init__(self, program: Program, opt_level: int = 2):
-        from llvmlite import ir
-
-        from . import abi, libpcap, lower, native
-
-        native.add_symbol(LIBPCAP_SYMBOL, libpcap.native_symbol_address("bpf_filter"))
-        name = f"libpcap_loop_{next(_loop_names)}"
-        module = lower.new_module(name)
-        i32 = ir.IntType(32)
-        insn_type = abi.ir_type("bpf_insn")
-        table_type = ir.ArrayType(insn_type, len(program))
-        table = ir.GlobalVariable(module, table_type, f"{name}_insns")
-        table.global_constant = True
-        table.linkage = "private"
-        table.initializer = ir.Constant(
-            table_type, [ir.Constant(insn_type, [insn.code, insn.jt, insn.jf, insn.k]) for insn in program]
-        )
-        bpf_filter = abi.LIBPCAP_BPF_FILTER.declare_external(module, LIBPCAP_SYMBOL)
-        wrapper = abi.FILTER.declare(module, f"{name}_filter")
-        packet, caplen, wirelen = wrapper.args
-        b = ir.IRBuilder(wrapper.append_basic_block("entry"))
-        first = b.gep(table, [ir.Constant(i32, 0), ir.Constant(i32, 0)], inbounds=True)
-        b.ret(b.call(bpf_filter, [first, packet, wirelen, caplen]))
-        lower.lower_batch(module, wrapper, name)
-        self._code = native.build(module, opt_level, (name,))
-        self._run = abi.BATCH.prototype()(self._code.addresses[name])
-
-    @property
-    def llvm_ir(self) -> str:
-        return self._code.llvm_ir
-
-    def run_batch(self, batch: Batch, out: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-        if len(batch):
-            self._run(batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
-                      batch.wirelens.ctypes.data, len(batch), out.ctypes.data)  # fmt: skip
-        return out
-
-
-_loop_names = iter(range(1 << 62))
 
 
 # -- measuring ---------------------------------------------------------------------------------------

@@ -63,8 +63,8 @@ def demo(args: argparse.Namespace) -> int:
 
     from . import compile as jit_compile
     from . import interpret, libpcap, packetmix
-    from .benchmark import LibpcapLoop
     from .capfile import filter_file, read_batches
+    from .libpcap_loop import LibpcapLoop
 
     expressions = args.expression or list(DEMO_FILTERS)
     name_width = max(34, *(len(e) for e in expressions))
@@ -91,7 +91,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"  {'filter':<{name_width}}" + "".join(f"{c:>14}" for c in cols))
     sample = packets[: max(1, len(packets) // 50)]
     for expr in expressions:
-        f = jit_compile(expr).optimize()  # the tier any filter reaches after 2^17 packets
+        f = jit_compile(expr).tier_up()  # the tier any filter reaches after 2^17 packets
         program = f.program
         loop = LibpcapLoop(program)
         out = np.empty(len(batch), dtype=np.uint32)
@@ -133,9 +133,8 @@ def compile_command(args: argparse.Namespace) -> int:
 
     try:
         if args.file:
-            with open(args.file, encoding="utf-8") as handle:
-                text = handle.read()
-            program = Program.parse(text) if _looks_like_bytecode(text) else _from_expr(" ".join(text.split()), args)
+            source = _read_filter_file(args.file)
+            program = source if isinstance(source, Program) else _from_expr(source, args)
         elif args.expression:
             program = _from_expr(" ".join(args.expression), args)
         else:
@@ -145,7 +144,7 @@ def compile_command(args: argparse.Namespace) -> int:
         print(f"bpfjit: {error}", file=sys.stderr)
         return 1
     if args.ir or args.asm:
-        f = jit_compile(program, opt_level=args.opt_level).optimize()  # the code a busy filter runs
+        f = jit_compile(program, opt_level=args.opt_level).tier_up()  # the code a busy filter runs
         sys.stdout.write(f.llvm_ir if args.ir else f.asm)
         return 0
     style: Style = "ddd" if args.d >= 3 else "dd" if args.d == 2 else "d"
@@ -162,39 +161,24 @@ def _from_expr(expression: str, args: argparse.Namespace) -> Program:
     )
 
 
-def _looks_like_bytecode(text: str) -> bool:
-    stripped = text.lstrip()
-    return stripped[:1] in ("(", "{") or stripped[:1].isdigit()
+def _read_filter_file(path: str) -> Program | str:
+    """-F FILE of both commands: a program (-d/-dd/-ddd, the comma form, bpf_asm) or an expression."""
+    from .text import read_source
+
+    with open(path, encoding="utf-8") as handle:
+        return read_source(handle.read())
 
 
 # -- bpfjit filter: tcpdump -r IN [-w OUT] [EXPR] ------------------------------------------------------
 # Start-up is most of a run's time (tcpdump needs ~0.2 s for a 370 MB file), so this path imports only
 # what it uses: no numpy, llvmlite only to compile, tqdm only once a run proves slow.
 PROGRESS_AFTER = 0.5  # seconds before a progress bar appears
-BPF_MNEMONICS = frozenset({
-    "ld", "ldi", "ldh", "ldb", "ldx", "ldxi", "ldxb", "st", "stx", "jmp", "ja", "jeq", "jneq", "jne", "jlt",
-    "jle", "jgt", "jge", "jset", "add", "sub", "mul", "div", "mod", "neg", "and", "or", "xor", "lsh", "rsh",
-    "tax", "txa", "ret",
-})  # fmt: skip
 
 
-def _filter_spec(args: argparse.Namespace) -> object:
+def _filter_spec(args: argparse.Namespace) -> Program | str | None:
     """The filter: an expression (str), a Program (-F with bytecode or bpf_asm), or None (keep all)."""
-    from . import Program
-    from .errors import ParseError
-
     if args.file:
-        with open(args.file, encoding="utf-8") as handle:
-            text = handle.read()
-        if _looks_like_bytecode(text):
-            return Program.parse(text)
-        try:
-            return Program.parse(text)
-        except ParseError:
-            words = text.split()
-            if words and words[0].rstrip(":").lower() in BPF_MNEMONICS:
-                raise
-            return " ".join(words)  # a pcap-filter expression, as tcpdump -F reads it
+        return _read_filter_file(args.file)
     return " ".join(args.expression) if args.expression else None
 
 
@@ -325,7 +309,7 @@ def _filter_command(args: argparse.Namespace) -> int:
         if args.write is None:
             _print_packets(args, spec, progress)
         else:
-            capfile.filter_file(args.read, args.write, spec, count=args.count, linktype=args.linktype,  # type: ignore[arg-type]
+            capfile.filter_file(args.read, args.write, spec, count=args.count, linktype=args.linktype,
                                 progress=progress)  # fmt: skip
     except CaptureFileError:  # what came before the bad spot was written: say how much
         progress.summary()
@@ -334,13 +318,13 @@ def _filter_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_packets(args: argparse.Namespace, spec: object, progress: _Progress) -> None:
+def _print_packets(args: argparse.Namespace, spec: Program | str | None, progress: _Progress) -> None:
     """One line per accepted packet: its timestamp (the file's precision) and its length on the wire."""
     from . import capfile
 
     out = sys.stdout
     lines: list[str] = []
-    for timestamp, wirelen in capfile.packet_lines(args.read, spec, linktype=args.linktype,  # type: ignore[arg-type]
+    for timestamp, wirelen in capfile.packet_lines(args.read, spec, linktype=args.linktype,
                                                    count=args.count, progress=progress):  # fmt: skip
         lines.append(f"{timestamp} {wirelen}\n")
         if len(lines) >= 4096:
@@ -350,7 +334,7 @@ def _print_packets(args: argparse.Namespace, spec: object, progress: _Progress) 
     out.flush()
 
 
-def _dump_filter(args: argparse.Namespace, spec: object) -> int:
+def _dump_filter(args: argparse.Namespace, spec: Program | str | None) -> int:
     """-d/-dd/-ddd: the program for the file's (first) link type, or for -y (default EN10MB) without -r."""
     from . import Program, capfile
 
@@ -361,7 +345,7 @@ def _dump_filter(args: argparse.Namespace, spec: object) -> int:
     if isinstance(spec, Program):
         program = spec
     elif args.read is not None:
-        program = capfile.file_program(args.read, spec, linktype=args.linktype)  # type: ignore[arg-type]
+        program = capfile.file_program(args.read, spec, linktype=args.linktype)
         assert program is not None  # there is an expression
     else:
         program = Program.from_expr(str(spec), args.linktype or "EN10MB")

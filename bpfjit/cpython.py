@@ -6,7 +6,8 @@ code address in the instance. That couples bpfjit to CPython's object layouts; a
 each verified on the running interpreter before use:
 
 - the object header (ob_type), an exact `bytes` object's ob_size/ob_sval (`BYTES_LAYOUT`, probed);
-- `Py_buffer` (buf at 0, len at 16, 80 bytes on 64-bit: stable ABI since 3.11);
+- `Py_buffer` (`PyBuffer`, Include/pybuffer.h: part of the stable ABI since 3.11), which the
+  native entry reads and the capture-file readers fill through `get_buffer`/`release_buffer`;
 - the vectorcall convention (PY_VECTORCALL_ARGUMENTS_OFFSET in nargsf) and, on 3.11, where
   PyTypeObject keeps tp_flags / tp_vectorcall_offset / tp_call (`enable_vectorcall`, probed);
 - the native slots of a `NativeCallable` instance (entry, filter address, result table, countdown).
@@ -174,9 +175,45 @@ BYTES_LAYOUT = _verified_bytes_layout()
 # Whether filters are called through the native entry (else through ctypes: see the docstring).
 NATIVE_ENTRY = AVAILABLE and BYTES_LAYOUT is not None
 
+# -- Py_buffer ---------------------------------------------------------------------------------------
+class PyBuffer(ctypes.Structure):
+    """CPython's Py_buffer (Include/pybuffer.h): the way to the address of a read-only buffer, such as
+    a PROT_READ mapping, which ctypes' `from_buffer` refuses."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]  # fmt: skip
+
+
+PyBUF_SIMPLE = 0
+
+
+def get_buffer(obj: object) -> PyBuffer:
+    """Export `obj`'s buffer (PyObject_GetBuffer, PyBUF_SIMPLE): `.buf` is its address, valid and
+    pinned (the object refuses to resize or close) until `release_buffer`."""
+    view = PyBuffer()
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
+    get.restype = ctypes.c_int
+    if get(obj, ctypes.byref(view), PyBUF_SIMPLE) != 0:  # ctypes.pythonapi raises the Python error first
+        raise BufferError(f"cannot export the buffer of a {type(obj).__name__}")
+    return view
+
+
+def release_buffer(view: PyBuffer) -> None:
+    """Undo `get_buffer` (PyBuffer_Release): once only, for each view."""
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.POINTER(PyBuffer)]
+    release.restype = None
+    release(ctypes.byref(view))
+
+
 # -- what the native entry reads (pyentry emits it from these) -----------------------------------------
-PY_BUFFER_SIZE = 80  # sizeof(Py_buffer) on 64-bit
-PY_BUFFER_LEN_OFFSET = 16  # Py_buffer.len (buf is at 0)
+PY_BUFFER_SIZE = ctypes.sizeof(PyBuffer)  # 80 on 64-bit
+PY_BUFFER_LEN_OFFSET = PyBuffer.len.offset  # 16 on 64-bit (buf is at 0)
 PY_VECTORCALL_NARGS_MASK = (1 << 63) - 1  # nargsf without PY_VECTORCALL_ARGUMENTS_OFFSET
 
 

@@ -17,7 +17,7 @@ from .program import Insn, Program
 
 Style = Literal["d", "dd", "ddd", "asm"]
 
-__all__ = ["Style", "dump", "dump_asm", "format_insn", "parse"]
+__all__ = ["MNEMONICS", "Style", "dump", "dump_asm", "format_insn", "parse", "read_source"]
 
 
 # ============================================================================================
@@ -491,6 +491,51 @@ def parse(text: str) -> Program:
     if re.match(r"\d+\s*,", first):
         return _parse_comma(text)
     return _parse_asm(text)
+
+
+# -- filter files: a program or an expression ------------------------------------------------
+
+MNEMONICS: frozenset[str] = frozenset(_SYNTAXES) | frozenset(_NEGATED)
+"""Every mnemonic `parse` reads, lower case: the opcode table's, bpf_asm's aliases and negated jumps."""
+
+# Before bpf_asm's first instruction: blanks, `;` and `/* */` comments (no expression has those)
+# and `#` lines (tcpdump's comments too, so they decide nothing).
+_LEAD = re.compile(r"\s+|(?P<comment>;[^\n]*|/\*.*?\*/)|(?:^|(?<=\n))\#[^\n]*", re.DOTALL)
+_WORD = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)[ \t]*(?P<colon>:)?")
+
+
+def read_source(text: str) -> Program | str:
+    """What a filter file holds (`-F FILE`, as tcpdump's): a program in any form `parse` reads, or
+    else a pcap-filter expression, returned with its whitespace collapsed as tcpdump reads it (a
+    blank file is the empty expression, which keeps every packet).
+
+    The start of the text decides, as it decides the form in `parse`: a `tcpdump -d/-dd/-ddd` listing
+    or the comma form, or bpf_asm source (a `;` or `/* */` comment, a label or a mnemonic first; no
+    expression starts with one). A program with a mistake in it raises its ParseError (the line and
+    what is wrong) rather than reaching libpcap as an expression and its "syntax error". An expression
+    may start with `(`: only `(NNN)` starts a -d listing.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"read_source() takes a str, not {type(text).__name__}")
+    return parse(text) if _is_program_text(text) else " ".join(text.split())
+
+
+def _is_program_text(text: str) -> bool:
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if re.match(r"\(\d+\)|\{|\d+\s*(,|$)", first):
+        return True  # a listing: tcpdump -d, -dd, -ddd (a lone count first) or the comma form
+    pos, commented = _skip_lead(text, 0)
+    word = _WORD.match(text, pos)
+    return commented or (word is not None and (bool(word.group("colon")) or word.group("name").lower() in MNEMONICS))
+
+
+def _skip_lead(text: str, pos: int) -> tuple[int, bool]:
+    """Where the blanks and comments at `pos` end, and whether a bpf_asm-only comment was among them."""
+    commented = False
+    while (match := _LEAD.match(text, pos)) is not None and match.end() > pos:
+        commented |= match.group("comment") is not None
+        pos = match.end()
+    return pos, commented
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from expressions import EXPRESSIONS
 from hypothesis import given
 from hypothesis import strategies as st
-from test_libpcap import EXPRESSIONS
 
 import bpfjit
 from bpfjit import Insn, Program, libpcap

@@ -42,7 +42,7 @@ def test_jit_equals_interpreter_at_every_opt_level(program: Program, pw: tuple[b
             assert f(packet) == expected  # the native entry's fast path
             assert f(bytearray(packet)) == expected
             assert f(memoryview(packet)) == expected
-        f.optimize()
+        f.tier_up()
 
 
 @given(programs(max_insns=24), st.binary(max_size=64))
@@ -129,7 +129,7 @@ def test_filter_api() -> None:
     f = bpfjit.compile(program, opt_level=1)
     assert f.program == program and f.opt_level == 1 and f.expression is None
     assert "5 insns" in repr(f) and "opt_level=1" in repr(f) and "baseline tier" in repr(f)
-    assert repr(f.optimize()).endswith("opt_level=1, optimised tier>")
+    assert repr(f.tier_up()).endswith("opt_level=1, optimised tier>")
     assert "define" in f.llvm_ir and "bswap" not in f.llvm_ir.split("define")[0]
     assert f.asm.strip() and f.address
     with pytest.raises(ValueError):
@@ -218,7 +218,7 @@ def test_compiling_and_dropping_filters_keeps_memory_flat() -> None:
             f = bpfjit.compile([(0x20, 0, 0, i % 64), (0x54, 0, 0, base + i), (0x16, 0, 0, 0)])
             assert f(bytes(80)) == 0
             if i % 4 == 0:  # some with both tiers
-                assert f.optimize()(bytes(80)) == 0
+                assert f.tier_up()(bytes(80)) == 0
             del f
         bpfjit.filter.clear_cache()
         gc.collect()
@@ -264,11 +264,11 @@ def test_known_x_still_takes_the_runtime_checks(opt: int) -> None:
     for alu_x in (0x3C, 0x9C):  # div x, mod x
         f = bpfjit.compile([(0x00, 0, 0, 7), (0x01, 0, 0, 0), (alu_x, 0, 0, 0), (0x06, 0, 0, 9)], opt_level=opt)
         assert f(b"") == 0 and f.call(b"") == 0
-        assert f.optimize()(b"") == 0 and f.call(b"") == 0
+        assert f.tier_up()(b"") == 0 and f.call(b"") == 0
     for shift_x in (0x6C, 0x7C):  # lsh x, rsh x
         f = bpfjit.compile([(0x00, 0, 0, 0xFFFF), (0x01, 0, 0, 40), (shift_x, 0, 0, 0), (0x16, 0, 0, 0)], opt_level=opt)
         assert f(b"") == 0
-        assert f.optimize()(b"") == 0
+        assert f.tier_up()(b"") == 0
 
 
 # -- tiers -------------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_compile_gives_the_baseline_tier_and_tier_up_switches() -> None:
     assert f.tier_up() is f and f.optimized and f.tier == "optimised" and f.code.current.codegen_level == 2
     assert f.address != baseline_address and f.asm != baseline_asm
     assert f(IPV4_FRAME) == 262144 and f(bytes(60)) == 0 and f.call(IPV4_FRAME[:13]) == 0
-    assert f.optimize().address == f.address  # made once
+    assert f.tier_up().address == f.address  # made once
     # the baseline code stays valid while the filter lives (native callers may hold its address)
     assert baseline_address in [f.code.batch_address(tier) for tier in f.code.tiers]
     run = bpfjit.filter.BATCH_PROTOTYPE(baseline_address)
@@ -292,6 +292,11 @@ def test_compile_gives_the_baseline_tier_and_tier_up_switches() -> None:
     offset, caplen = ctypes.c_uint64(0), ctypes.c_uint32(len(IPV4_FRAME))
     run(IPV4_FRAME, ctypes.byref(offset), ctypes.byref(caplen), ctypes.byref(caplen), 1, ctypes.byref(out))
     assert out.value == 262144
+
+
+def test_optimize_is_the_old_name_of_tier_up() -> None:
+    f = _fresh_ip_filter(1009)
+    assert bpfjit.Filter.optimize is bpfjit.Filter.tier_up and f.optimize() is f and f.tier == "optimised"
 
 
 def test_opt_level_0_has_one_tier() -> None:
@@ -312,7 +317,7 @@ def test_batches_tier_up_after_the_threshold(monkeypatch: pytest.MonkeyPatch) ->
     assert g.code is f.code and g.optimized  # created after the tier-up: starts on it
     h_code_before = _fresh_ip_filter(1004)
     h = _fresh_ip_filter(1004)
-    h_code_before.optimize()
+    h_code_before.tier_up()
     assert not h.optimized and h.filter(frames) == [IPV4_FRAME, IPV4_FRAME] and h.optimized
 
 
@@ -368,4 +373,4 @@ def test_a_test_between_two_constant_returns_is_a_select() -> None:
     for proto, expected in ((17, 262144), (6, 0)):
         frame = bytes(12) + b"\x08\x00" + bytes(9) + bytes([proto]) + bytes(40)
         assert f(frame) == bpfjit.interpret(program, frame) == expected
-        assert f.optimize()(frame) == expected
+        assert f.tier_up()(frame) == expected

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from frames import handmade_frames
 from needs import require, tcpdump_path
-from test_expressions import handmade_frames
 
 import bpfjit
 from bpfjit import LibraryMissingError, Program, libpcap, packetmix

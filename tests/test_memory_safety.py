@@ -50,7 +50,7 @@ CHILD = textwrap.dedent(
                 expected = bpfjit.interpret(program, view)
                 assert f(view) == expected == f.call(view), (program, size, tier)
                 assert f.run_batch(Batch(area, [PAGE - size], [size])).tolist() == [expected]
-            f.optimize()
+            f.tier_up()
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(programs(max_insns=24), packets(max_size=40))
@@ -62,7 +62,7 @@ CHILD = textwrap.dedent(
             assert f(view) == expected
             assert f.call(view) == expected
             assert f.run_batch(Batch(area, [PAGE - len(packet)], [len(packet)])).tolist() == [expected]
-            f.optimize()
+            f.tier_up()
 
     check()
     print("ok", len(EDGE), examples)

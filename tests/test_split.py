@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_capfile import mixed_link_types, write_pcapng
+from pcapfiles import mixed_link_types, write_pcapng
 
 import bpfjit
 from bpfjit import capfile, packetmix

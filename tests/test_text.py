@@ -19,7 +19,7 @@ from needs import require, tcpdump_path
 from bpfjit import Insn, ParseError, Program
 from bpfjit.opcodes import OPCODES
 from bpfjit.strategies import any_programs, programs
-from bpfjit.text import Style, dump, dump_asm, format_insn, parse
+from bpfjit.text import Style, dump, dump_asm, format_insn, parse, read_source
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -683,3 +683,33 @@ def _targets(insn: Insn, index: int) -> list[int]:
     if info.is_conditional:
         return [index + 1 + insn.jt, index + 1 + insn.jf]
     return []
+
+
+# -- read_source: a filter file's program or expression ---------------------------------------
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("tcp port 80\n", "tcp port 80"),
+        ("udp\n\tand not\n  port 53", "udp and not port 53"),  # whitespace collapsed, as tcpdump -F
+        ("(tcp or udp) and port 53", "(tcp or udp) and port 53"),  # `(` without a number: not -d
+        ("not ip", "not ip"),
+        ("", ""),  # blank: the empty expression (keep everything), as tcpdump reads it
+        ("# a comment\ntcp", "# a comment tcp"),  # `#` lines decide nothing (libpcap rejects this one)
+        ("(000) ret      #1\n", Program([(0x06, 0, 0, 1)])),
+        ("{ 0x6, 0, 0, 0x00000001 },\n", Program([(0x06, 0, 0, 1)])),
+        ("1\n6 0 0 1\n", Program([(0x06, 0, 0, 1)])),
+        ("1,6 0 0 1,", Program([(0x06, 0, 0, 1)])),
+        ("RET #1", Program([(0x06, 0, 0, 1)])),
+        ("  /* first */ ret #1", Program([(0x06, 0, 0, 1)])),
+        ("; nothing but a comment\n", Program([])),
+        ("#include <x.h>\nkeep: ret #1", Program([(0x06, 0, 0, 1)])),
+    ],
+)
+def test_read_source(source: str, expected: Program | str) -> None:
+    assert read_source(source) == expected
+
+
+@pytest.mark.parametrize("source", ["ret #1, x", "start: tcp", "; ip\ntcp", "(000) tcp"])
+def test_read_source_program_with_a_mistake_is_a_parse_error(source: str) -> None:
+    with pytest.raises(ParseError):
+        read_source(source)

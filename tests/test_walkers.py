@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpfjit import Program, capfile, interpret, strategies, walkers
-from bpfjit.capfile import _Arrays
+from bpfjit.capformat import HOST_ORDER, U64_MAX, ChunkArrays
 from bpfjit.walkers import Status
 
 UDP_OR_KEEP_ALL = Program.from_expr("udp")
@@ -29,12 +29,12 @@ def pcap_records(frames: list[tuple[bytes, int]], order: str = "<", header_len: 
 
 
 def walk_pcap(data: bytes, capacity: int = 64, programs: tuple[Program | None, ...] = (), order: str = "<",
-              max_caplen: int = 262144, limit: int = capfile.U64_MAX, pos: int = 0) -> tuple[int, _Arrays]:  # fmt: skip
+              max_caplen: int = 262144, limit: int = U64_MAX, pos: int = 0) -> tuple[int, ChunkArrays]:  # fmt: skip
     """Run the pcap walker over `data` (records only, no file header) from `pos`."""
     buffer = ctypes.create_string_buffer(data, len(data))
-    arrays = _Arrays(capacity)
+    arrays = ChunkArrays(capacity)
     arrays.chunk.limit = limit
-    swapped = int(order != capfile.HOST_ORDER)
+    swapped = int(order != HOST_ORDER)
     n = walkers.walker("pcap", programs)(ctypes.addressof(buffer), len(data), pos, swapped, 16, max_caplen,
                                          arrays.address)  # fmt: skip
     return n, arrays
@@ -106,14 +106,14 @@ def test_walk_pcapng_blocks_and_classes(order: str) -> None:
     blocks = [_epb(order, 0, b"\x01" * 5, 5), _epb(order, 1, b"\x02" * 8, 9), idb, _epb(order, 0, b"", 0)]
     data = _pcapng(order, blocks)
     buffer = ctypes.create_string_buffer(data, len(data))
-    snaplens, classes = (ctypes.c_uint32 * 2)(0, 0), (ctypes.c_uint32 * 2)(0, 1)
-    arrays = _Arrays(16)
-    swapped = int(order != capfile.HOST_ORDER)
+    snaplens, slots = (ctypes.c_uint32 * 2)(0, 0), (ctypes.c_uint32 * 2)(0, 1)
+    arrays = ChunkArrays(16)
+    swapped = int(order != HOST_ORDER)
 
     def walk(programs: tuple[Program | None, ...], pos: int) -> int:
         fn = walkers.walker("pcapng", programs)
         return int(fn(ctypes.addressof(buffer), len(data), pos, swapped, ctypes.addressof(snaplens),
-                      ctypes.addressof(classes), 2, arrays.address))  # fmt: skip
+                      ctypes.addressof(slots), 2, arrays.address))  # fmt: skip
 
     n = walk((), 28)
     assert (n, arrays.chunk.status, arrays.chunk.end) == (2, Status.OTHER_BLOCK, 28 + 40 + 40)

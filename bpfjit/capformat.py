@@ -1,0 +1,441 @@
+"""Capture-file formats: reading classic pcap and pcapng headers, and walking their records.
+
+`CaptureFile` maps a file read-only and reads what its headers say (format, byte order, link types,
+snaplen, interfaces, timestamp resolution); `events` walks it front to back as `Records` (a chunk of
+packet records, listed by a native walker, `walkers`) and `Block`s (bytes the output copies as they
+are: the pcap file header, every pcapng block that is not a packet). Which program runs on the
+records is the caller's (`capfilters`); what becomes of them is the caller's too (`capfile`).
+
+Formats: classic pcap in either byte order with microsecond or nanosecond timestamps (and the
+"modified" pcap with 24-byte record headers); pcapng with SHB, IDB, EPB, SPB and the obsolete PB,
+any number of sections (each with its own byte order) and interfaces, of any link types.
+
+A truncated last record or a corrupt header raises `CaptureFileError` naming the byte offset, after
+every complete record before it has been yielded.
+
+Differences from libpcap's reader: a record whose caplen exceeds the file's snaplen (but not the
+sanity limit, 256 KiB or the snaplen if larger) is kept whole where libpcap cuts it to the snaplen; a
+pcapng file may mix link types (libpcap refuses). As in libpcap, an SPB's timestamp is 0 and its
+caplen min(wirelen, snaplen of interface 0). A filtered SHB says its section's length is unknown (-1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import stat
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from . import walkers
+from .cpython import PyBuffer, get_buffer, release_buffer
+from .errors import CaptureFileError
+from .walkers import Status
+
+if TYPE_CHECKING:
+    Source = str | os.PathLike[str] | IO[bytes]
+
+__all__ = ["Block", "CaptureFile", "ChunkArrays", "Interface", "Records", "Section", "WalkerSource"]
+
+HOST_ORDER = "<" if sys.byteorder == "little" else ">"
+U64_MAX = (1 << 64) - 1
+
+# classic pcap: magic -> (timestamp digits, record header length)
+PCAP_MAGICS = {0xA1B2C3D4: (6, 16), 0xA1B23C4D: (9, 16), 0xA1B2CD34: (6, 24)}
+PCAP_HEADER_LEN = 24
+# libpcap's sanity limit on caplen (MAXIMUM_SNAPLEN); files with a larger snaplen get that, up to
+# 256 MiB: beyond it a caplen is a corrupt header, not a packet.
+MAX_SNAPLEN = 262144
+CAPLEN_CEILING = 1 << 28
+
+BT_SHB, BT_IDB = 0x0A0D0D0A, 1
+PACKET_BLOCKS = (walkers.BT_EPB, walkers.BT_SPB, walkers.BT_PB)
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+OPT_ENDOFOPT, OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 0, 9, 14
+SHB_MIN, IDB_MIN, BLOCK_MIN = 28, 20, 12
+
+
+class Interface(NamedTuple):
+    """A pcapng interface (IDB), or the single implicit interface of a classic pcap file."""
+
+    linktype: int  # LINKTYPE_* value
+    snaplen: int
+    ts_units: int = 10**6  # timestamp ticks per second (if_tsresol)
+    ts_offset: int = 0  # seconds added to every timestamp (if_tsoffset)
+
+    def timestamp_text(self, ticks: int) -> str:
+        """`ticks` as exact decimal seconds: 6 digits for microseconds, 9 for nanoseconds, ..."""
+        seconds, frac = divmod(ticks, self.ts_units)
+        digits = len(str(self.ts_units)) - 1
+        if self.ts_units != 10**digits:  # a binary resolution (2^-k): show nanoseconds
+            frac, digits = frac * 10**9 // self.ts_units, 9
+        return f"{seconds + self.ts_offset}.{frac:0{digits}d}"
+
+
+class ChunkArrays:
+    """The arrays one walker call fills, and the `walkers.Chunk` that points the walker at them.
+
+    ctypes arrays, so that the command line needs no numpy; numpy views them without copying.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.starts = (ctypes.c_uint64 * (capacity + 1))()
+        self.offsets = (ctypes.c_uint64 * capacity)()
+        self.caplens = (ctypes.c_uint32 * capacity)()
+        self.wirelens = (ctypes.c_uint32 * capacity)()
+        self.ifaces = (ctypes.c_uint32 * capacity)()
+        self.verdicts = (ctypes.c_uint32 * capacity)()
+        self.iov = (ctypes.c_uint64 * (2 * capacity))()
+        self.group_bytes = (ctypes.c_uint64 * (capacity // walkers.IOV_GROUP + 1))()
+        arrays = {name: ctypes.addressof(getattr(self, name)) for name in
+                  ("starts", "offsets", "caplens", "wirelens", "ifaces", "verdicts", "iov", "group_bytes")}  # fmt: skip
+        self.chunk = walkers.Chunk(**arrays, capacity=capacity, limit=U64_MAX)
+        self.address = ctypes.addressof(self.chunk)
+
+
+class Section:
+    """A pcapng section: its byte order and interfaces, with the tables the walker reads."""
+
+    def __init__(self, order: str):
+        self.order = order
+        self.interfaces: list[Interface] = []
+        # ctypes u32 arrays indexed by interface id, grown as IDBs come
+        self.snaplens: Any = (ctypes.c_uint32 * 8)()
+        self.slots: Any = (ctypes.c_uint32 * 8)()
+
+    def add(self, interface: Interface, slot: int) -> None:
+        self.interfaces.append(interface)
+        n = len(self.interfaces)
+        if len(self.snaplens) < n:
+            snaplens, slots = (ctypes.c_uint32 * (2 * n))(), (ctypes.c_uint32 * (2 * n))()
+            ctypes.memmove(snaplens, self.snaplens, ctypes.sizeof(self.snaplens))
+            ctypes.memmove(slots, self.slots, ctypes.sizeof(self.slots))
+            self.snaplens, self.slots = snaplens, slots
+        self.snaplens[n - 1] = min(interface.snaplen, 0xFFFFFFFF)
+        self.slots[n - 1] = slot
+
+
+class Records(NamedTuple):
+    """Event: `n` packet records in `arrays` (valid until the next event); `filtered`: verdicts set."""
+
+    arrays: ChunkArrays
+    n: int
+    section: Section | None
+    filtered: bool
+
+
+class Block(NamedTuple):
+    """Event: bytes to copy to the output as they are (file header, non-packet blocks)."""
+
+    start: int
+    end: int
+    replacement: bytes | None = None
+
+
+class WalkerSource(Protocol):
+    """What `CaptureFile.events` walks with (`capfilters.LinkTypeFilters`): asked again whenever a new
+    link type appears, so that the walker runs a program for every link-type slot seen so far."""
+
+    def walker(self) -> tuple[Any, bool]:
+        """The native walker for this file's format and slots, and whether it sets verdicts."""
+        ...
+
+
+class CaptureFile:
+    """An open, mapped capture file (pcap or pcapng) and what its headers say.
+
+    `linktypes` lists the LINKTYPE_* values seen so far, in order: the index of a link type is its
+    *link-type slot*, which selects the filter for the packets of every interface of that type.
+    """
+
+    def __init__(self, source: Source):
+        self.path = _describe(source)
+        if hasattr(source, "fileno") and not isinstance(source, (str, bytes, os.PathLike)):
+            fd, own = source.fileno(), False
+        else:
+            fd, own = os.open(os.fspath(source), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), True
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise CaptureFileError(0, "not a regular file (bpfjit maps capture files into memory)", self.path)
+            self.identity = (status.st_dev, status.st_ino)
+            self.size = status.st_size
+            if self.size == 0:
+                raise CaptureFileError(0, "empty file: no pcap or pcapng header", self.path)
+            # PROT_READ costs nothing; a private writable mapping (ACCESS_COPY, whose address ctypes
+            # could take without `get_buffer`) is charged against the commit limit in full, so a
+            # capture larger than RAM could not be mapped.
+            self.map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
+        finally:
+            if own:
+                os.close(fd)
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            self.map.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead: the walk reads the file front to back
+        self._buffer: PyBuffer | None = get_buffer(self.map)
+        self.address = int(self._buffer.buf or 0)
+        self.linktypes: list[int] = []
+        self.interfaces: list[Interface] = []  # pcap: the one interface; pcapng: all seen, in order
+        self.snaplen = MAX_SNAPLEN
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- headers -----------------------------------------------------------------------------------
+    def _error(self, offset: int, reason: str) -> CaptureFileError:
+        return CaptureFileError(offset, reason, self.path)
+
+    def _read_header(self) -> None:
+        if self.size < 4:
+            raise self._error(0, f"truncated file header: {self.size} bytes")
+        (magic_le,) = struct.unpack_from("<I", self.map, 0)
+        (magic_be,) = struct.unpack_from(">I", self.map, 0)
+        if magic_le == BT_SHB:
+            self.format = "pcapng"
+            self.order = HOST_ORDER  # each section sets its own
+            self.first_linktypes = self._scan_linktypes()
+            return
+        if magic_le in PCAP_MAGICS:
+            magic, self.order = magic_le, "<"
+        elif magic_be in PCAP_MAGICS:
+            magic, self.order = magic_be, ">"
+        else:
+            raise self._error(0, f"not a pcap or pcapng file (magic 0x{magic_le:08x})")
+        self.format = "pcap"
+        order = self.order
+        self.digits, self.record_header = PCAP_MAGICS[magic]
+        if self.size < PCAP_HEADER_LEN:
+            raise self._error(0, f"truncated pcap file header: {self.size} of {PCAP_HEADER_LEN} bytes")
+        major, minor, _, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", self.map, 4)
+        if major != 2:
+            raise self._error(4, f"unsupported pcap version {major}.{minor} (only 2.x exists)")
+        self.snaplen = snaplen
+        self.linktype = linktype & 0xFFFF  # the upper bits carry FCS information
+        self.max_caplen = max(snaplen, MAX_SNAPLEN) if 0 < snaplen <= CAPLEN_CEILING else MAX_SNAPLEN
+        self.linktypes = [self.linktype]
+        self.interfaces = [Interface(self.linktype, snaplen, 10**self.digits)]
+        self.first_linktypes = [self.linktype]
+
+    def slot_of(self, linktype: int) -> int:
+        if linktype not in self.linktypes:
+            self.linktypes.append(linktype)
+        return self.linktypes.index(linktype)
+
+    def _scan_linktypes(self, limit: int = 256) -> list[int]:
+        """The link types of the IDBs before the first packet (compiled before walking, in one go)."""
+        found: list[int] = []
+        pos, order = 0, "<"
+        for _ in range(limit):
+            if self.size - pos < 12:
+                break
+            btype = struct.unpack_from(order + "I", self.map, pos)[0]
+            if btype == BT_SHB:  # a palindrome: the same in either byte order
+                magic = struct.unpack_from("<I", self.map, pos + 8)[0]
+                order = "<" if magic == BYTE_ORDER_MAGIC else ">"
+            elif btype in PACKET_BLOCKS:
+                break
+            elif btype == BT_IDB and self.size - pos >= IDB_MIN:
+                linktype, _, snaplen = struct.unpack_from(order + "HHI", self.map, pos + 8)
+                if not found:
+                    self.snaplen = snaplen or MAX_SNAPLEN  # what tcpdump compiles with (pcap_snapshot)
+                found.append(linktype)
+            length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
+            if length < BLOCK_MIN or length % 4:
+                break
+            pos += length
+        return list(dict.fromkeys(found))
+
+    # -- walking -----------------------------------------------------------------------------------
+    def events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+        """The file as events in file order: packet records a chunk at a time, and bytes to copy.
+
+        Raises `CaptureFileError` at a truncated or corrupt spot, after yielding everything before it.
+        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones).
+        """
+        if self.format == "pcap":
+            return self._pcap_events(filters, arrays)
+        return self._pcapng_events(filters, arrays)
+
+    def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+        walk, filtered = filters.walker()
+        swapped = int(self.order != HOST_ORDER)
+        yield Block(0, PCAP_HEADER_LEN)
+        pos = PCAP_HEADER_LEN
+        while True:
+            arr = arrays()
+            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen, arr.address)
+            pos, status = arr.chunk.end, arr.chunk.status
+            if n:
+                yield Records(arr, n, None, filtered)
+            if status == Status.FULL:
+                continue
+            if status in (Status.END, Status.LIMIT):
+                return
+            raise self._pcap_error(pos, status)
+
+    def _pcap_error(self, pos: int, status: int) -> CaptureFileError:
+        left = self.size - pos
+        if left < self.record_header:
+            return self._error(pos, f"truncated record header: {left} of {self.record_header} bytes")
+        (caplen,) = struct.unpack_from(self.order + "I", self.map, pos + 8)
+        if status == Status.BAD_CAPLEN:
+            return self._error(pos, f"corrupt record header: caplen {caplen} is larger than the limit "
+                                    f"{self.max_caplen} (snaplen {self.snaplen})")  # fmt: skip
+        return self._error(pos, f"truncated record: {caplen} captured bytes, only {left - self.record_header} left")
+
+    def _pcapng_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+        walk, filtered = filters.walker()
+        pos = 0
+        section: Section | None = None
+        while True:
+            left = self.size - pos
+            if left == 0:
+                return
+            if left < 8:
+                raise self._error(pos, f"truncated block header: {left} of 8 bytes")
+            order = section.order if section is not None else "<"
+            btype = struct.unpack_from(order + "I", self.map, pos)[0]
+            if section is None or btype not in PACKET_BLOCKS:
+                block, section = self._pcapng_block(pos, section)
+                yield block
+                pos = block.end
+                continue
+            arr = arrays()
+            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
+                     ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
+            pos, status = arr.chunk.end, arr.chunk.status
+            if n:
+                yield Records(arr, n, section, filtered)
+            if status == Status.NEW_LINKTYPE:  # an IDB brought a link type: a walker with its filter too
+                walk, filtered = filters.walker()
+                continue
+            if status in (Status.FULL, Status.OTHER_BLOCK):
+                continue
+            if status in (Status.END, Status.LIMIT):
+                return
+            raise self._pcapng_error(pos, status, section)
+
+    def _pcapng_error(self, pos: int, status: int, section: Section) -> CaptureFileError:
+        if self.size - pos < 8:
+            return self._error(pos, f"truncated block header: {self.size - pos} of 8 bytes")
+        btype, length = struct.unpack_from(section.order + "II", self.map, pos)
+        name = {walkers.BT_EPB: "enhanced packet block", walkers.BT_SPB: "simple packet block",
+                walkers.BT_PB: "packet block"}.get(btype, f"block of type 0x{btype:x}")  # fmt: skip
+        left = self.size - pos
+        if status == Status.TRUNCATED:
+            return self._error(pos, f"truncated {name}: block length {length}, only {left} bytes left")
+        if status == Status.BAD_INTERFACE:
+            ifaces = len(section.interfaces)
+            iface_format = {walkers.BT_EPB: "I", walkers.BT_PB: "H"}.get(btype)
+            iface = struct.unpack_from(section.order + iface_format, self.map, pos + 8)[0] if iface_format else 0
+            return self._error(pos, f"{name} names interface {iface}, but the section has {ifaces}")
+        trailer = None
+        if 12 <= length <= left:
+            trailer = struct.unpack_from(section.order + "I", self.map, pos + length - 4)[0]
+        if length < 16 or length % 4:
+            return self._error(pos, f"corrupt {name}: block length {length}")
+        if trailer is not None and trailer != length:
+            return self._error(pos, f"corrupt {name}: block length {length} at its start, {trailer} at its end")
+        return self._error(pos, f"corrupt {name}: captured length larger than the block (length {length})")
+
+    def _pcapng_block(self, pos: int, section: Section | None) -> tuple[Block, Section]:
+        """Check and interpret one non-packet block (the first block is an SHB: `_read_header` saw to it)."""
+        left = self.size - pos
+        order = section.order if section is not None else "<"
+        btype = struct.unpack_from(order + "I", self.map, pos)[0]
+        if btype == BT_SHB:
+            if left < 12:
+                raise self._error(pos, f"truncated section header block: {left} bytes left")
+            magic = struct.unpack_from("<I", self.map, pos + 8)[0]
+            if magic == BYTE_ORDER_MAGIC:
+                order = "<"
+            elif magic == int.from_bytes(BYTE_ORDER_MAGIC.to_bytes(4, "little"), "big"):
+                order = ">"
+            else:
+                raise self._error(pos + 8, f"corrupt section header block: byte-order magic 0x{magic:08x}")
+        length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
+        minimum = SHB_MIN if btype == BT_SHB else IDB_MIN if btype == BT_IDB else BLOCK_MIN
+        kind = {BT_SHB: "section header block", BT_IDB: "interface description block"}.get(
+            btype, f"block of type 0x{btype:x}"
+        )
+        if length < minimum or length % 4:
+            raise self._error(pos, f"corrupt {kind}: block length {length}")
+        if length > left:
+            raise self._error(pos, f"truncated {kind}: block length {length}, only {left} bytes left")
+        trailer = struct.unpack_from(order + "I", self.map, pos + length - 4)[0]
+        if trailer != length:
+            raise self._error(pos, f"corrupt {kind}: block length {length} at its start, {trailer} at its end")
+        replacement = None
+        if btype == BT_SHB:
+            major, minor, section_length = struct.unpack_from(order + "HHq", self.map, pos + 12)
+            if major != 1:
+                raise self._error(pos + 12, f"unsupported pcapng version {major}.{minor}")
+            section = Section(order)
+            if section_length != -1:  # the filtered section is shorter: say "unknown", as the spec allows
+                data = bytearray(self.map[pos : pos + length])
+                struct.pack_into(order + "q", data, 16, -1)
+                replacement = bytes(data)
+        elif btype == BT_IDB:
+            assert section is not None
+            linktype, _, snaplen = struct.unpack_from(order + "HHI", self.map, pos + 8)
+            units, offset = self._idb_options(pos + 16, pos + length - 4, order)
+            interface = Interface(linktype, snaplen, units, offset)
+            section.add(interface, self.slot_of(linktype))
+            self.interfaces.append(interface)
+        assert section is not None
+        return Block(pos, pos + length, replacement), section
+
+    def _idb_options(self, pos: int, end: int, order: str) -> tuple[int, int]:
+        """if_tsresol (ticks per second) and if_tsoffset (seconds) from an IDB's options."""
+        units, offset = 10**6, 0
+        while end - pos >= 4:
+            code, length = struct.unpack_from(order + "HH", self.map, pos)
+            if code == OPT_ENDOFOPT or pos + 4 + length > end:
+                break
+            if code == OPT_IF_TSRESOL and length >= 1:
+                value = self.map[pos + 4]
+                units = 2 ** (value & 0x7F) if value & 0x80 else 10**value
+            elif code == OPT_IF_TSOFFSET and length >= 8:
+                offset = struct.unpack_from(order + "q", self.map, pos + 4)[0]
+            pos += 4 + (length + 3) // 4 * 4
+        return units, offset
+
+    # -- per-record details (for the readers; per accepted packet, so Python is fine) ----------------
+    def timestamp_ticks(self, start: int, iface: int, section: Section | None) -> tuple[int, Interface]:
+        """The timestamp of the record at `start` in its interface's ticks, and that interface."""
+        if section is None:
+            seconds, frac = struct.unpack_from(self.order + "II", self.map, start)
+            interface = self.interfaces[0]
+            return seconds * interface.ts_units + frac, interface
+        interface = section.interfaces[iface]
+        btype = struct.unpack_from(section.order + "I", self.map, start)[0]
+        if btype == walkers.BT_SPB:
+            return 0, interface
+        high, low = struct.unpack_from(section.order + "II", self.map, start + 12)
+        return (high << 32) | low, interface
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            release_buffer(self._buffer)
+            self._buffer = None
+        with contextlib.suppress(BufferError):  # Batches from read_batches still use the mapping:
+            self.map.close()  # it goes when they do
+
+    def __enter__(self) -> CaptureFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return os.fsdecode(source)
+    return str(getattr(source, "name", source))
+

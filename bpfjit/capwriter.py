@@ -1,0 +1,128 @@
+"""The output of `filter_file` and `split_file`: a capture file written from the mapped input.
+
+Accepted records are written byte for byte, as are the pcap file header and every pcapng block that
+is not a packet (SHB, IDB, NRB, ISB, custom blocks), in their order. The walker lists each chunk's
+accepted records as iovecs over the mapping (adjacent records merged into one), so a file descriptor
+gets one writev call per 1024 such runs, straight from the mapping; a file object without a
+descriptor (io.BytesIO) gets them gathered into one buffer (the `gather` helper) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+from typing import IO, TYPE_CHECKING, Any
+
+from . import walkers
+
+if TYPE_CHECKING:
+    from .capformat import CaptureFile, ChunkArrays, Source
+
+__all__ = ["Writer"]
+
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in getattr(os, "sysconf_names", {}) else 16  # POSIX minimum
+_writev: Any = None
+
+
+def _libc_writev() -> Any:
+    global _writev
+    if _writev is None:
+        writev = ctypes.CDLL(None, use_errno=True).writev
+        writev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        writev.restype = ctypes.c_ssize_t
+        _writev = writev
+    return _writev
+
+
+class Writer:
+    """The output: a file descriptor written with writev straight from the mapping, or a file object."""
+
+    def __init__(self, dst: Source, source: CaptureFile):
+        self.fd = -1
+        self.own = False
+        self.file: IO[bytes] | None = None
+        self.written = 0
+        if isinstance(dst, (str, bytes, os.PathLike)):
+            with contextlib.suppress(FileNotFoundError):
+                self._refuse_source(os.stat(dst), source)  # before O_TRUNC empties it
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+            self.fd, self.own = os.open(dst, flags, 0o666), True
+            return
+        try:
+            fd = dst.fileno()
+        except (AttributeError, OSError, ValueError):  # io.BytesIO and friends
+            self.file = dst
+            return
+        self._refuse_source(os.fstat(fd), source)
+        dst.flush()  # what the caller wrote before must come first
+        self.fd = fd
+
+    @staticmethod
+    def _refuse_source(status: os.stat_result, source: CaptureFile) -> None:
+        if (status.st_dev, status.st_ino) == source.identity:  # writing it would pull the mapping from under us
+            raise ValueError(f"the output is the input file {source.path}: write to another file")
+
+    @staticmethod
+    def without_descriptor(dst: Source) -> bool:
+        """Whether `dst` is a file object without a file descriptor (written through `gather`)."""
+        if isinstance(dst, (str, bytes, os.PathLike)):
+            return False
+        try:
+            dst.fileno()
+        except (AttributeError, OSError, ValueError):  # io.BytesIO and friends
+            return True
+        return False
+
+    def block(self, data: bytes | bytearray | memoryview) -> None:
+        if self.file is not None:
+            self.file.write(data)
+        else:
+            _write_all(self.fd, memoryview(data))
+        self.written += len(data)
+
+    def records(self, arrays: ChunkArrays) -> None:
+        """The chunk's accepted records, as the walker listed them in `arrays.iov`."""
+        count, nbytes = arrays.chunk.iov_count, arrays.chunk.bytes
+        if not count:
+            return
+        if self.file is not None:
+            buffer = bytearray(nbytes)
+            gather = walkers.helper("gather")
+            gather(ctypes.addressof(arrays.iov), count, ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
+            self.file.write(buffer)
+        else:
+            writev = _libc_writev()
+            group = walkers.IOV_GROUP
+            for first in range(0, count, group):  # one writev per 1024 runs of accepted records
+                n = min(group, count - first)
+                expected = arrays.group_bytes[first // group]
+                done = writev(self.fd, ctypes.addressof(arrays.iov) + 16 * first, n) if group <= IOV_MAX else 0
+                if done != expected:  # an error, a signal or a short write: finish this group slowly
+                    self._finish(arrays.iov, first, n, done, ctypes.get_errno())
+        self.written += nbytes
+
+    def _finish(self, iov: Any, first: int, n: int, done: int, error: int) -> None:
+        if done < 0 and error != errno.EINTR:
+            raise OSError(error, os.strerror(error))
+        skip = max(done, 0)
+        for index in range(first, first + n):
+            base, length = iov[2 * index], iov[2 * index + 1]
+            if skip >= length:
+                skip -= length
+                continue
+            _write_all(self.fd, memoryview(ctypes.string_at(base + skip, length - skip)))
+            skip = 0
+
+    def close(self) -> None:
+        if self.own and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        elif self.file is not None and hasattr(self.file, "flush"):
+            self.file.flush()
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
