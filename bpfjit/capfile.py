@@ -60,6 +60,11 @@ class PacketBatch(NamedTuple):
 
 
 # -- writing: filter_file, split_file ------------------------------------------------------------------
+def _check_chunk(chunk: int) -> None:
+    if chunk < 1:  # a walker that may walk no record would never get past the first one
+        raise ValueError(f"chunk must be positive, not {chunk}")
+
+
 def filter_file(
     src: Source,
     dst: Source | None,
@@ -80,8 +85,7 @@ def filter_file(
     after each chunk. A truncated or corrupt file raises `CaptureFileError` once every complete record
     before the bad spot has been written.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be positive, not {chunk}")
+    _check_chunk(chunk)
     if count is not None and count < 0:
         raise ValueError(f"count must be >= 0, not {count}")
     with CaptureFile(src) as capture:
@@ -111,6 +115,7 @@ def split_file(
     every output keeps the input's header and non-packet blocks, and its accepted records byte for
     byte, as `filter_file` would write it for that filter alone.
     """
+    _check_chunk(chunk)
     import numpy as np
 
     from .batch import Batch
@@ -218,6 +223,7 @@ def read_file(
     captured bytes. Filtering runs natively a chunk at a time; only accepted packets reach Python. A
     truncated or corrupt file raises `CaptureFileError` after the packets before the bad spot.
     """
+    _check_chunk(chunk)
     with CaptureFile(path) as capture, memoryview(capture.map) as view:
         for start, iface, section, offset, caplen, wirelen in _accepted(capture, filter, linktype, chunk, _Counts()):
             ticks, interface = capture.timestamp_ticks(start, iface, section)
@@ -302,6 +308,7 @@ def read_batches(
     order (a chunk that mixes link types is split where the type changes). A packet whose recorded
     wirelen is below its caplen (a broken writer) gets wirelen = caplen.
     """
+    _check_chunk(chunk)
     import numpy as np
 
     from .batch import Batch

@@ -506,8 +506,8 @@ _WORD = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)[ \t]*(?P<colon>:)?")
 
 def read_source(text: str) -> Program | str:
     """What a filter file holds (`-F FILE`, as tcpdump's): a program in any form `parse` reads, or
-    else a pcap-filter expression, returned with its whitespace collapsed as tcpdump reads it (a
-    blank file is the empty expression, which keeps every packet).
+    else a pcap-filter expression, returned as tcpdump reads it: `#` comments to the end of a line
+    removed, whitespace collapsed (a blank file is the empty expression, which keeps every packet).
 
     The start of the text decides, as it decides the form in `parse`: a `tcpdump -d/-dd/-ddd` listing
     or the comma form, or bpf_asm source (a `;` or `/* */` comment, a label or a mnemonic first; no
@@ -517,7 +517,9 @@ def read_source(text: str) -> Program | str:
     """
     if not isinstance(text, str):
         raise TypeError(f"read_source() takes a str, not {type(text).__name__}")
-    return parse(text) if _is_program_text(text) else " ".join(text.split())
+    if _is_program_text(text):
+        return parse(text)
+    return " ".join(re.sub(r"#[^\n]*", " ", text).split())  # tcpdump blanks `#` comments out of -F files
 
 
 def _is_program_text(text: str) -> bool:

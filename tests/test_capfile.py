@@ -109,6 +109,21 @@ def pcap_and_expected(
     return header, records, verdicts, header + b"".join(r for r, keep in zip(records, verdicts, strict=True) if keep)
 
 
+def test_a_chunk_below_one_is_refused_everywhere(tmp_path: Path) -> None:
+    src = tmp_path / "in.pcap"
+    write_pcap(src, mix(5))
+    calls = {
+        "filter_file": lambda chunk: bpfjit.filter_file(src, tmp_path / "out.pcap", "tcp", chunk=chunk),
+        "split_file": lambda chunk: capfile.split_file(src, [str(tmp_path / "a.pcap")], ["tcp"], chunk=chunk),
+        "read_file": lambda chunk: list(bpfjit.read_file(src, chunk=chunk)),
+        "read_batches": lambda chunk: list(bpfjit.read_batches(src, chunk=chunk)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="chunk must be positive"):
+            call(0)
+        assert not (tmp_path / "out.pcap").exists() and not (tmp_path / "a.pcap").exists(), name
+
+
 def test_chunk_sizes_and_count(tmp_path: Path) -> None:
     """Chunk boundaries change nothing; `count` stops after that many accepted packets (tcpdump's -c)."""
     packets = mix(300, seed=5)

@@ -104,6 +104,7 @@ def test_filter_file_expressions_that_look_like_programs(
         ("(tcp or udp) and port 53\n", "(tcp or udp) and port 53"),
         ("  (ip6)\n", "(ip6)"),
         ("\n  \n", ""),
+        ("# the web\ntcp port 80  # http\n or udp port 53\n", "tcp port 80 or udp port 53"),  # as tcpdump -F
     ):
         source.write_text(content)
         expected = Program.from_expr(expression, "EN10MB", snaplen=262144, netmask=0).dump("ddd")
