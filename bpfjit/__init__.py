@@ -4,9 +4,10 @@
     >>> f = bpfjit.compile("tcp port 80")          # a pcap-filter expression, through libpcap
     >>> f(packet)                                   # the BPF return value: 0 drops, else snap length
 
-Stages, each a module: program (Insn, Program) -> text (parse, dump) -> validate -> interpret (the
-reference semantics) | lower (LLVM IR) -> native (machine code) -> filter (Filter, compile).
-`import bpfjit` does not load LLVM; the first `compile` does.
+Data flows one way: text/bytes/expression -> Program -> the stages of `pipeline` (validate, analyse,
+lower, translate, optimise, generate) -> Filter; `interpret` is the reference semantics. The README's
+"How it is built" lists every module by layer. `import bpfjit` does not load LLVM; the first
+`compile` does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .validate import validate
 if TYPE_CHECKING:
     from .batch import Batch
     from .capfile import filter_file, read_batches, read_file
-    from .classifier import MultiFilter, compile_many
+    from .classifier import Classifier, MultiFilter, compile_many
     from .filter import Filter, compile
 
 
@@ -39,7 +40,7 @@ def __getattr__(name: str) -> object:
         from . import filter as _filter
 
         return getattr(_filter, name)
-    if name in ("compile_many", "MultiFilter"):
+    if name in ("compile_many", "Classifier", "MultiFilter"):
         from . import classifier
 
         return getattr(classifier, name)
@@ -58,6 +59,7 @@ __all__ = [
     "Batch",
     "BpfjitError",
     "CaptureFileError",
+    "Classifier",
     "ExpressionError",
     "Filter",
     "Insn",

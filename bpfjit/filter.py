@@ -53,7 +53,7 @@ _names = itertools.count()
 _entry: dict[str, Any] = {}
 
 
-def _entry_address() -> int:
+def entry_address() -> int:
     """The shared vectorcall entry (pyentry), compiled on first use; 0 where it is not available."""
     if not FAST_ENTRY:
         return 0
@@ -193,7 +193,7 @@ class Filter(_FilterBase):
             self._packets = NO_COUNTDOWN  # nothing left to count
         if FAST_ENTRY:
             countdown = TIER_UP_PACKETS if counting else NO_COUNTDOWN
-            cpython.set_entry(self, _entry_address(), address, self._code.table, countdown)
+            cpython.set_entry(self, entry_address(), address, self._code.table, countdown)
 
     def _count(self, packets: int) -> None:
         """Count packets run on the baseline tier (the native entry counts its own calls down to 0,

@@ -61,14 +61,14 @@ def test_every_kind_has_an_emitter() -> None:
 def test_native_entry_is_in_use_unless_switched_off() -> None:
     if os.environ.get(cpython.CALL_PATH_VARIABLE) == "ctypes":  # the fallback switch: no native entry
         assert not cpython.NATIVE_ENTRY and not bpfjit.filter.FAST_ENTRY
-        assert bpfjit.filter._entry_address() == 0 and bpfjit.Filter.__call__ is bpfjit.Filter.call
+        assert bpfjit.filter.entry_address() == 0 and bpfjit.Filter.__call__ is bpfjit.Filter.call
         return
     assert cpython.NATIVE_ENTRY, "the vectorcall entry should be available on CPython"
     if sys.version_info >= (3, 11):  # 3.10 calls it through tp_call (PyVectorcall_Call): still native
         assert bpfjit.Filter.__flags__ & cpython.Py_TPFLAGS_HAVE_VECTORCALL
     f = bpfjit.compile(IP_ONLY)
-    entry = bpfjit.filter._entry_address()
-    assert entry != 0 and entry == bpfjit.filter._entry_address()  # one entry, shared by every filter
+    entry = bpfjit.filter.entry_address()
+    assert entry != 0 and entry == bpfjit.filter.entry_address()  # one entry, shared by every filter
     assert ctypes.c_void_p.from_address(id(f) + cpython.ENTRY_OFFSET).value == entry
     assert ctypes.c_void_p.from_address(id(f) + cpython.FILTER_OFFSET).value == f.address
 

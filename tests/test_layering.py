@@ -25,6 +25,7 @@ cycle. Deliberate exceptions are named in EXCEPTIONS with their reason.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,18 @@ def test_examples_use_only_the_public_api(example: str) -> None:
     for name, _ in _imports(EXAMPLES / example):
         if name in MODULES:
             assert name in PUBLIC, f"{example} imports bpfjit.{name}"
+
+
+def test_the_readme_lists_every_module_in_its_layer() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## How it is built"):]
+    section = section[: section.index("\n## ", 1)]
+    listed: dict[str, str] = {}
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in GROUPS:
+            for name in re.findall(r"`([a-z_]+)\.py`", cells[1]):
+                assert name not in listed, f"{name}.py is listed twice"
+                listed[name] = cells[0]
+    assert set(listed) == set(MODULES), f"missing: {set(MODULES) - set(listed)}; extra: {set(listed) - set(MODULES)}"
+    assert {name: _group(name) for name in MODULES} == listed
