@@ -43,7 +43,14 @@ if [ -z "$python" ]; then
 else
   # Resolve names and pyenv shims to the real interpreter: a shim for a version that is not pyenv's
   # current one fails, and a venv must point at the interpreter itself, not at a shim.
-  if ! base=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null) || [ -z "$base" ]; then
+  base=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null || true)
+  if [ -z "$base" ] && [[ "$python" =~ ^python(3\.[0-9]+)$ ]]; then  # pyenv's, when its shim refuses
+    for candidate in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"${BASH_REMATCH[1]}".*/bin/"$python" 2>/dev/null | sort -rV); do
+      base=$("$candidate" -c 'import sys; print(sys.executable)' 2>/dev/null || true)
+      [ -z "$base" ] || break
+    done
+  fi
+  if [ -z "$base" ]; then
     echo "bootstrap: $python does not run" >&2
     exit 1
   fi
