@@ -103,13 +103,14 @@ def _make_base() -> type | None:
 def enable_vectorcall(cls: type) -> bool:
     """Give a Python subclass of NativeCallable the vectorcall flag (3.12+ inherits it by itself).
 
-    Python 3.11 does not pass Py_TPFLAGS_HAVE_VECTORCALL on to mutable subclasses, so calls would
-    take the slower tp_call route (a tuple per call). The flag is set only after checking that the
-    type object's fields are where CPython 3.11's PyTypeObject puts them.
+    Python 3.10 and 3.11 do not pass Py_TPFLAGS_HAVE_VECTORCALL on to mutable subclasses, so calls
+    would take the slower tp_call route (a tuple per call). The flag is set only after checking that
+    the type object's fields are where CPython 3.10's and 3.11's PyTypeObject put them (the same
+    offsets in both, up to tp_flags).
     """
     if cls.__flags__ & Py_TPFLAGS_HAVE_VECTORCALL:
         return True
-    if sys.version_info[:2] != (3, 11) or ctypes.sizeof(ctypes.c_void_p) != 8:
+    if sys.version_info[:2] not in ((3, 10), (3, 11)) or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
     base = id(cls)
     flags = ctypes.c_ulong.from_address(base + 168)

@@ -95,7 +95,7 @@ class _Builder:
         return self.args[name]
 
     def const(self, ty: ir.IntType, value: int) -> ir.Constant:
-        return self.ir.Constant(ty, value)
+        return self.ir.Constant(ty, int(value))  # int(): before 3.11, str(Status.END) is "Status.END"
 
     def add64(self, a: ir.Value, k: int) -> ir.Value:
         return self.b.add(a, self.const(self.i64, k))
