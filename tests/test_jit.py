@@ -64,8 +64,7 @@ def test_native_entry_is_in_use_unless_switched_off() -> None:
         assert bpfjit.filter.entry_address() == 0 and bpfjit.Filter.__call__ is bpfjit.Filter.call
         return
     assert cpython.NATIVE_ENTRY, "the vectorcall entry should be available on CPython"
-    if sys.version_info >= (3, 11):  # 3.10 calls it through tp_call (PyVectorcall_Call): still native
-        assert bpfjit.Filter.__flags__ & cpython.Py_TPFLAGS_HAVE_VECTORCALL
+    assert bpfjit.Filter.__flags__ & cpython.Py_TPFLAGS_HAVE_VECTORCALL
     f = bpfjit.compile(IP_ONLY)
     entry = bpfjit.filter.entry_address()
     assert entry != 0 and entry == bpfjit.filter.entry_address()  # one entry, shared by every filter
