@@ -403,7 +403,20 @@ def _check(subject: Subject, inputs: Inputs) -> None:
 
 
 def measure(cases: Sequence[Case], settings: Settings, progress: Callable[[str], None] | None = None) -> Report:
-    """Run the whole benchmark: prepare every case, then `settings.rounds` interleaved rounds."""
+    """Run the whole benchmark: prepare every case, then `settings.rounds` interleaved rounds. The
+    disk cache of compiled code is off meanwhile: a cold compile must generate code, not load it."""
+    saved = os.environ.get("BPFJIT_CACHE")
+    os.environ["BPFJIT_CACHE"] = "off"
+    try:
+        return _measure(cases, settings, progress)
+    finally:
+        if saved is None:
+            del os.environ["BPFJIT_CACHE"]
+        else:
+            os.environ["BPFJIT_CACHE"] = saved
+
+
+def _measure(cases: Sequence[Case], settings: Settings, progress: Callable[[str], None] | None) -> Report:
     started = time.time()
     mix_start = time.perf_counter()
     batch = packetmix.generate(settings.count, settings.seed)

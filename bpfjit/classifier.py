@@ -6,21 +6,20 @@ means this everywhere in bpfjit (`MultiFilter` is its first name, kept as an ali
 from __future__ import annotations
 
 import ctypes
-import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir
 
-from . import lower, lower_classifier, native
+from . import codecache, lower, lower_classifier, native
 from .batch import Batch, buffer_address
 from .buffers import check_lengths, packet_view
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
 
 Mode = Literal["bitmask", "first"]
-_names = itertools.count()
 
 
 class Classifier:
@@ -37,12 +36,18 @@ class Classifier:
         self.mode: Mode = mode
         self.opt_level = opt_level
         self.expressions = tuple(expressions)
-        serial = next(_names)
-        name = f"bpf_classify_{serial}"
-        module = lower.new_module(name)
-        classifier = lower_classifier.lower_classifier(module, self.programs, name, mode)
-        lower_classifier.lower_classifier_batch(module, classifier, name + "_batch", mode, len(self.programs))
-        self._code = native.build(module, opt_level, (name, name + "_batch"), extra_passes=native.CLASSIFIER_EXTRA)
+        native.binding()  # (the cache key names LLVM's version and the CPU)
+        key = codecache.key("classifier", [mode, opt_level, *(p.to_bytes("little") for p in self.programs)])
+        name = f"bpf_classify_{key.symbol_suffix}"
+
+        def module() -> ir.Module:
+            made = lower.new_module(name)
+            classifier = lower_classifier.lower_classifier(made, self.programs, name, mode)
+            lower_classifier.lower_classifier_batch(made, classifier, name + "_batch", mode, len(self.programs))
+            return made
+
+        self._code = native.build(module, opt_level, (name, name + "_batch"), extra_passes=native.CLASSIFIER_EXTRA,
+                                  cache_key=key)  # fmt: skip
         self._words = lower_classifier.words_for(len(self.programs))
         self._one = lower_classifier.SIGNATURES[mode].prototype()(self._code.addresses[name])
         self._batch = lower_classifier.BATCH_SIGNATURES[mode].prototype()(self._code.addresses[name + "_batch"])

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from . import abi, cpython, native, pipeline, pyentry
+from . import abi, codecache, cpython, native, pipeline, pyentry
 from .batch import Batch, buffer_address
 from .buffers import check_lengths, packet_view
 from .caches import CodeCache
@@ -65,8 +65,12 @@ def entry_address() -> int:
                 native.add_symbol(pyentry.BYTES_TYPE_SYMBOL, id(bytes))
                 native.add_symbol(pyentry.INT_TYPE_SYMBOL, id(int))
                 native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
-                module = pyentry.entry_module(cpython.entry_layout())
-                _entry["code"] = native.build(module, 2, (pyentry.ENTRY_NAME,))
+                layout = cpython.entry_layout()
+                native.binding()
+                key = codecache.key("python entry", [sys.implementation.cache_tag, sys.version, tuple(layout),
+                                                     tuple(pyentry.C_API), pyentry.MAX_CACHED_RESULTS])  # fmt: skip
+                _entry["code"] = native.build(lambda: pyentry.entry_module(layout), 2, (pyentry.ENTRY_NAME,),
+                                              cache_key=key)  # fmt: skip
     return int(_entry["code"].addresses[pyentry.ENTRY_NAME])
 
 
@@ -91,17 +95,25 @@ def _result_table(program: Program) -> tuple[ctypes.Array[ctypes.c_uint64], list
 class TieredCode:
     """A program's machine code: the baseline tier, then the optimising one once it is made.
 
-    Every tier stays alive with this object: a thread may still be running an earlier one."""
+    Every tier stays alive with this object: a thread may still be running an earlier one. Each tier
+    is stored in, and loaded from, the disk cache (`codecache`) under a key of the program's bytes,
+    the opt level and the tier's code-generation level; the batch function's name derives from it."""
 
     def __init__(self, program: Program, opt_level: int):
-        self.name = f"bpf_filter_{next(_names)}"
+        native.binding()  # (the cache keys name LLVM's version and the CPU)
+        self._program_bytes = program.to_bytes("little")
+        self.name = f"bpf_filter_{codecache.key('filter', [self._program_bytes, opt_level]).symbol_suffix}"
         self.opt_level = opt_level
         # The batch loop is the filter's only machine code: single packets are batches of one. (A
         # separate single-packet function cost ~1.5 ms more of code generation per compile.)
-        self.tiers = [pipeline.compile_program(program, opt_level, self.name)]
+        baseline = min(opt_level, pipeline.BASELINE_CODEGEN)
+        self.tiers = [pipeline.compile_program(program, opt_level, self.name, self._cache_key(baseline))]
         self._table, self._objects = _result_table(program)
         self.table = ctypes.addressof(self._table)
         self._lock = threading.Lock()
+
+    def _cache_key(self, codegen_level: int) -> codecache.Key:
+        return codecache.key("filter code", [self._program_bytes, self.opt_level, codegen_level])
 
     @property
     def current(self) -> native.MachineCode:
@@ -122,7 +134,8 @@ class TieredCode:
         """The optimising tier, machine-coded from the same IR on first use."""
         with self._lock:
             if not self.tiered_up:
-                self.tiers.append(pipeline.tier_up(self.tiers[0], self.opt_level, self.name))
+                key = self._cache_key(self.opt_level)
+                self.tiers.append(pipeline.tier_up(self.tiers[0], self.opt_level, self.name, key))
             return self.current
 
 

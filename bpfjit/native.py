@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 from llvmlite import ir
+
+from . import codecache
 
 LLVM_LOCK = threading.RLock()
 _state: dict[object, Any] = {}
@@ -40,6 +43,11 @@ def binding() -> Any:
                 _state["cpu"] = llvm.get_host_cpu_name()
                 _state["features"] = llvm.get_host_cpu_features().flatten()
                 _state["triple"] = llvm.get_process_triple()
+                from . import codecache
+
+                version = ".".join(map(str, llvm.llvm_version_info))
+                codecache.set_environment(f"LLVM {version}", f"triple {_state['triple']}",
+                                          f"cpu {_state['cpu']} {_state['features']}")  # fmt: skip
                 _state["llvm"] = llvm
     return _state["llvm"]
 
@@ -77,8 +85,18 @@ def _dispose(ref: Any, finalizing: Any = sys.is_finalizing) -> None:
 ARENA_MODULES = 32
 
 
+class _ObjectSink:
+    """Receives the object code MCJIT generates for each module (its object-cache "notify" hook)."""
+
+    def __init__(self) -> None:
+        self.last = b""
+
+    def notify(self, module: Any, buffer: bytes) -> None:
+        self.last = bytes(buffer)
+
+
 class Arena:
-    """One MCJIT engine (owning its target machine) that compiled modules are added to."""
+    """One MCJIT engine (owning its target machine) that compiled modules and cached objects are added to."""
 
     def __init__(self, opt_level: int):
         llvm = binding()
@@ -89,53 +107,90 @@ class Arena:
         self.engine = llvm.create_mcjit_compiler(placeholder, self.machine)  # owns the machine from here
         self.modules = 0
         self.symbols: set[str] = set()  # external names defined so far: one engine, one namespace
+        self.objects = _ObjectSink()  # (not a method of self: the engine would keep its arena alive)
+        self.engine.set_object_cache(self.objects.notify, None)
 
-    def add(self, module: Any, names: set[str]) -> None:
-        """Generate code for `module` (call with LLVM_LOCK held); its symbols can be looked up after."""
+    def accepts(self, names: set[str]) -> bool:
+        return self.modules < ARENA_MODULES and not names & self.symbols
+
+    def add(self, module: Any, names: set[str]) -> bytes:
+        """Generate code for `module` (call with LLVM_LOCK held); its symbols can be looked up after.
+        Returns the object code LLVM made."""
         clash = names & self.symbols
         if clash:
             raise ValueError(f"symbols already defined in this engine: {sorted(clash)}")
         self.symbols |= names
         self.modules += 1
+        self.objects.last = b""
         self.engine.add_module(module)
+        self.engine.finalize_object()
+        return self.objects.last
+
+    def add_object(self, obj: bytes, names: set[str]) -> None:
+        """Load object code generated earlier (call with LLVM_LOCK held)."""
+        clash = names & self.symbols
+        if clash:
+            raise ValueError(f"symbols already defined in this engine: {sorted(clash)}")
+        self.symbols |= names
+        self.modules += 1
+        self.engine.add_object_file(binding().ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
 
     def __del__(self, dispose: Any = _dispose) -> None:  # bound now: module globals are gone at exit
         dispose(self.__dict__.get("engine"))
 
 
-def _arena(opt_level: int) -> Arena:
-    """The arena new code at `opt_level` goes into (call with LLVM_LOCK held)."""
+def _arena(opt_level: int, names: set[str]) -> Arena:
+    """The arena new code at `opt_level` defining `names` goes into (call with LLVM_LOCK held): a
+    fresh one when the current one is full or already defines one of the names (the same cached
+    code loaded again after its first copy was dropped)."""
     key = ("arena", opt_level)
     arena: Arena | None = _state.get(key)
-    if arena is None or arena.modules >= ARENA_MODULES:
+    if arena is None or not arena.accepts(names):
         arena = _state[key] = Arena(opt_level)
     return arena
 
 
-class MachineCode:
-    """Machine code of one LLVM module, alive as long as this object is."""
+Rebuild = Callable[[], "Translated"]
 
-    def __init__(self, arena: Arena, addresses: dict[str, int], module: Any, names: set[str]):
+
+class MachineCode:
+    """Machine code of one LLVM module, alive as long as this object is.
+
+    Code loaded from the disk cache has no IR; `rebuild` makes the same optimised module again when
+    it is asked for (its text, its assembly, or a recompile at another level)."""
+
+    def __init__(self, arena: Arena, addresses: dict[str, int], module: Any, names: set[str],
+                 rebuild: Rebuild | None = None):  # fmt: skip
         self.arena = arena  # its engine holds the machine code
         self.addresses = addresses
         self._module = module  # optimised IR, kept for llvm_ir, asm and recompile()
         self._names = names
+        self._rebuild = rebuild
         self.codegen_level = arena.level
+        self.from_cache = module is None
 
     def __del__(self, dispose: Any = _dispose) -> None:  # bound now: module globals are gone at exit
         dispose(self.__dict__.get("_module"))
+
+    def optimised_module(self) -> Any:
+        """The optimised LLVM module (call with LLVM_LOCK held): kept, or rebuilt for cached code."""
+        if self._module is None:
+            if self._rebuild is None:
+                raise RuntimeError("this code was loaded from the cache without a way to rebuild its IR")
+            self._module = self._rebuild().module
+        return self._module
 
     @cached_property
     def llvm_ir(self) -> str:
         """The optimised module as text (made on demand: it costs ~0.5 ms per compile)."""
         with LLVM_LOCK:
-            return str(self._module)
+            return str(self.optimised_module())
 
     @cached_property
     def asm(self) -> str:
         with LLVM_LOCK:
-            return str(self.arena.machine.emit_assembly(self._module))
+            return str(self.arena.machine.emit_assembly(self.optimised_module()))
 
 
 # The IR passes run at each opt level, on llvmlite's new pass manager. Not LLVM's default O2
@@ -209,48 +264,101 @@ def translate(module: ir.Module) -> Translated:
 
 
 def build(
-    module: ir.Module,
+    module: ir.Module | Callable[[], ir.Module],
     opt_level: int,
     symbols: tuple[str, ...],
-    data_symbols: tuple[str, ...] = (),
     extra_passes: tuple[str, ...] = (),
     codegen_level: int | None = None,
+    cache_key: codecache.Key | None = None,
 ) -> MachineCode:
     """translate, run_passes (PIPELINES[opt_level] + `extra_passes`), generate at `codegen_level`
-    (default: opt_level); the code and the addresses of its functions `symbols` and globals `data_symbols`."""
+    (default: opt_level); the code and the addresses of its functions `symbols`.
+
+    With a `cache_key`, code stored for it on disk is loaded instead, and code generated is stored;
+    `module` may then be a function that builds it, called only when nothing was stored."""
+    level = opt_level if codegen_level is None else codegen_level
+
+    def translated() -> Translated:
+        made = translate(module() if callable(module) else module)
+        run_passes(made.module, opt_level, extra_passes)
+        return made
+
     with LLVM_LOCK:
-        translated = translate(module)
-        run_passes(translated.module, opt_level, extra_passes)
-        level = opt_level if codegen_level is None else codegen_level
-        return generate(translated, level, symbols, data_symbols)
+        binding()
+        cached = load(cache_key, level, symbols, translated) if cache_key is not None else None
+        return cached or generate(translated(), level, symbols, cache_key, translated)
 
 
-def recompile(code: MachineCode, codegen_level: int, symbols: tuple[str, ...]) -> MachineCode:
+def recompile(
+    code: MachineCode, codegen_level: int, symbols: tuple[str, ...], cache_key: codecache.Key | None = None
+) -> MachineCode:
     """The same optimised IR as `code`, machine-coded again at `codegen_level` (the IR passes are
-    not run again: only code generation)."""
+    not run again: only code generation), or that code from the disk cache."""
     with LLVM_LOCK:
-        return _generate(code._module.clone(), code._names, codegen_level, symbols, ())
+        cached = load(cache_key, codegen_level, symbols, code._rebuild) if cache_key is not None else None
+        if cached is not None:
+            return cached
+        module = code.optimised_module().clone()
+        return _generate(module, code._names, codegen_level, symbols, cache_key, code._rebuild)
 
 
 def generate(
-    translated: Translated, level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...] = ()
+    translated: Translated, level: int, symbols: tuple[str, ...], cache_key: codecache.Key | None = None,
+    rebuild: Rebuild | None = None,
 ) -> MachineCode:
     """Machine code for a translated (and optimised) module, in the current arena of `level`; the
-    module now belongs to the returned code."""
+    module now belongs to the returned code (stored on disk under `cache_key`, if given)."""
     with LLVM_LOCK:
-        return _generate(translated.module, translated.names, level, symbols, data_symbols)
+        return _generate(translated.module, translated.names, level, symbols, cache_key, rebuild)
 
 
-def _generate(
-    parsed: Any, names: set[str], level: int, symbols: tuple[str, ...], data_symbols: tuple[str, ...]
-) -> MachineCode:
-    arena = _arena(level)
-    arena.add(parsed, names)
+def _generate(parsed: Any, names: set[str], level: int, symbols: tuple[str, ...], cache_key: codecache.Key | None,
+              rebuild: Rebuild | None) -> MachineCode:  # fmt: skip
+    arena = _arena(level, names)
+    obj = arena.add(parsed, names)
+    COUNTS["generated"] += 1
     engine = arena.engine
     addresses = {name: engine.get_function_address(name) for name in symbols}
-    addresses.update((name, engine.get_global_value_address(name)) for name in data_symbols)
     engine.remove_module(parsed)  # the code stays in the engine; the IR is now this MachineCode's
-    return MachineCode(arena, addresses, parsed, names)
+    if cache_key is not None:
+        codecache.store(cache_key, _with_names(names, obj))
+    return MachineCode(arena, addresses, parsed, names, rebuild)
+
+
+def load(cache_key: codecache.Key, level: int, symbols: tuple[str, ...], rebuild: Rebuild | None) -> MachineCode | None:
+    """The code stored on disk for `cache_key`, loaded into an arena of `level`; None if there is none."""
+    stored = codecache.load(cache_key)
+    if stored is None:
+        return None
+    names, obj = _split_names(stored)
+    if names is None or not set(symbols) <= names:
+        return None
+    with LLVM_LOCK:
+        arena = _arena(level, names)
+        arena.add_object(obj, names)
+        addresses = {name: arena.engine.get_function_address(name) for name in symbols}
+    if not all(addresses.values()):  # (a verified entry always defines them: this is a safety net)
+        raise RuntimeError(f"cached code for {sorted(symbols)} lacks a symbol")
+    COUNTS["loaded"] += 1
+    return MachineCode(arena, addresses, None, names, rebuild)
+
+
+# How much code this process generated and loaded from the disk cache (tests and the start-up bench).
+COUNTS = {"generated": 0, "loaded": 0}
+
+
+def _with_names(names: set[str], obj: bytes) -> bytes:
+    """The object with the external names it defines in front (an arena checks them for clashes)."""
+    listed = "\n".join(sorted(names)).encode()
+    return len(listed).to_bytes(4, "little") + listed + obj
+
+
+def _split_names(stored: bytes) -> tuple[set[str] | None, bytes]:
+    size = int.from_bytes(stored[:4], "little")
+    if len(stored) < 4 + size:
+        return None, b""
+    listed = stored[4 : 4 + size].decode(errors="replace")
+    return set(filter(None, listed.split("\n"))), stored[4 + size :]
 
 
 def _defined_names(module: ir.Module) -> set[str]:

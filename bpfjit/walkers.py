@@ -30,7 +30,6 @@ accepted records of a chunk (`read_file`).
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable, Sequence
 from enum import IntEnum
@@ -431,7 +430,6 @@ _lock = threading.RLock()
 _helpers: dict[str, Any] = {}  # compiled once per process
 WalkerKey = tuple[str, tuple[Union["Program", None], ...], int]
 _walkers: CodeCache[WalkerKey, Any] = CodeCache(keep=32)
-_serial = itertools.count()
 
 
 def walker(
@@ -475,29 +473,40 @@ def _bind(signature: abi.Signature, code: MachineCode, symbol: str) -> Any:
 
 
 def _compile(key: WalkerKey | None, names: Sequence[str]) -> Any:
-    """Compile a walker (if `key`: returned) and the helpers `names` in one module (with `_lock` held)."""
-    from . import lower, native
+    """Compile a walker (if `key`: returned) and the helpers `names` in one module (with `_lock` held),
+    or load that module's code from the disk cache (`codecache`), where the name of the walker
+    function comes from its key."""
+    from . import codecache, lower, native
     from .analysis import analyse
 
-    serial = next(_serial)
-    module = lower.new_module(f"bpfjit_file_{serial}")
-    for name in names:
-        HELPER_EMITTERS[name](module)
+    native.binding()
+    parts: list[object] = [tuple(names)]
+    if key is not None:
+        format, programs, opt_level = key
+        parts += [format, opt_level, *(b"" if p is None else p.to_bytes("little") for p in programs)]
+    cache_key = codecache.key("walker", parts)
+    suffix = cache_key.symbol_suffix
     symbols = [PREFIX + name for name in names]
     if key is not None:
-        format, programs, _ = key
-        bodies: dict[Program, ir.Function] = {}
-        for program in programs:
-            if program is not None and program not in bodies:
-                name = f"bpfjit_file_{serial}_filter_{len(bodies)}"
-                body = lower.lower_filter(module, program, analyse(program), name)
-                body.linkage = "internal"  # machine-coded once, inlined into the walker
-                bodies[program] = body
-        filters = [None if program is None else bodies[program] for program in programs]
-        name = f"walk_{format}_{serial}"
-        WALKER_EMITTERS[format](module, name, filters)
-        symbols.append(PREFIX + name)
-    code = native.build(module, key[2] if key is not None else 2, tuple(symbols))
+        symbols.append(f"{PREFIX}walk_{key[0]}_{suffix}")
+
+    def module() -> ir.Module:
+        made = lower.new_module(f"bpfjit_file_{suffix}")
+        for name in names:
+            HELPER_EMITTERS[name](made)
+        if key is not None:
+            format, programs, _ = key
+            bodies: dict[Program, ir.Function] = {}
+            for program in programs:
+                if program is not None and program not in bodies:
+                    body = lower.lower_filter(made, program, analyse(program), f"{PREFIX}{suffix}_filter_{len(bodies)}")
+                    body.linkage = "internal"  # machine-coded once, inlined into the walker
+                    bodies[program] = body
+            filters = [None if program is None else bodies[program] for program in programs]
+            WALKER_EMITTERS[format](made, f"walk_{format}_{suffix}", filters)
+        return made
+
+    code = native.build(module, key[2] if key is not None else 2, tuple(symbols), cache_key=cache_key)
     for name in names:
         _helpers[name] = _bind(SIGNATURES[name], code, PREFIX + name)
     return None if key is None else _bind(SIGNATURES[key[0]], code, symbols[-1])

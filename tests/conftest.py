@@ -16,6 +16,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 IN_CI = os.environ.get("CI") == "true"
 
+# The disk cache of compiled code (bpfjit.codecache) is on, as for users, in a directory of this run's
+# own: compiles after the first of a program load its code (subprocesses of the suite inherit it too).
+if "BPFJIT_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache_dir = tempfile.mkdtemp(prefix="bpfjit-test-cache-")
+    os.environ["BPFJIT_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, True)
+
 
 @pytest.fixture
 def needs_libpcap() -> None:

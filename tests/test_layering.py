@@ -8,7 +8,7 @@ import only from the groups it lists (imports at any depth count, function-level
 |---|---|---|
 | model | the program, its text forms, validator, interpreter, analyses | model |
 | support | the native ABI table, CPython facts, the code cache | nothing of bpfjit |
-| native | the only user of `llvmlite.binding` | nothing of bpfjit |
+| native | the only user of `llvmlite.binding` | support (the disk cache of its code) |
 | codegen | IR emitters and the compile stages | model, support, native |
 | runtime | `compile()`/`Filter`, the classifier, `Batch` | model, support, codegen, native |
 | peers | libpcap through ctypes, its native loop | model, support, codegen, native, runtime |
@@ -36,7 +36,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GROUPS: dict[str, set[str]] = {
     "model": {"errors", "opcodes", "program", "text", "validate", "interpret", "analysis", "buffers", "samples",
               "strategies"},
-    "support": {"abi", "cpython", "caches"},
+    "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
     "runtime": {"filter", "classifier", "batch"},
@@ -49,7 +49,7 @@ GROUPS: dict[str, set[str]] = {
 MAY_IMPORT: dict[str, set[str]] = {
     "model": {"model"},
     "support": set(),
-    "native": set(),
+    "native": {"support"},
     "codegen": {"model", "support", "native", "codegen"},
     "runtime": {"model", "support", "codegen", "native", "runtime"},
     "peers": {"model", "support", "codegen", "native", "runtime", "peers"},
@@ -66,6 +66,7 @@ EXCEPTIONS = {
     ("program", "text"): "Program.parse/dump delegate to the text module (imported at call time)",
     ("program", "libpcap"): "Program.from_expr delegates to libpcap's compiler (imported at call time)",
     ("filter", "adapters"): "Filter.scapy is a convenience for adapters.scapy_lfilter (imported at call time)",
+    ("codecache", "__init__"): "the package's version is part of every cache key",
 }
 
 

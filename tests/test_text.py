@@ -694,7 +694,7 @@ def _targets(insn: Insn, index: int) -> list[int]:
         ("(tcp or udp) and port 53", "(tcp or udp) and port 53"),  # `(` without a number: not -d
         ("not ip", "not ip"),
         ("", ""),  # blank: the empty expression (keep everything), as tcpdump reads it
-        ("# a comment\ntcp", "# a comment tcp"),  # `#` lines decide nothing (libpcap rejects this one)
+        ("# a comment\ntcp  # port 80 later\n", "tcp"),  # `#` comments removed, as tcpdump -F does
         ("(000) ret      #1\n", Program([(0x06, 0, 0, 1)])),
         ("{ 0x6, 0, 0, 0x00000001 },\n", Program([(0x06, 0, 0, 1)])),
         ("1\n6 0 0 1\n", Program([(0x06, 0, 0, 1)])),
