@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_compile.add_argument("--ir", action="store_true", help="print the optimised LLVM IR")
     p_compile.add_argument("--asm", action="store_true", help="print the host assembly (optimised tier)")
     p_compile.add_argument("--opt-level", type=int, default=2, choices=(0, 1, 2, 3))
+    p_compile.add_argument("--no-cache", action="store_true", help="neither load nor store compiled code on disk")
     p_compile.set_defaults(func=compile_command)
 
     p_filter = sub.add_parser("filter", help="filter a pcap/pcapng file, as tcpdump -r IN -w OUT EXPR does")
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_filter.add_argument("--split", metavar="TEMPLATE",
                           help="one output per expression (each argument is one; -F: one per line), written "
                                "in one pass; '{}' in TEMPLATE is the filter's number, e.g. out-{}.pcap")  # fmt: skip
+    p_filter.add_argument("--no-cache", action="store_true", help="neither load nor store compiled code on disk")
     p_filter.set_defaults(func=filter_command)
 
     # bench: bpfjit.benchmark parses its own options (shared with `python -m bench`), so that the
@@ -403,7 +405,26 @@ def build_parser() -> argparse.ArgumentParser:
                              help="benchmark the JIT against the interpreter and libpcap")  # fmt: skip
     p_bench.add_argument("options", nargs="*", help="see bpfjit bench --help")
     p_bench.set_defaults(func=bench_command)
+
+    p_cache = sub.add_parser("cache", help="the disk cache of compiled code: where, how big; empty it")
+    p_cache.add_argument("action", choices=("info", "clear"), help="info: where and how big; clear: remove all")
+    p_cache.set_defaults(func=cache_command)
     return parser
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    """bpfjit cache info|clear (bpfjit/codecache.py)."""
+    from . import codecache
+
+    if args.action == "clear":
+        removed = codecache.clear()
+        print(f"removed {removed} entries from {codecache.directory()}")
+        return 0
+    info = codecache.info()
+    state = "on" if info.enabled else "off (BPFJIT_CACHE)"
+    print(f"directory: {info.directory}\nstate:     {state}\nentries:   {info.entries}\n"
+          f"size:      {info.bytes / 1024:.1f} KiB of {info.limit / (1 << 20):.0f} MiB (BPFJIT_CACHE_SIZE)")  # fmt: skip
+    return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -421,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["demo", *(argv or [])])
     args.standalone = argv is None  # the process is this command: it may exit without teardown
+    if getattr(args, "no_cache", False):
+        os.environ["BPFJIT_CACHE"] = "off"
     try:
         return int(args.func(args))
     except BpfjitError as error:
