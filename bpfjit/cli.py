@@ -422,8 +422,8 @@ def cache_command(args: argparse.Namespace) -> int:
         return 0
     info = codecache.info()
     state = "on" if info.enabled else "off (BPFJIT_CACHE)"
-    print(f"directory: {info.directory}\nstate:     {state}\nentries:   {info.entries}\n"
-          f"size:      {info.bytes / 1024:.1f} KiB of {info.limit / (1 << 20):.0f} MiB (BPFJIT_CACHE_SIZE)")  # fmt: skip
+    print(f"directory: {info.directory}\nstate:     {state}\nentries:   {info.entries}")
+    print(f"size:      {info.bytes / 1024:.1f} KiB of {info.limit / (1 << 20):.0f} MiB (BPFJIT_CACHE_SIZE)")
     return 0
 
 

@@ -156,7 +156,7 @@ def store(k: Key, obj: bytes) -> None:
                 os.unlink(temporary)
             raise
         _stores[0] += 1
-        if _stores[0] % EVICT_EVERY == 1:  # the first store of a run, then every EVICT_EVERY-th
+        if (_stores[0] - 1) % EVICT_EVERY == 0:  # the first store of a run, then every EVICT_EVERY-th
             _evict(folder, limit())
     except OSError:
         return
