@@ -22,7 +22,7 @@ from .errors import (
     ParseError,
     ValidationError,
 )
-from .interpret import interpret
+from .interpret import interpret  # (eager: a lazy name would be shadowed by the submodule once imported)
 from .program import Insn, Program
 from .validate import validate
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .capfile import filter_file, read_batches, read_file
     from .classifier import Classifier, MultiFilter, compile_many
     from .filter import Filter, compile
+    from .interpret import interpret
 
 
 def __getattr__(name: str) -> object:

@@ -19,11 +19,12 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import cached_property
-from typing import Any
-
-from llvmlite import ir
+from typing import TYPE_CHECKING, Any
 
 from . import codecache
+
+if TYPE_CHECKING:  # (llvmlite.ir only to build modules: code loaded from the disk cache needs none)
+    from llvmlite import ir
 
 LLVM_LOCK = threading.RLock()
 _state: dict[object, Any] = {}
@@ -363,6 +364,8 @@ def _split_names(stored: bytes) -> tuple[set[str] | None, bytes]:
 
 def _defined_names(module: ir.Module) -> set[str]:
     """Names `module` defines with external linkage (which would clash inside a shared engine)."""
+    from llvmlite import ir
+
     names = set()
     for value in module.global_values:
         declaration = value.is_declaration if isinstance(value, ir.Function) else value.initializer is None

@@ -476,8 +476,7 @@ def _compile(key: WalkerKey | None, names: Sequence[str]) -> Any:
     """Compile a walker (if `key`: returned) and the helpers `names` in one module (with `_lock` held),
     or load that module's code from the disk cache (`codecache`), where the name of the walker
     function comes from its key."""
-    from . import codecache, lower, native
-    from .analysis import analyse
+    from . import codecache, native
 
     native.binding()
     parts: list[object] = [tuple(names)]
@@ -490,7 +489,10 @@ def _compile(key: WalkerKey | None, names: Sequence[str]) -> Any:
     if key is not None:
         symbols.append(f"{PREFIX}walk_{key[0]}_{suffix}")
 
-    def module() -> ir.Module:
+    def module() -> ir.Module:  # (only when the disk cache has no code for this key)
+        from . import lower
+        from .analysis import analyse
+
         made = lower.new_module(f"bpfjit_file_{suffix}")
         for name in names:
             HELPER_EMITTERS[name](made)
