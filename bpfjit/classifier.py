@@ -36,7 +36,6 @@ class Classifier:
         self.mode: Mode = mode
         self.opt_level = opt_level
         self.expressions = tuple(expressions)
-        native.binding()  # (the cache key names LLVM's version and the CPU)
         key = codecache.key("classifier", [mode, opt_level, *(p.to_bytes("little") for p in self.programs)])
         name = f"bpf_classify_{key.symbol_suffix}"
 
@@ -47,7 +46,7 @@ class Classifier:
             return made
 
         self._code = native.build(module, opt_level, (name, name + "_batch"), extra_passes=native.CLASSIFIER_EXTRA,
-                                  cache_key=key)  # fmt: skip
+                                  cache_key=key, shared=True)  # fmt: skip
         self._words = lower_classifier.words_for(len(self.programs))
         self._one = lower_classifier.SIGNATURES[mode].prototype()(self._code.addresses[name])
         self._batch = lower_classifier.BATCH_SIGNATURES[mode].prototype()(self._code.addresses[name + "_batch"])

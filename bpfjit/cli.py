@@ -442,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["demo", *(argv or [])])
     args.standalone = argv is None  # the process is this command: it may exit without teardown
+    saved = os.environ.get("BPFJIT_CACHE")
     if getattr(args, "no_cache", False):
         os.environ["BPFJIT_CACHE"] = "off"
     try:
@@ -449,6 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BpfjitError as error:
         print(f"bpfjit: {error}", file=sys.stderr)
         return 1
+    finally:  # (main(argv) may be called in a longer-lived process)
+        if saved is None:
+            os.environ.pop("BPFJIT_CACHE", None)
+        else:
+            os.environ["BPFJIT_CACHE"] = saved
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import os
 import struct
+import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -33,6 +34,7 @@ from typing import NamedTuple
 # path, and those two cost ~6 ms of imports there.)
 
 MAGIC = b"BPFJIT-CODE-1\n"
+SHARED_SUFFIX = ".bpfjit-so"
 HEADER = struct.Struct("<IQ32s")  # key length, object length, SHA-256 of the object
 SUFFIX = ".bpfjit-code"
 DEFAULT_LIMIT = 64 << 20
@@ -76,11 +78,33 @@ def _source_digest() -> str:
     return digest.hexdigest()[:32]
 
 
-def set_environment(*facts: str) -> None:
-    """What else every key holds (native.py gives LLVM's version, the triple, the CPU and features)."""
-    from . import __version__
+def _cpu() -> str:
+    """The host CPU as the kernel describes it (model and feature flags): LLVM generates code for
+    the CPU it detects, so code made on another CPU must not match. Read without LLVM, so that a
+    run whose code is all cached never loads it."""
+    import platform
 
-    _environment[:] = [f"bpfjit {__version__}", f"source {_source_digest()}", *facts]
+    facts = [platform.machine(), sys.byteorder]
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+        for line in info:
+            if not line.strip():
+                break  # the first processor is enough
+            name, _, value = line.partition(":")
+            if name.strip() in ("vendor_id", "model name", "flags", "Features", "CPU implementer", "CPU part"):
+                facts.append(f"{name.strip()}={value.strip()}")
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:32]
+
+
+def _environment_lines() -> list[str]:
+    """What every key holds besides what is compiled (computed once)."""
+    if not _environment:
+        import llvmlite  # (the package only: its version pins the LLVM it bundles; no LLVM is loaded)
+
+        from . import __version__
+
+        _environment[:] = [f"bpfjit {__version__}", f"source {_source_digest()}",
+                           f"llvmlite {llvmlite.__version__}", f"cpu {_cpu()}"]  # fmt: skip
+    return _environment
 
 
 class Key(NamedTuple):
@@ -94,23 +118,22 @@ class Key(NamedTuple):
 
 def key(kind: str, parts: Iterable[object]) -> Key:
     """The key of `kind` code made from `parts` (bytes are hashed, everything else is written out)."""
-    assert _environment, "native.binding() sets the environment first"
-    lines = [kind, *_environment]
+    lines = [kind, *_environment_lines()]
     for part in parts:
         lines.append(hashlib.sha256(part).hexdigest() if isinstance(part, bytes) else repr(part))
     text = "\n".join(lines)
     return Key(text, hashlib.sha256(text.encode()).hexdigest())
 
 
-def _path(k: Key) -> str:
-    return os.path.join(directory(), f"{k.digest}{SUFFIX}")
+def _path(k: Key, suffix: str = SUFFIX) -> str:
+    return os.path.join(directory(), f"{k.digest}{suffix}")
 
 
-def load(k: Key) -> bytes | None:
+def load(k: Key, suffix: str = SUFFIX) -> bytes | None:
     """The object stored for `k`, or None (absent, disabled, or not exactly what was stored)."""
     if not enabled():
         return None
-    path = _path(k)
+    path = _path(k, suffix)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -140,7 +163,7 @@ def _verified(data: bytes, k: Key) -> bytes | None:
     return obj if hashlib.sha256(obj).digest() == digest else None
 
 
-def store(k: Key, obj: bytes) -> None:
+def store(k: Key, obj: bytes, suffix: str = SUFFIX) -> None:
     """Keep `obj` for `k` (best effort: a cache that cannot be written is no error)."""
     if not enabled() or not obj:
         return
@@ -154,7 +177,7 @@ def store(k: Key, obj: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(entry)
-            os.replace(temporary, _path(k))
+            os.replace(temporary, _path(k, suffix))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
@@ -170,7 +193,7 @@ def _entries(folder: str) -> list[tuple[float, int, str]]:
     found = []
     with contextlib.suppress(OSError), os.scandir(folder) as listing:
         for item in listing:
-            if item.name.endswith(SUFFIX) and not item.name.startswith(".tmp-"):
+            if item.name.endswith((SUFFIX, SHARED_SUFFIX)) and not item.name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
                     status = item.stat()
                     found.append((status.st_mtime, status.st_size, item.path))
@@ -209,3 +232,102 @@ def clear() -> int:
         with contextlib.suppress(OSError):
             os.unlink(path)
     return len(entries)
+
+
+# -- shared libraries: cached code that loads without LLVM ------------------------------------------
+# Loading an object into the JIT needs llvmlite's binding, whose import and set-up (~25 ms) were a
+# third of a cached `bpfjit filter` run. So code that command-line runs load (walkers, classifiers)
+# is also linked, once, into a shared library by the system's C compiler driver, in a detached
+# process (`BPFJIT_CACHE_LINK`: "background", the default; "sync"; or "off"), from position-
+# independent object code; later runs verify it like any entry and dlopen it from a memfd (the
+# verified bytes themselves, not a path that could change in between). Without `cc`, or where a
+# library fails to load, the object entry serves as before.
+
+
+def link_mode() -> str:
+    mode = os.environ.get("BPFJIT_CACHE_LINK", "background").strip().lower()
+    return mode if mode in ("background", "sync", "off") else "background"
+
+
+def _compiler() -> str | None:
+    import shutil
+
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def store_shared(k: Key, pic_object: bytes) -> None:
+    """Link `pic_object` into a shared library entry for `k`, now or in a detached process."""
+    mode = link_mode()
+    if mode == "off" or not enabled() or not hasattr(os, "memfd_create") or _compiler() is None:
+        return
+    folder = directory()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        stem = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+        with open(stem + ".o", "wb") as handle:
+            handle.write(pic_object)
+        with open(stem + ".key", "w", encoding="utf-8") as handle:
+            handle.write(k.text)
+    except OSError:
+        return
+    if mode == "sync":
+        _link(stem)
+        return
+    import subprocess
+
+    with contextlib.suppress(OSError):
+        job = "import sys; from bpfjit.codecache import _link; _link(sys.argv[1])"
+        subprocess.Popen([sys.executable, "-c", job, stem],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, env={**os.environ, "PYTHONPATH": _package_parent()})  # fmt: skip
+
+
+def _package_parent() -> str:
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.pathsep.join(filter(None, [parent, os.environ.get("PYTHONPATH", "")]))
+
+
+def _link(stem: str) -> None:
+    """Link `stem`.o into a shared library and store it under the key in `stem`.key; clean up."""
+    import subprocess
+
+    compiler = _compiler()
+    try:
+        with open(stem + ".key", encoding="utf-8") as handle:
+            text = handle.read()
+        if compiler is None:
+            return
+        result = subprocess.run([compiler, "-shared", "-nostartfiles", "-Wl,-z,noexecstack", "-o", stem + ".so",
+                                 stem + ".o"], capture_output=True, timeout=120)  # fmt: skip
+        if result.returncode == 0:
+            with open(stem + ".so", "rb") as handle:
+                library = handle.read()
+            store(Key(text, hashlib.sha256(text.encode()).hexdigest()), library, SHARED_SUFFIX)
+    except (OSError, subprocess.SubprocessError):
+        return
+    finally:
+        for extension in (".o", ".key", ".so"):
+            with contextlib.suppress(OSError):
+                os.unlink(stem + extension)
+
+
+def load_shared(k: Key) -> object | None:
+    """The shared library stored for `k`, loaded (a ctypes.CDLL), or None."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    library = load(k, SHARED_SUFFIX)
+    if library is None:
+        return None
+    import ctypes
+
+    fd = os.memfd_create("bpfjit-code")
+    try:
+        with os.fdopen(os.dup(fd), "wb") as handle:
+            handle.write(library)
+        return ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except OSError:  # not loadable here after all: remove it, the object entry serves
+        with contextlib.suppress(OSError):
+            os.unlink(_path(k, SHARED_SUFFIX))
+        return None
+    finally:
+        os.close(fd)

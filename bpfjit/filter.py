@@ -66,7 +66,6 @@ def entry_address() -> int:
                 native.add_symbol(pyentry.INT_TYPE_SYMBOL, id(int))
                 native.add_symbol(pyentry.SLOW_METHOD_SYMBOL, id(_SLOW_METHOD))
                 layout = cpython.entry_layout()
-                native.binding()
                 key = codecache.key("python entry", [sys.implementation.cache_tag, sys.version, tuple(layout),
                                                      tuple(pyentry.C_API), pyentry.MAX_CACHED_RESULTS])  # fmt: skip
                 _entry["code"] = native.build(lambda: pyentry.entry_module(layout), 2, (pyentry.ENTRY_NAME,),
@@ -100,7 +99,6 @@ class TieredCode:
     the opt level and the tier's code-generation level; the batch function's name derives from it."""
 
     def __init__(self, program: Program, opt_level: int):
-        native.binding()  # (the cache keys name LLVM's version and the CPU)
         self._program_bytes = program.to_bytes("little")
         self.name = f"bpf_filter_{codecache.key('filter', [self._program_bytes, opt_level]).symbol_suffix}"
         self.opt_level = opt_level

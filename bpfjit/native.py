@@ -44,11 +44,6 @@ def binding() -> Any:
                 _state["cpu"] = llvm.get_host_cpu_name()
                 _state["features"] = llvm.get_host_cpu_features().flatten()
                 _state["triple"] = llvm.get_process_triple()
-                from . import codecache
-
-                version = ".".join(map(str, llvm.llvm_version_info))
-                codecache.set_environment(f"LLVM {version}", f"triple {_state['triple']}",
-                                          f"cpu {_state['cpu']} {_state['features']}")  # fmt: skip
                 _state["llvm"] = llvm
     return _state["llvm"]
 
@@ -161,14 +156,15 @@ class MachineCode:
     Code loaded from the disk cache has no IR; `rebuild` makes the same optimised module again when
     it is asked for (its text, its assembly, or a recompile at another level)."""
 
-    def __init__(self, arena: Arena, addresses: dict[str, int], module: Any, names: set[str],
-                 rebuild: Rebuild | None = None):  # fmt: skip
-        self.arena = arena  # its engine holds the machine code
+    def __init__(self, arena: Arena | None, addresses: dict[str, int], module: Any, names: set[str],
+                 rebuild: Rebuild | None = None, level: int = 0, library: object = None):  # fmt: skip
+        self.arena = arena  # its engine holds the machine code (None: a shared library does)
+        self.library = library  # a cached shared library holding the code (ctypes never unloads one)
         self.addresses = addresses
         self._module = module  # optimised IR, kept for llvm_ir, asm and recompile()
         self._names = names
         self._rebuild = rebuild
-        self.codegen_level = arena.level
+        self.codegen_level = arena.level if arena is not None else level
         self.from_cache = module is None
 
     def __del__(self, dispose: Any = _dispose) -> None:  # bound now: module globals are gone at exit
@@ -191,7 +187,8 @@ class MachineCode:
     @cached_property
     def asm(self) -> str:
         with LLVM_LOCK:
-            return str(self.arena.machine.emit_assembly(self.optimised_module()))
+            machine = self.arena.machine if self.arena is not None else target_machine(self.codegen_level)
+            return str(machine.emit_assembly(self.optimised_module()))
 
 
 # The IR passes run at each opt level, on llvmlite's new pass manager. Not LLVM's default O2
@@ -271,12 +268,15 @@ def build(
     extra_passes: tuple[str, ...] = (),
     codegen_level: int | None = None,
     cache_key: codecache.Key | None = None,
+    shared: bool = False,
 ) -> MachineCode:
     """translate, run_passes (PIPELINES[opt_level] + `extra_passes`), generate at `codegen_level`
     (default: opt_level); the code and the addresses of its functions `symbols`.
 
     With a `cache_key`, code stored for it on disk is loaded instead, and code generated is stored;
-    `module` may then be a function that builds it, called only when nothing was stored."""
+    `module` may then be a function that builds it, called only when nothing was stored. `shared`:
+    also keep it as a shared library, which later runs load without LLVM (for code that
+    command-line runs need; it must call only C symbols the dynamic linker can find)."""
     level = opt_level if codegen_level is None else codegen_level
 
     def translated() -> Translated:
@@ -284,10 +284,11 @@ def build(
         run_passes(made.module, opt_level, extra_passes)
         return made
 
+    cached = load(cache_key, level, symbols, translated, shared) if cache_key is not None else None
+    if cached is not None:
+        return cached
     with LLVM_LOCK:
-        binding()
-        cached = load(cache_key, level, symbols, translated) if cache_key is not None else None
-        return cached or generate(translated(), level, symbols, cache_key, translated)
+        return generate(translated(), level, symbols, cache_key, translated, shared)
 
 
 def recompile(
@@ -295,26 +296,26 @@ def recompile(
 ) -> MachineCode:
     """The same optimised IR as `code`, machine-coded again at `codegen_level` (the IR passes are
     not run again: only code generation), or that code from the disk cache."""
+    cached = load(cache_key, codegen_level, symbols, code._rebuild) if cache_key is not None else None
+    if cached is not None:
+        return cached
     with LLVM_LOCK:
-        cached = load(cache_key, codegen_level, symbols, code._rebuild) if cache_key is not None else None
-        if cached is not None:
-            return cached
         module = code.optimised_module().clone()
         return _generate(module, code._names, codegen_level, symbols, cache_key, code._rebuild)
 
 
 def generate(
     translated: Translated, level: int, symbols: tuple[str, ...], cache_key: codecache.Key | None = None,
-    rebuild: Rebuild | None = None,
+    rebuild: Rebuild | None = None, shared: bool = False,
 ) -> MachineCode:
     """Machine code for a translated (and optimised) module, in the current arena of `level`; the
     module now belongs to the returned code (stored on disk under `cache_key`, if given)."""
     with LLVM_LOCK:
-        return _generate(translated.module, translated.names, level, symbols, cache_key, rebuild)
+        return _generate(translated.module, translated.names, level, symbols, cache_key, rebuild, shared)
 
 
 def _generate(parsed: Any, names: set[str], level: int, symbols: tuple[str, ...], cache_key: codecache.Key | None,
-              rebuild: Rebuild | None) -> MachineCode:  # fmt: skip
+              rebuild: Rebuild | None, shared: bool = False) -> MachineCode:  # fmt: skip
     arena = _arena(level, names)
     obj = arena.add(parsed, names)
     COUNTS["generated"] += 1
@@ -323,11 +324,39 @@ def _generate(parsed: Any, names: set[str], level: int, symbols: tuple[str, ...]
     engine.remove_module(parsed)  # the code stays in the engine; the IR is now this MachineCode's
     if cache_key is not None:
         codecache.store(cache_key, _with_names(names, obj))
+        if shared and codecache.link_mode() != "off":
+            codecache.store_shared(cache_key, _pic_object(parsed, level))
     return MachineCode(arena, addresses, parsed, names, rebuild)
 
 
-def load(cache_key: codecache.Key, level: int, symbols: tuple[str, ...], rebuild: Rebuild | None) -> MachineCode | None:
-    """The code stored on disk for `cache_key`, loaded into an arena of `level`; None if there is none."""
+def _pic_object(parsed: Any, level: int) -> bytes:
+    """Position-independent object code of `parsed`, for a shared library (call with LLVM_LOCK held)."""
+    key = ("pic", level)
+    machine = _state.get(key)
+    if machine is None:
+        machine = _state[key] = _state["target"].create_target_machine(
+            cpu=_state["cpu"], features=_state["features"], opt=level, reloc="pic", codemodel="default"
+        )
+    return bytes(machine.emit_object(parsed))
+
+
+def load(cache_key: codecache.Key, level: int, symbols: tuple[str, ...], rebuild: Rebuild | None,
+         shared: bool = False) -> MachineCode | None:  # fmt: skip
+    """The code stored on disk for `cache_key`: its shared library if `shared` and there is one (no
+    LLVM needed), else its object loaded into an arena of `level`; None if there is neither."""
+    if shared:
+        library = codecache.load_shared(cache_key)
+        if library is not None:
+            import ctypes
+
+            try:
+                addresses = {name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value or 0 for name in symbols}
+            except AttributeError:
+                addresses = {}
+            if addresses and all(addresses.values()):
+                COUNTS["loaded"] += 1
+                COUNTS["loaded shared"] += 1
+                return MachineCode(None, addresses, None, set(), rebuild, level=level, library=library)
     stored = codecache.load(cache_key)
     if stored is None:
         return None
@@ -335,6 +364,7 @@ def load(cache_key: codecache.Key, level: int, symbols: tuple[str, ...], rebuild
     if names is None or not set(symbols) <= names:
         return None
     with LLVM_LOCK:
+        binding()
         arena = _arena(level, names)
         arena.add_object(obj, names)
         addresses = {name: arena.engine.get_function_address(name) for name in symbols}
@@ -345,7 +375,7 @@ def load(cache_key: codecache.Key, level: int, symbols: tuple[str, ...], rebuild
 
 
 # How much code this process generated and loaded from the disk cache (tests and the start-up bench).
-COUNTS = {"generated": 0, "loaded": 0}
+COUNTS = {"generated": 0, "loaded": 0, "loaded shared": 0}
 
 
 def _with_names(names: set[str], obj: bytes) -> bytes:

@@ -478,7 +478,6 @@ def _compile(key: WalkerKey | None, names: Sequence[str]) -> Any:
     function comes from its key."""
     from . import codecache, native
 
-    native.binding()
     parts: list[object] = [tuple(names)]
     if key is not None:
         format, programs, opt_level = key
@@ -508,7 +507,7 @@ def _compile(key: WalkerKey | None, names: Sequence[str]) -> Any:
             WALKER_EMITTERS[format](made, f"walk_{format}_{suffix}", filters)
         return made
 
-    code = native.build(module, key[2] if key is not None else 2, tuple(symbols), cache_key=cache_key)
+    code = native.build(module, key[2] if key is not None else 2, tuple(symbols), cache_key=cache_key, shared=True)
     for name in names:
         _helpers[name] = _bind(SIGNATURES[name], code, PREFIX + name)
     return None if key is None else _bind(SIGNATURES[key[0]], code, symbols[-1])

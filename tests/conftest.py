@@ -26,6 +26,8 @@ if "BPFJIT_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="bpfjit-test-cache-")
     os.environ["BPFJIT_CACHE_DIR"] = _cache_dir
     atexit.register(shutil.rmtree, _cache_dir, True)
+# Shared libraries (linked in a detached process per new walker) only where a test asks for them.
+os.environ.setdefault("BPFJIT_CACHE_LINK", "off")
 
 
 @pytest.fixture

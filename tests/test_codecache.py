@@ -29,7 +29,9 @@ f = bpfjit.compile("tcp port 80")
 frame = bytes.fromhex(sys.argv[1])
 results = [f(frame), f(frame[:20]), f.tier_up()(frame)]
 stats = bpfjit.filter_file(sys.argv[2], sys.argv[3], "udp")
-print(json.dumps({"results": results, "stats": list(stats), "counts": native.COUNTS, "ir": built["ir"]}))
+counts = {"generated": native.COUNTS["generated"], "loaded": native.COUNTS["loaded"]}
+print(json.dumps({"results": results, "stats": list(stats), "counts": counts, "ir": built["ir"],
+                  "shared": native.COUNTS["loaded shared"]}))
 """
 TCP_80 = bytes.fromhex("000000000000000000000000080045000028000000004006000000000000000000000000" "0050" + "00" * 16)
 
@@ -38,8 +40,7 @@ def _child(tmp: Path, cache: Path, *, env: dict[str, str] | None = None) -> dict
     capture = tmp / "in.pcap"
     if not capture.exists():
         packetmix.write_pcap(capture, packetmix.generate(300, seed=4))
-    environment = {**os.environ, "BPFJIT_CACHE_DIR": str(cache), **(env or {})}
-    environment.pop("BPFJIT_CACHE", None) if env is None or "BPFJIT_CACHE" not in env else None
+    environment = {**os.environ, "BPFJIT_CACHE_DIR": str(cache), "BPFJIT_CACHE": "on", **(env or {})}
     result = subprocess.run([sys.executable, "-c", CHILD, TCP_80.hex(), str(capture), str(tmp / "out.pcap")],
                             env=environment, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -102,7 +103,7 @@ def test_concurrent_writers_leave_whole_entries(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     capture = tmp_path / "in.pcap"
     packetmix.write_pcap(capture, packetmix.generate(300, seed=4))
-    environment = {**os.environ, "BPFJIT_CACHE_DIR": str(cache)}
+    environment = {**os.environ, "BPFJIT_CACHE_DIR": str(cache), "BPFJIT_CACHE": "on"}
     children = [subprocess.Popen([sys.executable, "-c", CHILD, TCP_80.hex(), str(capture), str(tmp_path / f"{i}.pcap")],
                                  env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for i in range(4)]  # fmt: skip
@@ -138,6 +139,7 @@ def test_cache_command_and_no_cache_flag(tmp_path: Path, monkeypatch: pytest.Mon
                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     cache = tmp_path / "cache"
     monkeypatch.setenv("BPFJIT_CACHE_DIR", str(cache))
+    monkeypatch.setenv("BPFJIT_CACHE", "on")  # (so that what --no-cache sets is undone after the test)
     capture = tmp_path / "in.pcap"
     packetmix.write_pcap(capture, packetmix.generate(50, seed=2))
     assert cli.main(["filter", "--no-cache", "-r", str(capture), "-w", str(tmp_path / "a.pcap"), "icmp or arp"]) == 0
@@ -152,3 +154,48 @@ def test_cache_command_and_no_cache_flag(tmp_path: Path, monkeypatch: pytest.Mon
     assert entries >= 1 and f"entries:   {entries}" in text and str(cache) in text and "state:     on" in text
     assert cli.main(["cache", "clear"]) == 0
     assert f"removed {entries} entries" in capsys.readouterr().out and not any(cache.iterdir())
+
+
+# A capture-file run as `bpfjit filter` makes it: which code it generated, loaded, and whether LLVM was loaded.
+FILE_CHILD = r"""
+import json, sys
+from bpfjit import capfile, native
+stats = capfile.filter_file(sys.argv[1], sys.argv[2], "tcp port 80")
+print(json.dumps({"stats": list(stats), "counts": native.COUNTS, "llvm": "llvmlite.binding" in sys.modules}))
+"""
+
+
+def _file_child(tmp: Path, cache: Path, out: str) -> dict[str, object]:
+    capture = tmp / "mix.pcap"
+    if not capture.exists():
+        packetmix.write_pcap(capture, packetmix.generate(2000, seed=9))
+    environment = {**os.environ, "BPFJIT_CACHE_DIR": str(cache), "BPFJIT_CACHE_LINK": "sync", "BPFJIT_CACHE": "on"}
+    result = subprocess.run([sys.executable, "-c", FILE_CHILD, str(capture), str(tmp / out)], env=environment,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report: dict[str, object] = json.loads(result.stdout)
+    return report
+
+
+def test_a_cached_file_run_loads_its_walker_without_llvm(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = _file_child(tmp_path, cache, "a.pcap")
+    assert first["counts"] == {"generated": 1, "loaded": 0, "loaded shared": 0} and first["llvm"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".bpfjit-code", ".bpfjit-so"]
+    second = _file_child(tmp_path, cache, "b.pcap")
+    assert second["counts"] == {"generated": 0, "loaded": 1, "loaded shared": 1}
+    assert second["llvm"] is False, "llvmlite.binding was imported although the code was cached"
+    assert second["stats"] == first["stats"]
+    assert (tmp_path / "a.pcap").read_bytes() == (tmp_path / "b.pcap").read_bytes()
+    library = next(cache.glob("*.bpfjit-so"))
+    _corrupt(library, "object byte flipped")
+    third = _file_child(tmp_path, cache, "c.pcap")  # the library is refused; the object entry serves
+    assert third["counts"] == {"generated": 0, "loaded": 1, "loaded shared": 0} and third["llvm"]
+    assert (tmp_path / "c.pcap").read_bytes() == (tmp_path / "a.pcap").read_bytes()
+
+
+def test_a_library_that_does_not_load_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BPFJIT_CACHE_DIR", str(tmp_path))
+    k = codecache.key("test", [b"not a library"])
+    codecache.store(k, b"\x7fELF but not really", codecache.SHARED_SUFFIX)  # a whole, verified entry
+    assert codecache.load_shared(k) is None and not any(tmp_path.iterdir())
