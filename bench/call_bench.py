@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 os.environ["BPFJIT_CACHE"] = "off"  # a cold compile generates code; it does not load it from disk
 
-import bpfjit  # noqa: E402
-from bpfjit import Program, packetmix  # noqa: E402
-from bpfjit.filter import BATCH_PROTOTYPE, clear_cache  # noqa: E402
+import bpfjit
+from bpfjit import Program, packetmix
+from bpfjit.filter import BATCH_PROTOTYPE, clear_cache
 
 FILTERS = ("ip", "tcp port 80", "udp and (port 53 or port 123)")
 
