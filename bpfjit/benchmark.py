@@ -176,7 +176,7 @@ METHODS: tuple[Method, ...] = (
     Method("libpcap_batch", "libpcap loop", "libpcap's bpf_filter called from an LLVM-built loop of the same shape"),
     Method("compile_cold", "compile cold",
            "bpfjit.compile(program) of a program never compiled before: the baseline tier, ready to run", False),
-    Method("compile_optimized", "compile + tier-up",
+    Method("compile_tier_up", "compile + tier-up",
            "bpfjit.compile(program).tier_up() of a program never compiled before: both tiers", False),
     Method("compile_cached", "compile cached", "bpfjit.compile(program) while a Filter of it is alive", False),
 )
@@ -289,7 +289,7 @@ def _compile_cold(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     return lambda: jit_compile(fresh, opt_level=settings.opt_level), 1
 
 
-def _compile_optimized(s: Subject, inputs: Inputs, settings: Settings) -> Work:
+def _compile_tier_up(s: Subject, inputs: Inputs, settings: Settings) -> Work:
     from .filter import compile as jit_compile
 
     fresh = _fresh_variant(s.case.program)
@@ -306,7 +306,7 @@ def _compile_cached(s: Subject, inputs: Inputs, settings: Settings) -> Work:
 WORK: dict[str, Callable[[Subject, Inputs, Settings], Work]] = {
     "interpreter": _interpreter, "jit_call": _jit_call, "jit_ctypes": _jit_ctypes, "libpcap_ctypes": _libpcap_ctypes,
     "jit_batch": _jit_batch, "jit_batch_baseline": _jit_batch_baseline, "libpcap_batch": _libpcap_batch,
-    "compile_cold": _compile_cold, "compile_optimized": _compile_optimized, "compile_cached": _compile_cached,
+    "compile_cold": _compile_cold, "compile_tier_up": _compile_tier_up, "compile_cached": _compile_cached,
 }  # fmt: skip
 BATCH_METHODS = ("jit_batch", "jit_batch_baseline", "libpcap_batch")
 
@@ -509,7 +509,7 @@ class Report:
             out.append(Target("JIT f(p) vs libpcap ctypes, tcp port 80", f"{vs_pcap:.1f}x", "> 1x", vs_pcap > 1))
         if self.subjects:
             cold = statistics.median(self.stats(s, "compile_cold").median for s in self.subjects) / 1e6
-            both = statistics.median(self.stats(s, "compile_optimized").median for s in self.subjects) / 1e6
+            both = statistics.median(self.stats(s, "compile_tier_up").median for s in self.subjects) / 1e6
             cached = max(self.stats(s, "compile_cached").median for s in self.subjects) / 1e3
             out.append(Target(
                 "cold compile, median of the suite",
@@ -650,7 +650,7 @@ def render(report: Report) -> str:
         case = sub.case
         rows.append([
             case.name, str(len(case.program)), str(case.loads), f"{case.static_checks} + {case.dynamic_checks}",
-            *(_spread(report.stats(sub, k)) for k in ("compile_cold", "compile_optimized", "compile_cached")),
+            *(_spread(report.stats(sub, k)) for k in ("compile_cold", "compile_tier_up", "compile_cached")),
         ])  # fmt: skip
     lines += _table(["filter", "insns", "loads", "checks", "cold compile", "compile + tier-up", "cached compile"], rows)
     lines += ["", "targets:"]
@@ -676,7 +676,7 @@ def markdown(report: Report) -> str:
             f"`{sub.case.source}`" if sub.case.real else f"{sub.case.name} (synthetic)", str(len(sub.case.program)),
             *(_ns(report.stats(sub, k).median) for k in HEADLINE),
             f"{report.speedup(sub, 'jit_batch'):.1f}x", _ns(report.stats(sub, "compile_cold").median),
-            _ns(report.stats(sub, "compile_optimized").median),
+            _ns(report.stats(sub, "compile_tier_up").median),
         ]  # fmt: skip
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     env = _environment()

@@ -208,7 +208,7 @@ PIPELINES: dict[int, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-# Extra rounds for the multi-filter classifier: after inlining N filters in a row, jump threading
+# Extra rounds for the classifier: after inlining N filters in a row, jump threading
 # with a larger duplication budget lets a later filter skip tests an earlier one already decided
 # (16 `tcp port N` filters: 15.6 -> 12.0 ns/packet here, at ~1.5x the compile time).
 CLASSIFIER_EXTRA: tuple[str, ...] = ("jump_threading:50", "new_gvn", "instruction_combine", "simplify_cfg",
