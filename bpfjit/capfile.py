@@ -92,9 +92,13 @@ def filter_file(
         filters = LinkTypeFilters(filter, capture, linktype)
         filters.helpers = ("gather",) if dst is not None and Writer.without_descriptor(dst) else ()
         filters.walker()  # compile before the output is opened: a bad expression must not clobber it
-        writer = Writer(dst, capture) if dst is not None else None
+        writer = Writer(dst, capture) if dst is not None else None  # opened at the first record
         try:
-            return _filter_into(capture, filters, writer, count, chunk, progress)
+            stats = _filter_into(capture, filters, writer, count, chunk, progress)
+            if writer is not None:
+                writer.finish()
+                stats = stats._replace(written=writer.written)
+            return stats
         finally:
             if writer is not None:
                 writer.close()
@@ -133,8 +137,7 @@ def split_file(
 
         def classifier(slot: int) -> Classifier:
             if slot not in classifiers:
-                lt = capture.linktypes[slot]
-                programs = [f.program_for(lt) or accept_all for f in per_filter]
+                programs = [f.program_for(slot) or accept_all for f in per_filter]
                 classifiers[slot] = compile_many(programs)
             return classifiers[slot]
 
@@ -173,13 +176,21 @@ def split_file(
                         chosen = np.flatnonzero(verdicts[:, index])
                         if not len(chosen):
                             continue
+                        stats[index][0] += len(chosen)
+                        cut = event.cut and chosen[-1] == n - 1  # its bytes are not the file's
+                        if cut:
+                            chosen = chosen[:-1]
                         iov = np.empty((len(chosen), 2), dtype=np.uint64)  # struct iovec {base, len}
                         iov[:, 0] = starts[chosen] + np.uint64(capture.address)
                         iov[:, 1] = lengths[chosen]
                         out = bytearray(int(iov[:, 1].sum()))
-                        gather(iov.ctypes.data, len(chosen), ctypes.addressof(ctypes.c_char.from_buffer(out)))
-                        writer.block(out)
-                        stats[index][0] += len(chosen)
+                        if len(chosen):
+                            gather(iov.ctypes.data, len(chosen), ctypes.addressof(ctypes.c_char.from_buffer(out)))
+                            writer.record(out)
+                        if cut:
+                            writer.record(capture.cut_record(int(starts[n - 1])))
+            for writer in writers:
+                writer.finish()
         finally:
             for writer in writers:
                 writer.close()
@@ -202,6 +213,8 @@ def _filter_into(capture: CaptureFile, filters: LinkTypeFilters, writer: Writer 
                 break
             if writer is not None:
                 writer.records(arrays)
+                if event.cut and arrays.verdicts[event.n - 1]:
+                    writer.record(capture.cut_record(arrays.starts[event.n - 1]))
             read += event.n
             accepted += arrays.chunk.accepted
             if progress is not None:
@@ -253,10 +266,11 @@ def packet_lines(
 def file_program(path: Source, filter: FilterSpec, *, linktype: int | str | None = None) -> Program | None:
     """The program `filter_file` runs on the packets of the file's first link type (None: no filter)."""
     with CaptureFile(path) as capture:
-        linktypes = capture.linktypes or capture.first_linktypes
-        if not linktypes:
+        for lt, header in capture.first_slots if not capture.slots else ():
+            capture.slot_of(lt, header)
+        if not capture.slots:
             raise CaptureFileError(0, "no interface describes a link type before the first packet", capture.path)
-        return LinkTypeFilters(filter, capture, linktype).program_for(linktypes[0])
+        return LinkTypeFilters(filter, capture, linktype).program_for(0)
 
 
 class _Counts:
