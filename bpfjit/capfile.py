@@ -5,7 +5,7 @@
         ...
 
 The operations, over the stages that are modules of their own: `capformat` (the file, its headers
-and its records as events), `capfilters` (the program per link type), `capwriter` (the output).
+and its records as events), `capfilters` (the program per interface description), `capwriter` (the output).
 
 Why the per-packet loop is not Python: a Python loop costs about a microsecond a record, several
 times what it takes to read, filter and write one. The file is mmap'd read-only (no copy into
@@ -14,7 +14,8 @@ filter on each (inlined) and lists the accepted ones as iovecs over the mapping;
 them with writev. Python runs once per chunk. The readers hand Python only the accepted packets.
 
 A truncated last record or a corrupt header raises `CaptureFileError` naming the byte offset, after
-every complete record before it has been written (or yielded).
+every complete record before it has been written (or yielded). Records are read, filtered and
+written as `tcpdump -r` reads them (`capformat`, `capfilters`).
 """
 
 from __future__ import annotations
@@ -77,10 +78,15 @@ def filter_file(
 ) -> FileStats:
     """Copy the packets of capture file `src` that `filter` accepts to `dst`, as `tcpdump -r -w` does.
 
-    `filter` is an expression (compiled for each link type in the file, or for `linktype` if given),
-    a `Program` (applied to every packet), a `Filter` or None (keep everything). `dst` is a path, a
-    binary file object, or None to only count. The output keeps the input's format, byte order,
-    header (link type, snaplen, timestamp precision) and accepted records byte for byte. `count` stops
+    `filter` is an expression (compiled as `tcpdump -r` compiles it: for each interface description
+    of the file, on a libpcap savefile handle; or for `linktype` if given), a `Program` (applied to
+    every packet), a `Filter` (its expression compiled for the file the same way, or its program) or
+    None (keep everything); libpcap's refusal is an `ExpressionError` before anything is written.
+    `dst` is a path, a binary file object, or None to only count. The output keeps the input's
+    format, byte order, header (link type, snaplen, timestamp precision) and accepted records byte for
+    byte, except that a pcap record longer than the snapshot length is filtered and written cut to it,
+    as libpcap hands it to tcpdump (README, "Capture files"). `dst` is opened at the first accepted
+    record or the end of the input, so a run that fails before leaves it untouched. `count` stops
     after that many accepted packets (tcpdump's -c). `progress(bytes_done, read, accepted)` is called
     after each chunk. A truncated or corrupt file raises `CaptureFileError` once every complete record
     before the bad spot has been written.
