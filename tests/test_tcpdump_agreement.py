@@ -29,6 +29,7 @@ from needs import require, tcpdump_path
 from savefiles import LINKTYPES, libpcap_records, pcap_bytes, pcapng_bytes, records
 from savefiles import frames as link_frames
 
+import bpfjit
 from bpfjit import Program, capfile, cli, libpcap, walkers
 from bpfjit.errors import ExpressionError
 
@@ -197,6 +198,12 @@ def test_bsd_loopback_keeps_ipv6_in_either_byte_order(tmp_path: Path, order: str
     ip4 = sum(1 for d in datas if d[4] >> 4 == 4)
     assert ip6 >= 3 and ip4 >= 5
     assert capfile.filter_file(src, None, "ip6").accepted == ip6  # Linux's 10 is not a savefile's AF_INET6
+    live = bpfjit.compile("ip6", linktype=link)  # a live-capture compile: its expression is compiled again
+    assert capfile.filter_file(src, None, live).accepted == ip6
+    # a Program runs as it is: the live one tests Linux's AF_INET6 (10), for DLT_NULL in host order
+    linux = sum(1 for d in datas if struct.unpack_from((order if link == "NULL" else ">") + "I", d)[0] == 10)
+    readable = link == "LOOP" or order == HOST_ORDER
+    assert linux == 1 and capfile.filter_file(src, None, live.program).accepted == (linux if readable else 0)
     assert capfile.filter_file(src, None, "ip").accepted == ip4
     assert capfile.filter_file(src, None, "not ip").accepted == len(datas) - ip4
     header = src.read_bytes()[:24]
