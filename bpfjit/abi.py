@@ -165,7 +165,8 @@ CLASSIFY_FIRST_BATCH = Signature("void", (*PACKETS, Param("out", "i32*"), Param(
 WALK_PCAP = Signature(
     "u64",
     (Param("file", "u8*", ("noalias",)), Param("size", "u64"), Param("pos", "u64"), Param("swapped", "u32"),
-     Param("hdrlen", "u32"), Param("max_caplen", "u32"), Param("chunk", "chunk*", ("noalias",))),
+     Param("hdrlen", "u32"), Param("max_caplen", "u32"), Param("snaplen", "u32"),
+     Param("chunk", "chunk*", ("noalias",))),
     ("nounwind",),
 )  # fmt: skip
 WALK_PCAPNG = Signature(

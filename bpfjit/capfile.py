@@ -5,7 +5,7 @@
         ...
 
 The operations, over the stages that are modules of their own: `capformat` (the file, its headers
-and its records as events), `capfilters` (the program per link type), `capwriter` (the output).
+and its records as events), `capfilters` (the program per interface description), `capwriter` (the output).
 
 Why the per-packet loop is not Python: a Python loop costs about a microsecond a record, several
 times what it takes to read, filter and write one. The file is mmap'd read-only (no copy into
@@ -14,7 +14,8 @@ filter on each (inlined) and lists the accepted ones as iovecs over the mapping;
 them with writev. Python runs once per chunk. The readers hand Python only the accepted packets.
 
 A truncated last record or a corrupt header raises `CaptureFileError` naming the byte offset, after
-every complete record before it has been written (or yielded).
+every complete record before it has been written (or yielded). Records are read, filtered and
+written as `tcpdump -r` reads them (`capformat`, `capfilters`).
 """
 
 from __future__ import annotations
@@ -77,10 +78,15 @@ def filter_file(
 ) -> FileStats:
     """Copy the packets of capture file `src` that `filter` accepts to `dst`, as `tcpdump -r -w` does.
 
-    `filter` is an expression (compiled for each link type in the file, or for `linktype` if given),
-    a `Program` (applied to every packet), a `Filter` or None (keep everything). `dst` is a path, a
-    binary file object, or None to only count. The output keeps the input's format, byte order,
-    header (link type, snaplen, timestamp precision) and accepted records byte for byte. `count` stops
+    `filter` is an expression (compiled as `tcpdump -r` compiles it: for each interface description
+    of the file, on a libpcap savefile handle; or for `linktype` if given), a `Program` (applied to
+    every packet), a `Filter` (its expression compiled for the file the same way, or its program) or
+    None (keep everything); libpcap's refusal is an `ExpressionError` before anything is written.
+    `dst` is a path, a binary file object, or None to only count. The output keeps the input's
+    format, byte order, header (link type, snaplen, timestamp precision) and accepted records byte for
+    byte, except that a pcap record longer than the snapshot length is filtered and written cut to it,
+    as libpcap hands it to tcpdump (README, "Capture files"). `dst` is opened at the first accepted
+    record or the end of the input, so a run that fails before leaves it untouched. `count` stops
     after that many accepted packets (tcpdump's -c). `progress(bytes_done, read, accepted)` is called
     after each chunk. A truncated or corrupt file raises `CaptureFileError` once every complete record
     before the bad spot has been written.
@@ -92,9 +98,13 @@ def filter_file(
         filters = LinkTypeFilters(filter, capture, linktype)
         filters.helpers = ("gather",) if dst is not None and Writer.without_descriptor(dst) else ()
         filters.walker()  # compile before the output is opened: a bad expression must not clobber it
-        writer = Writer(dst, capture) if dst is not None else None
+        writer = Writer(dst, capture) if dst is not None else None  # opened at the first record
         try:
-            return _filter_into(capture, filters, writer, count, chunk, progress)
+            stats = _filter_into(capture, filters, writer, count, chunk, progress)
+            if writer is not None:
+                writer.finish()
+                stats = stats._replace(written=writer.written)
+            return stats
         finally:
             if writer is not None:
                 writer.close()
@@ -133,8 +143,7 @@ def split_file(
 
         def classifier(slot: int) -> Classifier:
             if slot not in classifiers:
-                lt = capture.linktypes[slot]
-                programs = [f.program_for(lt) or accept_all for f in per_filter]
+                programs = [f.program_for(slot) or accept_all for f in per_filter]
                 classifiers[slot] = compile_many(programs)
             return classifiers[slot]
 
@@ -173,13 +182,21 @@ def split_file(
                         chosen = np.flatnonzero(verdicts[:, index])
                         if not len(chosen):
                             continue
+                        stats[index][0] += len(chosen)
+                        cut = event.cut and chosen[-1] == n - 1  # its bytes are not the file's
+                        if cut:
+                            chosen = chosen[:-1]
                         iov = np.empty((len(chosen), 2), dtype=np.uint64)  # struct iovec {base, len}
                         iov[:, 0] = starts[chosen] + np.uint64(capture.address)
                         iov[:, 1] = lengths[chosen]
                         out = bytearray(int(iov[:, 1].sum()))
-                        gather(iov.ctypes.data, len(chosen), ctypes.addressof(ctypes.c_char.from_buffer(out)))
-                        writer.block(out)
-                        stats[index][0] += len(chosen)
+                        if len(chosen):
+                            gather(iov.ctypes.data, len(chosen), ctypes.addressof(ctypes.c_char.from_buffer(out)))
+                            writer.record(out)
+                        if cut:
+                            writer.record(capture.cut_record(int(starts[n - 1])))
+            for writer in writers:
+                writer.finish()
         finally:
             for writer in writers:
                 writer.close()
@@ -202,6 +219,8 @@ def _filter_into(capture: CaptureFile, filters: LinkTypeFilters, writer: Writer 
                 break
             if writer is not None:
                 writer.records(arrays)
+                if event.cut and arrays.verdicts[event.n - 1]:
+                    writer.record(capture.cut_record(arrays.starts[event.n - 1]))
             read += event.n
             accepted += arrays.chunk.accepted
             if progress is not None:
@@ -253,10 +272,11 @@ def packet_lines(
 def file_program(path: Source, filter: FilterSpec, *, linktype: int | str | None = None) -> Program | None:
     """The program `filter_file` runs on the packets of the file's first link type (None: no filter)."""
     with CaptureFile(path) as capture:
-        linktypes = capture.linktypes or capture.first_linktypes
-        if not linktypes:
+        for lt, header in capture.first_slots if not capture.slots else ():
+            capture.slot_of(lt, header)
+        if not capture.slots:
             raise CaptureFileError(0, "no interface describes a link type before the first packet", capture.path)
-        return LinkTypeFilters(filter, capture, linktype).program_for(linktypes[0])
+        return LinkTypeFilters(filter, capture, linktype).program_for(0)
 
 
 class _Counts:

@@ -1,19 +1,22 @@
-"""The filter of a capture file, per link type: which program each packet record runs through.
+"""The filter of a capture file, per slot: which program each packet record runs through.
 
-A file may hold several link types (pcapng interfaces); each gets a *link-type slot* (its index in
-`CaptureFile.linktypes`) and a program, and one native walker (`walkers.walker`) runs each record
-through its slot's program. An expression is compiled for each link type the file holds (libpcap's
-`pcap_compile`, with the file's snaplen and netmask 0, as `tcpdump -r` does), or for the link type
-given instead; a `Program` applies to every packet as it is; a `Filter` contributes its program,
-and its expression is recompiled for link types other than its own.
+A file's interfaces are described by *slots* (`CaptureFile.slots`: a classic pcap file header for
+each distinct link type, snaplen and byte order; a pcap file has one, its own header), and one
+native walker (`walkers.walker`) runs each record through its slot's program. An expression is
+compiled for each slot as `tcpdump -r` compiles it for the file: on a libpcap savefile handle opened
+on that header (`libpcap.compile_for_savefile`; netmask 0, as tcpdump -r passes it), or for the link
+type given instead (tcpdump's -y) with the slot's snaplen and byte order. A `Program` applies to
+every packet as it is; a `Filter` contributes its program, or, if it was compiled from an
+expression, that expression compiled for each slot of the file (a file is not a live capture).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 from . import walkers
-from .capformat import MAX_SNAPLEN
+from .capformat import HOST_ORDER, PCAP_MAGICS
 from .program import Program
 from .validate import validate
 
@@ -26,11 +29,11 @@ if TYPE_CHECKING:
 
     FilterSpec = str | Program | Iterable[InsnLike] | Filter | None
 
-__all__ = ["LinkTypeFilters", "dlt_from_linktype", "dlt_of"]
+__all__ = ["LinkTypeFilters", "dlt_of"]
 
 
 class LinkTypeFilters:
-    """The program each link-type slot of a capture runs through: None keeps every packet."""
+    """The program each slot of a capture runs through: None keeps every packet."""
 
     def __init__(
         self, spec: FilterSpec, capture: CaptureFile, linktype: int | str | None = None, opt_level: int = 2
@@ -41,7 +44,7 @@ class LinkTypeFilters:
         self.expression: str | None = None
         self.program: Program | None = None
         self.filter: Filter | None = None
-        self.programs: list[Program | None] = []  # by link-type slot
+        self.programs: list[Program | None] = []  # by slot
         self.helpers: tuple[str, ...] = ()  # compiled with the first walker
         if spec is None:
             return
@@ -60,34 +63,35 @@ class LinkTypeFilters:
             else:
                 self.program = validate(Program(spec))
 
-    def program_for(self, linktype: int) -> Program | None:
-        """The program the packets of `linktype` (a LINKTYPE_* value) go through (None: no filter)."""
+    def program_for(self, slot: int) -> Program | None:
+        """The program the packets of slot `slot` go through (None: no filter)."""
         if self.program is not None:
             return self.program
         expression = self.expression
         if self.filter is not None:
-            if self.filter.expression is None or self._dlt(linktype) == dlt_of(self.filter.linktype):
+            if self.filter.expression is None:
                 return self.filter.program
             expression = self.filter.expression
         if expression is None:
             return None
-        snaplen = self.capture.snaplen if 0 < self.capture.snaplen <= 0x7FFFFFFF else MAX_SNAPLEN
-        # netmask 0, as tcpdump -r passes it (it only matters to `ip broadcast`)
-        return validate(Program.from_expr(expression, self._dlt(linktype), snaplen=snaplen, netmask=0))
+        from .libpcap import compile_for_savefile, savefile_header
 
-    def _dlt(self, linktype: int) -> int:
-        if self.override is not None:
-            return dlt_of(self.override)
-        return dlt_from_linktype(linktype)
+        header = self.capture.slots[slot]
+        if self.override is not None:  # the given link type, with the slot's snaplen and byte order
+            order = "<" if struct.unpack_from("<I", header)[0] in PCAP_MAGICS else ">"
+            snaplen = struct.unpack_from(order + "I", header, 16)[0]
+            header = savefile_header(dlt_of(self.override), snaplen, swapped=order != HOST_ORDER)
+        # netmask 0, as tcpdump -r passes it (it only matters to `ip broadcast`)
+        return validate(compile_for_savefile(expression, header, netmask=0))
 
     def walker(self) -> tuple[Any, bool]:
         """The walker running each slot's program (compiled with `helpers` the first time), and
         whether it sets verdicts."""
         capture = self.capture
-        for linktype in capture.linktypes or capture.first_linktypes:
-            capture.slot_of(linktype)
-        for linktype in capture.linktypes[len(self.programs) :]:
-            self.programs.append(self.program_for(linktype))
+        for linktype, header in capture.first_slots if not capture.slots else ():
+            capture.slot_of(linktype, header)
+        for slot in range(len(self.programs), len(capture.slots)):
+            self.programs.append(self.program_for(slot))
         walk = walkers.walker(capture.format, self.programs, self.helpers, self.opt_level)
         return walk, any(program is not None for program in self.programs)
 
@@ -98,13 +102,3 @@ def dlt_of(linktype: int | str | None) -> int:
 
     return linktype_value(linktype if linktype is not None else "EN10MB")
 
-
-def dlt_from_linktype(linktype: int) -> int:
-    """The DLT_ value of a LINKTYPE_ value from a file header."""
-    # LINKTYPE_ 0..10 (Ethernet is 1) equal their DLT_ values on every platform (libpcap's
-    # linktype_to_dlt); skipping the lookup saves a temporary file and libpcap's reader at start-up.
-    if 0 <= linktype <= 10:
-        return linktype
-    from .libpcap import dlt_from_linktype as lookup
-
-    return lookup(linktype)

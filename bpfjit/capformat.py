@@ -13,10 +13,19 @@ any number of sections (each with its own byte order) and interfaces, of any lin
 A truncated last record or a corrupt header raises `CaptureFileError` naming the byte offset, after
 every complete record before it has been yielded.
 
-Differences from libpcap's reader: a record whose caplen exceeds the file's snaplen (but not the
-sanity limit, 256 KiB or the snaplen if larger) is kept whole where libpcap cuts it to the snaplen; a
-pcapng file may mix link types (libpcap refuses). As in libpcap, an SPB's timestamp is 0 and its
-caplen min(wirelen, snaplen of interface 0). A filtered SHB says its section's length is unknown (-1).
+Records are read as libpcap 1.10's savefile reader reads them for tcpdump: snapshot lengths are
+libpcap's (a header snaplen of 0 or above 2^31-1 is the link type's maximum, `snapshot`); a pcap
+record longer than the snapshot is filtered and written cut to it (`Records.cut`, `cut_record`); a
+caplen above the link type's maximum, or above its interface's snaplen in pcapng, is refused with
+libpcap's message; an SPB's caplen is min(wirelen, the interface's snapshot) and its timestamp 0.
+Each slot's `savefile_header` is what its filter is compiled on (`libpcap.compile_for_savefile`).
+
+Where bpfjit reads more than libpcap 1.10: a pcapng file may mix link types, snaplens and byte
+orders across interfaces and sections (libpcap stops at the first interface or section that differs
+from the first; bpfjit filters each with its own description). Where it reads less: pcap versions
+before 2.3 and 543.0 (libpcap swaps their caplen and len fields) are refused; libpcap's swapping of
+pseudo-headers in byte-swapped files (the CAN ID after a LINUX_SLL/SLL2 header, PFLOG, NFLOG, Linux
+USB) is not done. A filtered SHB says its section's length is unknown (-1).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from .walkers import Status
 if TYPE_CHECKING:
     Source = str | os.PathLike[str] | IO[bytes]
 
-__all__ = ["Block", "CaptureFile", "ChunkArrays", "Interface", "Records", "Section", "WalkerSource"]
+__all__ = ["Block", "CaptureFile", "ChunkArrays", "Interface", "Records", "Section", "WalkerSource", "max_snaplen",
+           "savefile_header", "snapshot"]
 
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 U64_MAX = (1 << 64) - 1
@@ -47,16 +57,35 @@ U64_MAX = (1 << 64) - 1
 # classic pcap: magic -> (timestamp digits, record header length)
 PCAP_MAGICS = {0xA1B2C3D4: (6, 16), 0xA1B23C4D: (9, 16), 0xA1B2CD34: (6, 24)}
 PCAP_HEADER_LEN = 24
-# libpcap's sanity limit on caplen (MAXIMUM_SNAPLEN); files with a larger snaplen get that, up to
-# 256 MiB: beyond it a caplen is a corrupt header, not a packet.
+# libpcap's MAXIMUM_SNAPLEN, and its larger maximums for three link types (max_snaplen_for_dlt;
+# their LINKTYPE and DLT values are equal): DBUS, EBHSCR, USBPCAP.
 MAX_SNAPLEN = 262144
-CAPLEN_CEILING = 1 << 28
+_MAX_SNAPLENS = {231: 128 << 20, 279: 8 << 20, 249: 1 << 20}
+INT_MAX = 0x7FFFFFFF
+KUZNETZOV_MAGIC = 0xA1B2CD34
 
 BT_SHB, BT_IDB = 0x0A0D0D0A, 1
 PACKET_BLOCKS = (walkers.BT_EPB, walkers.BT_SPB, walkers.BT_PB)
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 OPT_ENDOFOPT, OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 0, 9, 14
 SHB_MIN, IDB_MIN, BLOCK_MIN = 28, 20, 12
+
+
+def max_snaplen(linktype: int) -> int:
+    """libpcap's largest caplen for a link type (`max_snaplen_for_dlt`): larger is a corrupt record."""
+    return _MAX_SNAPLENS.get(linktype, MAX_SNAPLEN)
+
+
+def snapshot(linktype: int, snaplen: int) -> int:
+    """The snapshot length libpcap reads from a header's snaplen (`pcap_adjust_snapshot`): a snaplen
+    of 0 or above 2^31-1 is the link type's maximum."""
+    return max_snaplen(linktype) if snaplen == 0 or snaplen > INT_MAX else snaplen
+
+
+def savefile_header(linktype: int, snaplen: int, order: str) -> bytes:
+    """The classic pcap header that describes a pcapng interface to libpcap's compiler (the snaplen
+    as the IDB states it, the section's byte order)."""
+    return struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
 
 
 class Interface(NamedTuple):
@@ -116,17 +145,20 @@ class Section:
             ctypes.memmove(snaplens, self.snaplens, ctypes.sizeof(self.snaplens))
             ctypes.memmove(slots, self.slots, ctypes.sizeof(self.slots))
             self.snaplens, self.slots = snaplens, slots
-        self.snaplens[n - 1] = min(interface.snaplen, 0xFFFFFFFF)
+        self.snaplens[n - 1] = snapshot(interface.linktype, interface.snaplen)
         self.slots[n - 1] = slot
 
 
 class Records(NamedTuple):
-    """Event: `n` packet records in `arrays` (valid until the next event); `filtered`: verdicts set."""
+    """Event: `n` packet records in `arrays` (valid until the next event); `filtered`: verdicts set.
+    `cut`: the last record was longer than the snapshot, so its bytes are `CaptureFile.cut_record`'s,
+    not the file's (and it is not in the iovecs)."""
 
     arrays: ChunkArrays
     n: int
     section: Section | None
     filtered: bool
+    cut: bool = False
 
 
 class Block(NamedTuple):
@@ -149,8 +181,9 @@ class WalkerSource(Protocol):
 class CaptureFile:
     """An open, mapped capture file (pcap or pcapng) and what its headers say.
 
-    `linktypes` lists the LINKTYPE_* values seen so far, in order: the index of a link type is its
-    *link-type slot*, which selects the filter for the packets of every interface of that type.
+    `slots` lists the savefile headers (`savefile_header`: link type, snaplen, byte order) seen so
+    far, in order, and `linktypes` their LINKTYPE_* values: the index of one is its *slot*, which
+    selects the filter for the packets of every interface it describes (a pcap file has one).
     """
 
     def __init__(self, source: Source):
@@ -178,9 +211,9 @@ class CaptureFile:
             self.map.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead: the walk reads the file front to back
         self._buffer: PyBuffer | None = get_buffer(self.map)
         self.address = int(self._buffer.buf or 0)
-        self.linktypes: list[int] = []
+        self.linktypes: list[int] = []  # by slot
+        self.slots: list[bytes] = []  # savefile headers, by slot
         self.interfaces: list[Interface] = []  # pcap: the one interface; pcapng: all seen, in order
-        self.snaplen = MAX_SNAPLEN
         try:
             self._read_header()
         except BaseException:
@@ -199,7 +232,7 @@ class CaptureFile:
         if magic_le == BT_SHB:
             self.format = "pcapng"
             self.order = HOST_ORDER  # each section sets its own
-            self.first_linktypes = self._scan_linktypes()
+            self.first_slots = self._scan_slots()
             return
         if magic_le in PCAP_MAGICS:
             magic, self.order = magic_le, "<"
@@ -213,23 +246,36 @@ class CaptureFile:
         if self.size < PCAP_HEADER_LEN:
             raise self._error(0, f"truncated pcap file header: {self.size} of {PCAP_HEADER_LEN} bytes")
         major, minor, _, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", self.map, 4)
-        if major != 2:
-            raise self._error(4, f"unsupported pcap version {major}.{minor} (only 2.x exists)")
-        self.snaplen = snaplen
+        # libpcap's words for the versions it refuses; 2.0-2.2 and 543.0 it reads with caplen and len
+        # swapped, which bpfjit does not
+        if major < 2:
+            raise self._error(4, "archaic pcap savefile format")
+        if not (major == 2 and 3 <= minor <= 4):
+            unsupported = (major == 2 and minor < 3) or (major, minor) == (543, 0)
+            why = " (caplen and len swapped: not supported by bpfjit)" if unsupported else ""
+            raise self._error(4, f"unsupported pcap savefile version {major}.{minor}{why}")
         self.linktype = linktype & 0xFFFF  # the upper bits carry FCS information
-        self.max_caplen = max(snaplen, MAX_SNAPLEN) if 0 < snaplen <= CAPLEN_CEILING else MAX_SNAPLEN
+        # as libpcap reads it: the snapshot, and the largest caplen that is not a corrupt header
+        self.snaplen = snapshot(self.linktype, snaplen)
+        if magic == KUZNETZOV_MAGIC and self.linktype == 1:  # libpcap: its Ethernet snaplen left out the header
+            self.snaplen = min(self.snaplen + 14, INT_MAX)
+        self.max_caplen = max_snaplen(self.linktype)
         self.linktypes = [self.linktype]
+        self.slots = [bytes(self.map[:PCAP_HEADER_LEN])]  # compiled on the file's own header, as tcpdump does
         self.interfaces = [Interface(self.linktype, snaplen, 10**self.digits)]
-        self.first_linktypes = [self.linktype]
+        self.first_slots = [(self.linktype, self.slots[0])]
 
-    def slot_of(self, linktype: int) -> int:
-        if linktype not in self.linktypes:
+    def slot_of(self, linktype: int, header: bytes) -> int:
+        """The slot of an interface described by `header` (`savefile_header`), added if new."""
+        if header not in self.slots:
+            self.slots.append(header)
             self.linktypes.append(linktype)
-        return self.linktypes.index(linktype)
+        return self.slots.index(header)
 
-    def _scan_linktypes(self, limit: int = 256) -> list[int]:
-        """The link types of the IDBs before the first packet (compiled before walking, in one go)."""
-        found: list[int] = []
+    def _scan_slots(self, limit: int = 256) -> list[tuple[int, bytes]]:
+        """(link type, savefile header) of the IDBs before the first packet (compiled before walking,
+        so that a refused expression fails before anything is written)."""
+        found: list[tuple[int, bytes]] = []
         pos, order = 0, "<"
         for _ in range(limit):
             if self.size - pos < 12:
@@ -242,9 +288,7 @@ class CaptureFile:
                 break
             elif btype == BT_IDB and self.size - pos >= IDB_MIN:
                 linktype, _, snaplen = struct.unpack_from(order + "HHI", self.map, pos + 8)
-                if not found:
-                    self.snaplen = snaplen or MAX_SNAPLEN  # what tcpdump compiles with (pcap_snapshot)
-                found.append(linktype)
+                found.append((linktype, savefile_header(linktype, snaplen, order)))
             length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
             if length < BLOCK_MIN or length % 4:
                 break
@@ -269,11 +313,12 @@ class CaptureFile:
         pos = PCAP_HEADER_LEN
         while True:
             arr = arrays()
-            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen, arr.address)
+            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen,
+                     min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
             pos, status = arr.chunk.end, arr.chunk.status
             if n:
-                yield Records(arr, n, None, filtered)
-            if status == Status.FULL:
+                yield Records(arr, n, None, filtered, status == Status.CUT)
+            if status in (Status.FULL, Status.CUT):
                 continue
             if status in (Status.END, Status.LIMIT):
                 return
@@ -284,10 +329,18 @@ class CaptureFile:
         if left < self.record_header:
             return self._error(pos, f"truncated record header: {left} of {self.record_header} bytes")
         (caplen,) = struct.unpack_from(self.order + "I", self.map, pos + 8)
-        if status == Status.BAD_CAPLEN:
-            return self._error(pos, f"corrupt record header: caplen {caplen} is larger than the limit "
-                                    f"{self.max_caplen} (snaplen {self.snaplen})")  # fmt: skip
+        if status == Status.BAD_CAPLEN:  # libpcap's words
+            limit = f"snaplen of {self.snaplen}" if caplen > self.snaplen else f"maximum of {self.max_caplen}"
+            return self._error(pos, f"invalid packet capture length {caplen}, bigger than {limit}")
         return self._error(pos, f"truncated record: {caplen} captured bytes, only {left - self.record_header} left")
+
+    def cut_record(self, start: int) -> bytes:
+        """The pcap record at `start` as libpcap hands it on when it is longer than the snapshot:
+        its header with caplen = snapshot, then the first snapshot bytes (what tcpdump -w writes)."""
+        header = bytearray(self.map[start : start + self.record_header])
+        struct.pack_into(self.order + "I", header, 8, self.snaplen)
+        data = start + self.record_header
+        return bytes(header) + self.map[data : data + self.snaplen]
 
     def _pcapng_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
         walk, filtered = filters.walker()
@@ -330,6 +383,11 @@ class CaptureFile:
         left = self.size - pos
         if status == Status.TRUNCATED:
             return self._error(pos, f"truncated {name}: block length {length}, only {left} bytes left")
+        if status == Status.BAD_CAPLEN:  # libpcap's words
+            iface = struct.unpack_from(section.order + ("I" if btype == walkers.BT_EPB else "H"), self.map, pos + 8)[0]
+            caplen = struct.unpack_from(section.order + "I", self.map, pos + 20)[0]
+            return self._error(pos, f"invalid packet capture length {caplen}, bigger than snaplen of "
+                                    f"{section.snaplens[iface]}")  # fmt: skip
         if status == Status.BAD_INTERFACE:
             ifaces = len(section.interfaces)
             iface_format = {walkers.BT_EPB: "I", walkers.BT_PB: "H"}.get(btype)
@@ -386,7 +444,7 @@ class CaptureFile:
             linktype, _, snaplen = struct.unpack_from(order + "HHI", self.map, pos + 8)
             units, offset = self._idb_options(pos + 16, pos + length - 4, order)
             interface = Interface(linktype, snaplen, units, offset)
-            section.add(interface, self.slot_of(linktype))
+            section.add(interface, self.slot_of(linktype, savefile_header(linktype, snaplen, order)))
             self.interfaces.append(interface)
         assert section is not None
         return Block(pos, pos + length, replacement), section

@@ -1,5 +1,10 @@
 """The output of `filter_file` and `split_file`: a capture file written from the mapped input.
 
+The output is opened (created, or truncated) only at the first packet record, or when the input
+has been read to its end: the header blocks before are held until then, so a run that fails before
+its first record (a corrupt header or first block, a refused expression) leaves no file behind and
+an existing one untouched.
+
 Accepted records are written byte for byte, as are the pcap file header and every pcapng block that
 is not a packet (SHB, IDB, NRB, ISB, custom blocks), in their order. The walker lists each chunk's
 accepted records as iovecs over the mapping (adjacent records merged into one), so a file descriptor
@@ -44,20 +49,32 @@ class Writer:
         self.own = False
         self.file: IO[bytes] | None = None
         self.written = 0
+        self.dst: Source | None = dst  # until opened
+        self.pending: list[bytes] = []  # header blocks held until then
         if isinstance(dst, (str, bytes, os.PathLike)):
             with contextlib.suppress(FileNotFoundError):
                 self._refuse_source(os.stat(dst), source)  # before O_TRUNC empties it
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-            self.fd, self.own = os.open(dst, flags, 0o666), True
             return
         try:
             fd = dst.fileno()
         except (AttributeError, OSError, ValueError):  # io.BytesIO and friends
-            self.file = dst
             return
         self._refuse_source(os.fstat(fd), source)
-        dst.flush()  # what the caller wrote before must come first
-        self.fd = fd
+
+    def _open(self) -> None:
+        dst, self.dst = self.dst, None
+        assert dst is not None
+        if isinstance(dst, (str, bytes, os.PathLike)):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+            self.fd, self.own = os.open(dst, flags, 0o666), True
+        elif self.without_descriptor(dst):
+            self.file = dst
+        else:
+            dst.flush()  # what the caller wrote before must come first
+            self.fd = dst.fileno()
+        pending, self.pending = self.pending, []
+        for data in pending:
+            self._write(data)
 
     @staticmethod
     def _refuse_source(status: os.stat_result, source: CaptureFile) -> None:
@@ -76,6 +93,19 @@ class Writer:
         return False
 
     def block(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes that are not packet records (a header, a pcapng block): held until the output opens."""
+        if self.dst is not None:
+            self.pending.append(bytes(data))
+            return
+        self._write(data)
+
+    def record(self, data: bytes | bytearray | memoryview) -> None:
+        """One packet record's bytes (a cut record: not in the walker's iovecs)."""
+        if self.dst is not None:
+            self._open()
+        self._write(data)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         if self.file is not None:
             self.file.write(data)
         else:
@@ -87,6 +117,8 @@ class Writer:
         count, nbytes = arrays.chunk.iov_count, arrays.chunk.bytes
         if not count:
             return
+        if self.dst is not None:
+            self._open()
         if self.file is not None:
             buffer = bytearray(nbytes)
             gather = walkers.helper("gather")
@@ -115,7 +147,13 @@ class Writer:
             _write_all(self.fd, memoryview(ctypes.string_at(base + skip, length - skip)))
             skip = 0
 
+    def finish(self) -> None:
+        """The input has been read to its end: open the output if no record did (it gets the headers)."""
+        if self.dst is not None:
+            self._open()
+
     def close(self) -> None:
+        """Close what was opened; an output never opened (the run failed before a record) stays as it was."""
         if self.own and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

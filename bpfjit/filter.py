@@ -357,18 +357,24 @@ def compile(
     snaplen: int = DEFAULT_SNAPLEN,
     optimize: bool = True,
     netmask: int | str | None = None,
+    savefile: bool = False,
+    swapped: bool = False,
 ) -> Filter:
     """Compile a program, an iterable of (code, jt, jf, k), or a pcap-filter expression to a Filter.
 
     A `str` is a pcap-filter expression compiled by libpcap for `linktype` (`linktype`, `snaplen`,
     `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`).
+    An expression is compiled for a live capture, or with `savefile=True` (and `swapped`) as
+    `tcpdump -r` compiles it for a capture file (`Program.from_expr`). `filter_file` and the other
+    file operations compile a Filter's expression again for each file they read, as tcpdump does.
     """
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"opt_level must be one of {OPT_LEVELS}, not {opt_level!r}")
     expression: str | None = None
     if isinstance(source, str):
         expression = source
-        program = Program.from_expr(source, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask)
+        program = Program.from_expr(source, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask,
+                                    savefile=savefile, swapped=swapped)  # fmt: skip
     elif isinstance(source, bytes | bytearray | memoryview):
         raise TypeError("compile() takes a Program or an expression; use Program.from_bytes(data) for bytecode")
     else:

@@ -14,12 +14,15 @@ and runs backward jumps. Every entry point that runs a program here validates it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import ipaddress
 import os
 import struct
+import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from .buffers import check_lengths, packet_view
@@ -35,12 +38,15 @@ __all__ = [
     "bpf_image",
     "bpf_validate",
     "compile_expression",
+    "compile_for_savefile",
     "dlt_from_linktype",
     "library",
+    "linktype_from_dlt",
     "linktype_name",
     "linktype_value",
     "native_symbol_address",
     "offline_filter",
+    "savefile_header",
     "version",
 ]
 
@@ -100,10 +106,14 @@ _PROG = ctypes.POINTER(bpf_program)
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "pcap_lib_version": (ctypes.c_char_p, []),
     "pcap_open_dead": (_P, [ctypes.c_int, ctypes.c_int]),
-    "pcap_open_offline": (_P, [ctypes.c_char_p, ctypes.c_char_p]),
+    "pcap_fopen_offline": (_P, [ctypes.c_void_p, ctypes.c_char_p]),
+    "pcap_dump_fopen": (_P, [_P, ctypes.c_void_p]),
+    "pcap_dump_close": (None, [_P]),
     "pcap_close": (None, [_P]),
     "pcap_geterr": (ctypes.c_char_p, [_P]),
     "pcap_datalink": (ctypes.c_int, [_P]),
+    "pcap_snapshot": (ctypes.c_int, [_P]),
+    "pcap_is_swapped": (ctypes.c_int, [_P]),
     "pcap_compile": (ctypes.c_int, [_P, _PROG, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]),
     "pcap_freecode": (None, [_PROG]),
     "pcap_offline_filter": (ctypes.c_int, [_PROG, ctypes.POINTER(pcap_pkthdr), ctypes.c_void_p]),
@@ -334,6 +344,9 @@ def compile_expression(
     snaplen: int = DEFAULT_SNAPLEN,
     optimize: bool = True,
     netmask: int | str | None = None,
+    *,
+    savefile: bool = False,
+    swapped: bool = False,
 ) -> Program:
     """Compile a pcap-filter expression with libpcap's `pcap_compile`, as `tcpdump -d` does.
 
@@ -342,35 +355,158 @@ def compile_expression(
     "255.255.255.0", or None for unknown) is only used by `ip broadcast`. libpcap's error message
     becomes an `ExpressionError`. The result is NOT validated: `ip6 protochain` compiles to a
     backward jump, which libpcap runs and bpfjit rejects.
+
+    By default the program is for a live capture (`pcap_open_dead`, as `tcpdump -d -y` compiles).
+    `savefile=True` compiles it as `tcpdump -r` does for a capture file of that link type and
+    `snaplen` (the file header's value: 0 or above 2^31-1 becomes the link type's maximum, as
+    libpcap reads it), written in the other byte order if `swapped`: libpcap's code differs there
+    (DLT_NULL/LOOP test every BSD value of AF_INET6, and DLT_NULL's family in the file's byte order;
+    `inbound`, `outbound` and `ifindex` are refused on most link types). See `compile_for_savefile`.
     """
+    _check_expression(expression)
+    if not isinstance(snaplen, int) or isinstance(snaplen, bool):
+        raise TypeError(f"snaplen must be an int, not {type(snaplen).__name__}")
+    if savefile:
+        header = savefile_header(linktype, snaplen, swapped=swapped)
+        return compile_for_savefile(expression, header, optimize=optimize, netmask=netmask)
+    if swapped:
+        raise ValueError("swapped=True describes a capture file: pass savefile=True too")
+    if not 0 < snaplen <= 0x7FFFFFFF:
+        raise ValueError(f"snaplen {snaplen} must be between 1 and 2^31-1")
+    dlt = linktype_value(linktype)
+    mask = _netmask_value(netmask)
+    key = (expression, "live", dlt, snaplen, bool(optimize), mask)
+    with _compile_lock:
+        found = _compiled.get(key)
+        if found is not None:
+            _compiled.move_to_end(key)
+            return found
+        handle = library().pcap_open_dead(dlt, snaplen)
+        if not handle:
+            raise MemoryError("pcap_open_dead failed")
+        try:
+            return _compile_on(handle, expression, optimize, mask, key)
+        finally:
+            library().pcap_close(handle)
+
+
+def compile_for_savefile(
+    expression: str, header: bytes, optimize: bool = True, netmask: int | str | None = None
+) -> Program:
+    """Compile `expression` exactly as `tcpdump -r FILE` does for a file that begins with `header`.
+
+    `header` is a classic pcap file header (24 bytes: magic, version, thiszone, sigfigs, snaplen,
+    link type, in either byte order); a pcapng interface is described by `savefile_header` for its
+    link type, snaplen and section byte order. libpcap opens it as a savefile (`pcap_fopen_offline`
+    on the bytes in memory), so the link type, snapshot length and byte order are libpcap's own
+    reading of it, and `pcap_compile` runs on that handle as tcpdump's does on the file's.
+    A header libpcap refuses raises `ValueError` with libpcap's message; a refused expression
+    (`inbound` on Ethernet: "not supported ... when reading savefiles") an `ExpressionError`.
+
+    Programs are cached by what changes libpcap's output: the expression, link type, snapshot length,
+    byte order (for the link types whose code depends on it), `optimize` and the netmask.
+    """
+    _check_expression(expression)
+    if not isinstance(header, (bytes, bytearray)) or len(header) != SAVEFILE_HEADER_LEN:
+        raise ValueError(f"a savefile header is {SAVEFILE_HEADER_LEN} bytes of a classic pcap file")
+    mask = _netmask_value(netmask)
+    lib = library()
+    with _compile_lock, _savefile(bytes(header)) as handle:
+        dlt, snapshot = int(lib.pcap_datalink(handle)), int(lib.pcap_snapshot(handle))
+        swapped = bool(lib.pcap_is_swapped(handle)) and dlt in _BYTE_ORDER_DLTS
+        key = (expression, "savefile", dlt, snapshot, bool(optimize), mask, swapped)
+        found = _compiled.get(key)
+        if found is not None:
+            _compiled.move_to_end(key)
+            return found
+        return _compile_on(handle, expression, optimize, mask, key)
+
+
+SAVEFILE_HEADER_LEN = 24
+PCAP_MAGIC = 0xA1B2C3D4
+# gencode.c reads the handle's byte order (pcap_is_swapped) only for these: DLT_NULL and DLT_ENC
+# store the address family in the writer's byte order. For the others it is not part of the key.
+_BYTE_ORDER_DLTS = frozenset((0, 109))
+# Compiled programs by everything that changes pcap_compile's output (guarded by _compile_lock).
+_compiled: OrderedDict[tuple[object, ...], Program] = OrderedDict()
+COMPILED_KEEP = 512
+
+
+def savefile_header(linktype: int | str, snaplen: int, *, swapped: bool = False) -> bytes:
+    """The 24-byte classic pcap file header of a file of DLT `linktype` and header snaplen `snaplen`,
+    in this machine's byte order or, if `swapped`, the other one (for `compile_for_savefile`)."""
+    if not isinstance(snaplen, int) or isinstance(snaplen, bool):
+        raise TypeError(f"snaplen must be an int, not {type(snaplen).__name__}")
+    if not 0 <= snaplen <= U32_MASK:
+        raise ValueError(f"a file header's snaplen is 32 bits, not {snaplen}")
+    order = ("<" if sys.byteorder == "big" else ">") if swapped else "="
+    return struct.pack(order + "IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, snaplen, linktype_from_dlt(linktype_value(linktype)))
+
+
+def _check_expression(expression: object) -> None:
     if not isinstance(expression, str):
         raise TypeError(f"a filter expression must be a str, not {type(expression).__name__}")
     if "\0" in expression:
         # C would silently see only the text before it.
         raise ExpressionError(expression, "a filter expression cannot contain a NUL character")
-    if not isinstance(snaplen, int) or isinstance(snaplen, bool):
-        raise TypeError(f"snaplen must be an int, not {type(snaplen).__name__}")
-    if not 0 < snaplen <= 0x7FFFFFFF:
-        raise ValueError(f"snaplen {snaplen} must be between 1 and 2^31-1")
-    dlt = linktype_value(linktype)
-    mask = _netmask_value(netmask)
-    source = expression.encode("utf-8")
+
+
+def _compile_on(handle: int, expression: str, optimize: bool, mask: int, key: tuple[object, ...]) -> Program:
+    """pcap_compile on an open handle (with _compile_lock held); the program is cached under `key`."""
     lib = library()
-    with _compile_lock:
-        handle = lib.pcap_open_dead(dlt, snaplen)
-        if not handle:
-            raise MemoryError("pcap_open_dead failed")
-        try:
-            compiled = bpf_program()
-            if lib.pcap_compile(handle, ctypes.byref(compiled), source, int(bool(optimize)), mask) != 0:
-                raise ExpressionError(expression, _text(lib.pcap_geterr(handle)))
-            try:
-                insns = [Insn(i.code, i.jt, i.jf, i.k) for i in compiled.bf_insns[: compiled.bf_len]]
-            finally:
-                lib.pcap_freecode(ctypes.byref(compiled))
-        finally:
-            lib.pcap_close(handle)
-    return Program(insns)
+    compiled = bpf_program()
+    if lib.pcap_compile(handle, ctypes.byref(compiled), expression.encode("utf-8"), int(bool(optimize)), mask) != 0:
+        raise ExpressionError(expression, _text(lib.pcap_geterr(handle)))
+    try:
+        program = Program([Insn(i.code, i.jt, i.jf, i.k) for i in compiled.bf_insns[: compiled.bf_len]])
+    finally:
+        lib.pcap_freecode(ctypes.byref(compiled))
+    _compiled[key] = program
+    while len(_compiled) > COMPILED_KEEP:
+        _compiled.popitem(last=False)
+    return program
+
+
+# -- savefile handles from bytes in memory ---------------------------------------------------------------
+_libc: ctypes.CDLL | None = None
+
+
+def _c_library() -> ctypes.CDLL:
+    """The C library's fmemopen and fclose (stdio streams over memory, for libpcap's FILE * calls)."""
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fmemopen.restype = ctypes.c_void_p
+        libc.fmemopen.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        libc.fclose.restype = ctypes.c_int
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        _libc = libc
+    return _libc
+
+
+def _memory_stream(buffer: ctypes.Array[ctypes.c_char], mode: bytes) -> int:
+    stream = _c_library().fmemopen(buffer, len(buffer), mode)
+    if not stream:
+        error = ctypes.get_errno()
+        raise OSError(error, f"fmemopen: {os.strerror(error)}")
+    return int(stream)
+
+
+@contextlib.contextmanager
+def _savefile(header: bytes) -> Iterator[int]:
+    """A libpcap savefile handle opened on `header` in memory, as `pcap_open_offline` opens a file."""
+    lib = library()
+    buffer = ctypes.create_string_buffer(header, len(header))
+    stream = _memory_stream(buffer, b"rb")
+    errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
+    handle = lib.pcap_fopen_offline(stream, errbuf)
+    if not handle:
+        _c_library().fclose(stream)
+        raise ValueError(f"libpcap cannot read this file header: {_text(errbuf.value)}")
+    try:
+        yield handle
+    finally:
+        lib.pcap_close(handle)  # closes the stream too
 
 
 # -- link types ----------------------------------------------------------------------------------
@@ -446,22 +582,32 @@ def dlt_from_linktype(linktype: int) -> int:
         raise TypeError(f"linktype must be an int, not {type(linktype).__name__}")
     if not 0 <= linktype <= 0xFFFF:
         raise ValueError(f"LINKTYPE value {linktype} does not fit in 16 bits")
-    lib = library()
     # A pcap file header: magic, version 2.4, thiszone, sigfigs, snaplen, linktype (host order).
-    header = struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="bpfjit-linktype-", suffix=".pcap")
+    header = struct.pack("=IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, 65535, linktype)
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(header)
-        errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
-        handle = lib.pcap_open_offline(os.fsencode(path), errbuf)
-        if not handle:
-            raise ValueError(f"libpcap cannot read link type {linktype}: {_text(errbuf.value)}")
-        try:
-            return int(lib.pcap_datalink(handle))
-        finally:
-            lib.pcap_close(handle)
+        with _savefile(header) as handle:
+            return int(library().pcap_datalink(handle))
+    except ValueError as error:
+        raise ValueError(f"libpcap cannot read link type {linktype}: {error}") from None
+
+
+@functools.cache
+def linktype_from_dlt(dlt: int) -> int:
+    """The LINKTYPE_* value a capture file stores for DLT `dlt` (DLT_RAW 12 -> 101): libpcap's
+    `dlt_to_linktype`, which it does not export, read back from the header `pcap_dump_fopen` writes."""
+    lib = library()
+    handle = lib.pcap_open_dead(linktype_value(dlt), 65535)
+    if not handle:
+        raise MemoryError("pcap_open_dead failed")
+    buffer = ctypes.create_string_buffer(SAVEFILE_HEADER_LEN + 8)
+    try:
+        dumper = lib.pcap_dump_fopen(handle, _memory_stream(buffer, b"wb"))
+        if not dumper:
+            raise ValueError(f"libpcap cannot write link type {dlt}: {_text(lib.pcap_geterr(handle))}")
+        lib.pcap_dump_close(dumper)  # flushes the header into `buffer` and closes the stream
     finally:
-        os.unlink(path)
+        lib.pcap_close(handle)
+    linktype = struct.unpack_from("=I", buffer.raw, 20)[0]
+    if linktype == U32_MASK:  # dlt_to_linktype's "no LINKTYPE for it"
+        raise ValueError(f"link type {dlt} has no LINKTYPE_ value for a capture file")
+    return int(linktype)

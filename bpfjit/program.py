@@ -186,8 +186,15 @@ class Program:
         snaplen: int = DEFAULT_SNAPLEN,
         optimize: bool = True,
         netmask: int | str | None = None,
+        *,
+        savefile: bool = False,
+        swapped: bool = False,
     ) -> Program:
-        """Compile a pcap-filter expression (`tcp port 80`) with libpcap's `pcap_compile`."""
+        """Compile a pcap-filter expression (`tcp port 80`) with libpcap's `pcap_compile`: for a live
+        capture by default (as `tcpdump -d -y`), or with `savefile=True` as `tcpdump -r` does for a
+        capture file of that link type and header snaplen (`swapped`: written in the other byte
+        order); the two differ (see `bpfjit.libpcap.compile_expression`)."""
         from .libpcap import compile_expression
 
-        return compile_expression(expression, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask)
+        return compile_expression(expression, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask,
+                                  savefile=savefile, swapped=swapped)  # fmt: skip

@@ -8,7 +8,7 @@ the filter accepts it, appends it to an iovec list over the mapped file (adjacen
 iovec), so that writing the accepted records is one writev call per 1024 runs. Python runs once per
 chunk of thousands of records, never once per record.
 
-    abi.WALK_PCAP    u64 walk_pcap(file, size, pos, swapped, hdrlen, max_caplen, Chunk *chunk)
+    abi.WALK_PCAP    u64 walk_pcap(file, size, pos, swapped, hdrlen, max_caplen, snaplen, Chunk *chunk)
     abi.WALK_PCAPNG  u64 walk_pcapng(file, size, pos, swapped, iface_snaplens, iface_slots, n_ifaces, chunk)
 
 `abi.Chunk` (shared with Python through ctypes) holds the per-record arrays the walker fills
@@ -16,6 +16,13 @@ chunk of thousands of records, never once per record.
 where the walk stopped and why (`Status`). It returns the number of records n; record i occupies
 `[starts[i], starts[i + 1])` and `starts[n]` is where the walk stopped. Records it returns are whole
 and inside the file; whatever it cannot vouch for is a status for Python to explain.
+
+Records are filtered as libpcap hands them to tcpdump's filter. A pcap record longer than the file's
+snapshot length (`snaplen`, as libpcap adjusts it) is cut to it: filtered on its first `snaplen`
+bytes, stored with that caplen, and, as its bytes in the file are not what is written, not put in
+the iovecs: the walk stops after it (`Status.CUT`, rare: fuzzed files and foreign writers) for
+Python to write it. A caplen above the link type's maximum (`max_caplen`) is a corrupt header, as
+is a pcapng caplen above its interface's (adjusted) snaplen: libpcap refuses both.
 
 `walker(format, programs)` runs `programs[slot]` on each record, where a record's link-type slot is
 the index of its interface's link type in the file (pcap has one; `iface_slots` maps pcapng
@@ -52,12 +59,13 @@ class Status(IntEnum):
     END = 0  # the file ends exactly after the last record
     FULL = 1  # `capacity` records walked
     TRUNCATED = 2  # the next record's header or data runs past the end of the file
-    BAD_CAPLEN = 3  # pcap: a caplen above the sanity limit (a corrupt record header)
+    BAD_CAPLEN = 3  # a caplen above the link type's maximum (pcap) or the interface's snaplen (pcapng)
     BAD_BLOCK = 4  # pcapng: a packet block whose lengths are inconsistent
     BAD_INTERFACE = 5  # pcapng: a packet block naming an interface no IDB described
     OTHER_BLOCK = 6  # pcapng: a non-packet block (SHB, IDB, NRB, ISB, ...), for Python to handle
     NEW_LINKTYPE = 7  # pcapng: a packet of a link type this walker has no filter for (compile one, resume)
     LIMIT = 8  # `limit` packets accepted (tcpdump's -c)
+    CUT = 9  # pcap: the last record was longer than the snapshot and was cut (not in the iovecs)
 
 
 # pcapng block types a walker handles; every other block goes back to Python.
@@ -173,8 +181,9 @@ class _Builder:
         return self.b.gep(self["chunk"], [self.const(self.i32, 0), self.const(self.i32, FIELDS[name])], inbounds=True)
 
     def record(self, n: ir.Value, at: ir.Value, end: ir.Value, data: ir.Value, caplen: ir.Value, wirelen: ir.Value,
-               iface: ir.Value | None, verdict: ir.Value) -> None:  # fmt: skip
-        """Store record n (occupying [at, end)); if accepted, append it to the iovecs; next record."""
+               iface: ir.Value | None, verdict: ir.Value, cut: ir.Value | None = None) -> None:  # fmt: skip
+        """Store record n (occupying [at, end)); if accepted, append it to the iovecs; next record.
+        A `cut` record is counted but not appended, and ends the walk (`Status.CUT`)."""
         b, f, i64, i32 = self.b, self.fields, self.i64, self.i32
         b.store(at, self.at(f["starts"], n))
         b.store(data, self.at(f["offsets"], n))
@@ -186,7 +195,16 @@ class _Builder:
         b.store(end, self.pos)
         b.store(self.add64(n, 1), self.i)
         take, extend, fresh, counted = (self.block(x) for x in ("take", "extend", "fresh", "counted"))
-        b.cbranch(b.icmp_unsigned("!=", verdict, self.const(i32, 0)), take, self.head)
+        accept = b.icmp_unsigned("!=", verdict, self.const(i32, 0))
+        if cut is not None:
+            whole, cut_off = self.block("whole"), self.block("cut")
+            b.cbranch(cut, cut_off, whole).set_weights([1, 2000])
+            b.position_at_end(cut_off)  # counted (for -c), written by Python
+            b.store(b.add(b.load(self.accepted), b.zext(accept, i64)), self.accepted)
+            b.store(self.const(i64, Status.CUT), self.status)
+            b.branch(self.done)
+            b.position_at_end(whole)
+        b.cbranch(accept, take, self.head)
 
         b.position_at_end(take)
         length = b.sub(end, at, name="length")
@@ -271,13 +289,21 @@ def emit_walk_pcap(module: ir.Module, name: str, filters: Sequence[ir.Function |
     b.prefetch_ahead(at)
     caplen = b.load_u32(b.add64(at, 8), "caplen")
     wirelen = b.load_u32(b.add64(at, 12), "wirelen")
+    # caplen > snaplen (the caller passes min(snapshot, maximum)): corrupt above the maximum, else cut
+    long = bb.icmp_unsigned(">", caplen, b["snaplen"], name="long")
+    cold, checked = b.block("long"), b.block("checked")
+    bb.cbranch(long, cold, checked).set_weights([1, 2000])
+    bb.position_at_end(cold)
     b.stop_if(bb.icmp_unsigned(">", caplen, b["max_caplen"]), Status.BAD_CAPLEN, "caplen")
+    bb.branch(checked)
+    bb.position_at_end(checked)
     caplen64 = bb.zext(caplen, i64)
     b.stop_if(bb.icmp_unsigned(">", caplen64, bb.sub(left, hdrlen)), Status.TRUNCATED, "short_data")
     data = bb.add(at, hdrlen, name="data")
     packet = bb.gep(b["file"], [data], inbounds=True, name="packet")
-    verdict = b.verdict(filters, b.const(i32, 0), packet, caplen, wirelen)
-    b.record(n, at, bb.add(data, caplen64, name="next"), data, caplen, wirelen, None, verdict)
+    seen = bb.select(long, b["snaplen"], caplen, name="seen")  # what libpcap hands the filter
+    verdict = b.verdict(filters, b.const(i32, 0), packet, seen, wirelen)
+    b.record(n, at, bb.add(data, caplen64, name="next"), data, seen, wirelen, None, verdict, long)
     return b.finish_walk()
 
 
@@ -338,9 +364,8 @@ def emit_walk_pcapng(module: ir.Module, name: str, filters: Sequence[ir.Function
     check_length(16, "spb")
     b.stop_if(bb.icmp_unsigned("==", b["n_ifaces"], b.const(i32, 0)), Status.BAD_INTERFACE, "spb.iface")
     wirelen = b.load_u32(b.add64(at, 8), "spb.wirelen")
-    snaplen = bb.load(b.at(b["iface_snaplens"], b.const(i64, 0)), name="snaplen0")
-    limited = bb.and_(bb.icmp_unsigned("!=", snaplen, b.const(i32, 0)), bb.icmp_unsigned("<", snaplen, wirelen))
-    caplen = bb.select(limited, snaplen, wirelen, name="caplen")
+    snaplen0 = bb.load(b.at(b["iface_snaplens"], b.const(i64, 0)), name="snaplen0")  # adjusted: never 0
+    caplen = bb.select(bb.icmp_unsigned("<", snaplen0, wirelen), snaplen0, wirelen, name="caplen")
     room = bb.sub(length, b.const(i64, 16), name="room")
     b.stop_if(bb.icmp_unsigned(">", bb.zext(caplen, i64), room), Status.BAD_BLOCK, "spb.caplen")
     bb.store(b.const(i32, 0), v_iface)
@@ -353,6 +378,8 @@ def emit_walk_pcapng(module: ir.Module, name: str, filters: Sequence[ir.Function
     iface = bb.load(v_iface, name="iface")
     b.stop_if(bb.icmp_unsigned(">=", iface, b["n_ifaces"]), Status.BAD_INTERFACE, "iface")
     data, caplen, wirelen = bb.load(v_data), bb.load(v_caplen), bb.load(v_wirelen)
+    snaplen = bb.load(b.at(b["iface_snaplens"], bb.zext(iface, i64)), name="snaplen")
+    b.stop_if(bb.icmp_unsigned(">", caplen, snaplen), Status.BAD_CAPLEN, "caplen")  # libpcap refuses it
     slot = b.const(i32, 0)
     if filters:
         slot = bb.load(b.at(b["iface_slots"], bb.zext(iface, i64)), name="slot")

@@ -412,7 +412,7 @@ def test_corrupt_pcap_record(tmp_path: Path) -> None:
     src = tmp_path / "bad.pcap"
     src.write_bytes(header + b"".join(records[:10]) + bytes(bad) + b"".join(records[11:]))
     out = tmp_path / "out.pcap"
-    with pytest.raises(CaptureFileError, match="corrupt record header: caplen 16777215") as raised:
+    with pytest.raises(CaptureFileError, match="invalid packet capture length 16777215, bigger than snaplen") as raised:
         bpfjit.filter_file(src, out)
     assert raised.value.offset == len(header) + sum(map(len, records[:10]))
     assert out.read_bytes() == header + b"".join(records[:10])
@@ -425,7 +425,10 @@ def test_corrupt_pcap_record(tmp_path: Path) -> None:
         (b"\xd4\xc3", 0, "truncated file header"),
         (b"GIF89a" + bytes(30), 0, "not a pcap or pcapng file"),
         (struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)[:20], 0, "truncated pcap file header"),
-        (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), 4, "unsupported pcap version 3.0"),
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), 4, "unsupported pcap savefile version 3.0"),
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 5, 0, 0, 65535, 1), 4, "unsupported pcap savefile version 2.5"),
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 1, 4, 0, 0, 65535, 1), 4, "archaic pcap savefile format"),
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 2, 0, 0, 65535, 1), 4, "version 2.2 .caplen and len swapped"),
         (struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x11223344, 1, 0, -1) + struct.pack("<I", 28), 8,
          "byte-order magic"),
         (struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 2, 0, -1) + struct.pack("<I", 28), 12,

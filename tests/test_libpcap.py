@@ -229,6 +229,83 @@ def test_linktype_raw_from_a_capture_file_compiles_as_dlt_raw() -> None:
     assert libpcap.compile_expression("udp", libpcap.dlt_from_linktype(101)) == raw
 
 
+# -- savefile compiles ---------------------------------------------------------------------------------
+HOST = "<" if sys.byteorder == "little" else ">"
+
+
+def _file(tmp_path: object, linktype: int, snaplen: int, order: str) -> str:
+    path = os.path.join(str(tmp_path), f"lt{linktype}-{snaplen}-{order == '>'}.pcap")
+    with open(path, "wb") as f:
+        f.write(struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dlt", "linktype", "snaplen"),
+    [("NULL", 0, 65535), ("NULL", 0, 0), ("LOOP", 108, 1500), ("EN10MB", 1, 0x80000000), ("RAW", 101, 96),
+     ("LINUX_SLL", 113, 262144), ("LINUX_SLL2", 276, 0xFFFFFFFF)],
+)  # fmt: skip
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_savefile_compile_equals_tcpdump_reading_the_file(tmp_path: object, dlt: str, linktype: int, snaplen: int,
+                                                          order: str) -> None:  # fmt: skip
+    """`savefile=True` (and `swapped`) compiles what `tcpdump -r FILE -ddd` prints for such a file:
+    libpcap's snaplen adjustment (0, above 2^31-1), DLT_NULL's byte order, the BSD AF_INET6 values."""
+    path = _file(tmp_path, linktype, snaplen, order)
+    header = open(path, "rb").read()  # noqa: SIM115
+    for expression in ("ip", "ip6", "tcp port 443", "not ip6 and udp", "inbound"):
+        try:
+            expected = tcpdump_ddd(expression, "-r", path)
+        except AssertionError:  # tcpdump refused it: so does bpfjit, in libpcap's words
+            with pytest.raises(ExpressionError, match="when reading savefiles"):
+                libpcap.compile_for_savefile(expression, header)
+            continue
+        swapped = order != HOST
+        assert libpcap.compile_for_savefile(expression, header, netmask=0) == expected
+        assert libpcap.compile_expression(expression, dlt, snaplen, savefile=True, swapped=swapped) == expected
+        assert Program.from_expr(expression, dlt, snaplen, savefile=True, swapped=swapped) == expected
+
+
+def test_live_and_savefile_compiles_differ_and_are_cached_apart() -> None:
+    live = libpcap.compile_expression("ip6", "NULL")
+    savefile = libpcap.compile_expression("ip6", "NULL", savefile=True)
+    assert live != savefile and len(savefile) == len(live) + 2  # three AF_INET6 values against Linux's one
+    assert live[1].k == 10 << 24 and {insn.k for insn in savefile[1:4]} == {24 << 24, 28 << 24, 30 << 24}
+    assert libpcap.compile_expression("ip6", "NULL") == live  # in any order, each gets its own
+    assert libpcap.compile_expression("ip", "NULL", savefile=True, swapped=True)[1].k == 2
+    assert libpcap.compile_expression("ip", "NULL", savefile=True)[1].k == 2 << 24
+    assert libpcap.compile_expression("inbound", "LINUX_SLL", savefile=True) == libpcap.compile_expression(
+        "inbound", "LINUX_SLL")  # fmt: skip
+    with pytest.raises(ExpressionError, match="inbound/outbound not supported on Ethernet when reading savefiles"):
+        libpcap.compile_expression("inbound", savefile=True)
+    with pytest.raises(ExpressionError, match="ifindex not supported on BSD loopback when reading savefiles"):
+        bpfjit.compile("ifindex 3", linktype="NULL", savefile=True)
+    assert len(libpcap.compile_expression("inbound")) > 2  # a live capture reads the packet type
+    # the snaplen a file header states, as libpcap reads it: 0 is the link type's maximum
+    assert libpcap.compile_expression("ip", snaplen=0, savefile=True) == libpcap.compile_expression("ip")
+
+
+def test_savefile_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="savefile=True"):
+        libpcap.compile_expression("ip", swapped=True)
+    with pytest.raises(ValueError, match="between 1 and"):
+        libpcap.compile_expression("ip", snaplen=0)
+    with pytest.raises(ValueError, match="32 bits"):
+        libpcap.compile_expression("ip", snaplen=1 << 32, savefile=True)
+    with pytest.raises(ValueError, match="24 bytes"):
+        libpcap.compile_for_savefile("ip", b"\xd4\xc3\xb2\xa1")
+    version_9 = struct.pack("<IHHiIII", 0xA1B2C3D4, 9, 0, 0, 0, 65535, 1)
+    with pytest.raises(ValueError, match=r"unsupported pcap savefile version 9\.0"):
+        libpcap.compile_for_savefile("ip", version_9)
+
+
+@pytest.mark.parametrize("dlt", [0, 1, 9, 12, 105, 113, 127, 228, 229, 276])
+def test_linktype_from_dlt_inverts_dlt_from_linktype(dlt: int) -> None:
+    assert libpcap.dlt_from_linktype(libpcap.linktype_from_dlt(dlt)) == dlt
+    assert libpcap.savefile_header(dlt, 100)[20:] == struct.pack("=I", libpcap.linktype_from_dlt(dlt))
+    if sys.platform == "linux" and dlt == 12:
+        assert libpcap.linktype_from_dlt(dlt) == 101
+
+
 # -- libpcap's interpreter, validator and disassembler ----------------------------------------------------
 def test_bpf_filter_on_a_tcp_port_80_packet() -> None:
     program = libpcap.compile_expression("tcp port 80")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpfjit import Program, capfile, interpret, strategies, walkers
+from bpfjit import Insn, Program, capfile, interpret, strategies, walkers
 from bpfjit.capformat import HOST_ORDER, U64_MAX, ChunkArrays
 from bpfjit.walkers import Status
 
@@ -29,14 +29,16 @@ def pcap_records(frames: list[tuple[bytes, int]], order: str = "<", header_len: 
 
 
 def walk_pcap(data: bytes, capacity: int = 64, programs: tuple[Program | None, ...] = (), order: str = "<",
-              max_caplen: int = 262144, limit: int = U64_MAX, pos: int = 0) -> tuple[int, ChunkArrays]:  # fmt: skip
-    """Run the pcap walker over `data` (records only, no file header) from `pos`."""
+              max_caplen: int = 262144, limit: int = U64_MAX, pos: int = 0,
+              snaplen: int | None = None) -> tuple[int, ChunkArrays]:  # fmt: skip
+    """Run the pcap walker over `data` (records only, no file header) from `pos`; records longer
+    than `snaplen` (default: `max_caplen`) are cut."""
     buffer = ctypes.create_string_buffer(data, len(data))
     arrays = ChunkArrays(capacity)
     arrays.chunk.limit = limit
     swapped = int(order != HOST_ORDER)
     n = walkers.walker("pcap", programs)(ctypes.addressof(buffer), len(data), pos, swapped, 16, max_caplen,
-                                         arrays.address)  # fmt: skip
+                                         max_caplen if snaplen is None else snaplen, arrays.address)  # fmt: skip
     return n, arrays
 
 
@@ -69,6 +71,25 @@ def test_walk_pcap_stops() -> None:
     assert (n, arr.chunk.status, arr.chunk.end) == (3, Status.BAD_CAPLEN, 61)
     n, arr = walk_pcap(b"")
     assert (n, arr.chunk.status) == (0, Status.END)
+
+
+def test_walk_pcap_cuts_records_longer_than_the_snapshot() -> None:
+    """A record longer than the snapshot is filtered on its first snaplen bytes, as libpcap hands it
+    on, counted, left out of the iovecs, and ends the walk (Status.CUT) for Python to write."""
+    data = pcap_records(FRAMES)
+    n, arr = walk_pcap(data, snaplen=8)
+    assert (n, arr.chunk.status, arr.chunk.end) == (1, Status.CUT, 26)
+    assert (arr.caplens[0], arr.wirelens[0], arr.offsets[0], arr.chunk.accepted) == (8, 10, 16, 1)
+    assert arr.chunk.iov_count == 0 and arr.chunk.bytes == 0
+    n, arr = walk_pcap(data, snaplen=8, pos=26)  # resumes after it; the two short ones merge, the last is cut
+    assert (n, arr.chunk.status, arr.caplens[:3], arr.chunk.iov_count, arr.iov[1]) == (3, Status.CUT, [0, 3, 8], 1, 35)
+    n, arr = walk_pcap(data, snaplen=8, pos=61, max_caplen=59)  # above the link type's maximum: corrupt
+    assert (n, arr.chunk.status, arr.chunk.end) == (0, Status.BAD_CAPLEN, 61)
+    # the filter sees the cut length: a program that needs byte 9 drops what it would keep whole
+    needs_ten = Program([Insn(0x30, 0, 0, 9), Insn(0x06, 0, 0, 1)])  # ldb [9]; ret #1
+    assert walk_pcap(data, programs=(needs_ten,))[1].verdicts[0] == 1
+    n, arr = walk_pcap(data, programs=(needs_ten,), snaplen=9)
+    assert (n, arr.chunk.status, arr.verdicts[0], arr.chunk.accepted) == (1, Status.CUT, 0, 0)
 
 
 def test_walk_filters_and_merges_iovecs() -> None:
@@ -106,7 +127,7 @@ def test_walk_pcapng_blocks_and_classes(order: str) -> None:
     blocks = [_epb(order, 0, b"\x01" * 5, 5), _epb(order, 1, b"\x02" * 8, 9), idb, _epb(order, 0, b"", 0)]
     data = _pcapng(order, blocks)
     buffer = ctypes.create_string_buffer(data, len(data))
-    snaplens, slots = (ctypes.c_uint32 * 2)(0, 0), (ctypes.c_uint32 * 2)(0, 1)
+    snaplens, slots = (ctypes.c_uint32 * 2)(262144, 262144), (ctypes.c_uint32 * 2)(0, 1)  # adjusted snaplens
     arrays = ChunkArrays(16)
     swapped = int(order != HOST_ORDER)
 
@@ -123,6 +144,9 @@ def test_walk_pcapng_blocks_and_classes(order: str) -> None:
     assert (n, arrays.chunk.status, arrays.chunk.end) == (1, Status.NEW_LINKTYPE, 28 + 40)
     n = walk((UDP_OR_KEEP_ALL, None), 28)
     assert (n, arrays.chunk.status, arrays.verdicts[:2]) == (2, Status.OTHER_BLOCK, [0, 1])
+    snaplens[1] = 7  # libpcap refuses a caplen above its interface's snaplen: a corrupt block
+    n = walk((), 28)
+    assert (n, arrays.chunk.status, arrays.chunk.end) == (1, Status.BAD_CAPLEN, 28 + 40)
 
 
 @settings(max_examples=min(settings().max_examples, 100))  # a compile per example
