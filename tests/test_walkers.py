@@ -29,11 +29,13 @@ def pcap_records(frames: list[tuple[bytes, int]], order: str = "<", header_len: 
 
 
 def walk_pcap(data: bytes, capacity: int = 64, programs: tuple[Program | None, ...] = (), order: str = "<",
-              max_caplen: int = 262144, limit: int = U64_MAX, pos: int = 0) -> tuple[int, ChunkArrays]:  # fmt: skip
+              max_caplen: int = 262144, limit: int = U64_MAX, pos: int = 0,
+              stop_at: int = U64_MAX) -> tuple[int, ChunkArrays]:  # fmt: skip
     """Run the pcap walker over `data` (records only, no file header) from `pos`."""
     buffer = ctypes.create_string_buffer(data, len(data))
     arrays = ChunkArrays(capacity)
     arrays.chunk.limit = limit
+    arrays.chunk.stop_at = stop_at
     swapped = int(order != HOST_ORDER)
     n = walkers.walker("pcap", programs)(ctypes.addressof(buffer), len(data), pos, swapped, 16, max_caplen,
                                          arrays.address)  # fmt: skip
@@ -69,6 +71,20 @@ def test_walk_pcap_stops() -> None:
     assert (n, arr.chunk.status, arr.chunk.end) == (3, Status.BAD_CAPLEN, 61)
     n, arr = walk_pcap(b"")
     assert (n, arr.chunk.status) == (0, Status.END)
+
+
+def test_walk_pcap_stop_at() -> None:
+    """A walk stops before the first record starting at or after `stop_at` and reports where that is:
+    the offset the next byte range must start from (capparallel's boundary protocol)."""
+    data = pcap_records(FRAMES)  # records at 0, 26, 42, 61
+    for stop_at, walked, end in ((1, 1, 26), (26, 1, 26), (27, 2, 42), (61, 3, 61), (62, 4, len(data)), (0, 0, 0)):
+        n, arr = walk_pcap(data, stop_at=stop_at)
+        status = Status.END if end == len(data) else Status.STOP
+        assert (n, arr.chunk.status, arr.chunk.end, arr.starts[n]) == (walked, status, end, end)
+    n, arr = walk_pcap(data, pos=42, stop_at=42)  # already past it: no record, stopped where it is
+    assert (n, arr.chunk.status, arr.chunk.end) == (0, Status.STOP, 42)
+    n, arr = walk_pcap(data[:61 + 20], stop_at=61)  # a bad record past the range is not this range's error
+    assert (n, arr.chunk.status, arr.chunk.end) == (3, Status.STOP, 61)
 
 
 def test_walk_filters_and_merges_iovecs() -> None:
