@@ -3,9 +3,11 @@
     bpfjit.filter_file("big.pcap", "out.pcap", "tcp port 80", workers=2)   # byte-identical to workers=1
 
 The file (after its header) is cut into byte ranges [b_i, b_i+1). A walker call releases the GIL, so
-threads walking different ranges run in parallel; the main thread writes the ranges' accepted records
-in order, each as soon as it and every range before it are done, while the threads walk ahead (at most
-`2 * workers` ranges are held, each as compact iovecs over the mapping, never as packet bytes).
+threads walking different ranges run in parallel; the calling thread writes the ranges' accepted
+records in order, each as soon as it and every range before it are done, and walks a range itself
+while the next one to write is not ready (`workers - 1` more threads, so no core is oversubscribed:
+the write competes with the walks otherwise). At most `2 * workers` ranges are held, each as compact
+iovecs over the mapping (16 bytes per run of accepted records), never as packet bytes.
 
 Where a range's first record starts is not known: classic pcap records are not self-delimiting, and a
 plausible-looking record header may sit inside a packet (a pcap carried over TCP is full of them). So
@@ -49,9 +51,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges", "workers_for"]
 
-# Below this a file is walked on one thread by default: measured with bench/parallel_bench.py (a range
-# costs a guess and a few Python calls, ~0.1 ms; 8 MB walk in ~1 ms).
-PARALLEL_MIN_BYTES = 16 << 20
+# Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
+# machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
+# write half of it) two threads gained nothing measurable; at 365 MB they do (see the README).
+PARALLEL_MIN_BYTES = 64 << 20
 RANGES_PER_WORKER = 4  # more ranges than threads: one slow range (a redo, a busy core) holds up less
 MIN_RANGE_BYTES, MAX_RANGE_BYTES = 1 << 20, 64 << 20
 GUESS_CHAIN = 4  # record headers that must chain up (or reach the end of the file) for a guess
@@ -248,15 +251,28 @@ class _Ahead:
                     return
                 index = self.claimed
                 self.claimed += 1
-            try:
-                result: Walked | BaseException = self.task(index)
-            except BaseException as error:  # handed to the main thread, raised there
-                result = error
-            self.results[index] = result
-            self.ready[index].set()
+            self._walk(index)
+
+    def _walk(self, index: int) -> None:
+        try:
+            result: Walked | BaseException = self.task(index)
+        except BaseException as error:  # handed to the main thread, raised there
+            result = error
+        self.results[index] = result
+        self.ready[index].set()
 
     def result(self, index: int) -> Walked:
-        self.ready[index].wait()
+        """Range `index`'s walk; until it is done, the caller walks ranges nobody has claimed yet (so
+        `workers` threads in all: the writing thread is one of them)."""
+        while not self.ready[index].is_set():
+            with self.cond:
+                mine = self.claimed if self.claimed < min(self.count, self.taken + self.window) else None
+                if mine is not None:
+                    self.claimed += 1
+            if mine is None:
+                self.ready[index].wait()
+            else:
+                self._walk(mine)
         result, self.results[index] = self.results[index], None
         with self.cond:
             self.taken = index + 1
@@ -290,7 +306,7 @@ def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], worke
             writer.block(view[:PCAP_HEADER_LEN])
     read, accepted, redone = 0, [0] * walker.outputs, 0
     position = bounds[0]  # where the verified walk is: the next record's start
-    ahead = _Ahead(min(workers, ranges), ranges, 2 * workers, task)
+    ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
     try:
         for i in range(ranges):
             walked = ahead.result(i)
