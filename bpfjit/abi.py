@@ -34,6 +34,7 @@ class Chunk(ctypes.Structure):
         ("group_bytes", ctypes.c_void_p),  # u64[capacity / IOV_GROUP + 1]: bytes per writev call
         ("capacity", ctypes.c_uint64),  # in: records per call at most
         ("limit", ctypes.c_uint64),  # in: stop once this many records are accepted
+        ("stop_at", ctypes.c_uint64),  # in: stop before a record that starts at or after this offset
         ("end", ctypes.c_uint64),  # out: where the walk stopped (the file offset)
         ("status", ctypes.c_uint64),  # out: Status
         ("iov_count", ctypes.c_uint64),  # out: iovecs used

@@ -24,7 +24,7 @@ import ctypes
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import walkers
+from . import capparallel, walkers
 from .capfilters import LinkTypeFilters
 from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Section
 from .capwriter import Writer
@@ -75,6 +75,7 @@ def filter_file(
     linktype: int | str | None = None,
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[int, int, int], None] | None = None,
+    workers: int | None = None,
 ) -> FileStats:
     """Copy the packets of capture file `src` that `filter` accepts to `dst`, as `tcpdump -r -w` does.
 
@@ -89,7 +90,8 @@ def filter_file(
     record or the end of the input, so a run that fails before leaves it untouched. `count` stops
     after that many accepted packets (tcpdump's -c). `progress(bytes_done, read, accepted)` is called
     after each chunk. A truncated or corrupt file raises `CaptureFileError` once every complete record
-    before the bad spot has been written.
+    before the bad spot has been written. `workers` threads walk byte ranges of the file (default: every
+    CPU for a file large enough to pay, `capparallel`); the output is the same byte for byte.
     """
     _check_chunk(chunk)
     if count is not None and count < 0:
@@ -100,7 +102,12 @@ def filter_file(
         filters.walker()  # compile before the output is opened: a bad expression must not clobber it
         writer = Writer(dst, capture) if dst is not None else None  # opened at the first record
         try:
-            stats = _filter_into(capture, filters, writer, count, chunk, progress)
+            if (threads := capparallel.workers_for(capture, workers, count)) > 1:
+                run = capparallel.filter_ranges(capture, filters.walker()[0], writer, threads, count=count,
+                                                chunk=chunk, progress=progress)  # fmt: skip
+                stats = FileStats(run.read, run.accepted[0], 0)
+            else:
+                stats = _filter_into(capture, filters, writer, count, chunk, progress)
             if writer is not None:
                 writer.finish()
                 stats = stats._replace(written=writer.written)
@@ -117,13 +124,14 @@ def split_file(
     *,
     linktype: int | str | None = None,
     chunk: int = DEFAULT_CHUNK,
+    workers: int | None = None,
 ) -> list[FileStats]:
     """Copy each packet of `src` to every `dsts[i]` whose `filters[i]` accepts it, in ONE pass.
 
     The filters (expressions compiled for each link type in the file, or programs) run together
     as one native classifier (`bpfjit.compile_many`) over each chunk of records the walker lists;
     every output keeps the input's header and non-packet blocks, and its accepted records byte for
-    byte, as `filter_file` would write it for that filter alone.
+    byte, as `filter_file` would write it for that filter alone. `workers`: as for `filter_file`.
     """
     _check_chunk(chunk)
     import numpy as np
@@ -155,6 +163,12 @@ def split_file(
         data = np.frombuffer(capture.map, dtype=np.uint8)
         arrays = ChunkArrays(chunk)
         try:
+            if (threads := capparallel.workers_for(capture, workers)) > 1:
+                run = capparallel.split_ranges(capture, keep_all.walker()[0], classifier, writers, threads, chunk=chunk)
+                for writer in writers:
+                    writer.finish()
+                return [FileStats(run.read, accepted, writer.written) for accepted, writer in
+                        zip(run.accepted, writers, strict=True)]  # fmt: skip
             with memoryview(capture.map) as view:
                 for event in capture.events(keep_all, lambda: arrays):
                     if isinstance(event, Block):

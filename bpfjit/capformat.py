@@ -123,7 +123,7 @@ class ChunkArrays:
         self.group_bytes = (ctypes.c_uint64 * (capacity // walkers.IOV_GROUP + 1))()
         arrays = {name: ctypes.addressof(getattr(self, name)) for name in
                   ("starts", "offsets", "caplens", "wirelens", "ifaces", "verdicts", "iov", "group_bytes")}  # fmt: skip
-        self.chunk = walkers.Chunk(**arrays, capacity=capacity, limit=U64_MAX)
+        self.chunk = walkers.Chunk(**arrays, capacity=capacity, limit=U64_MAX, stop_at=U64_MAX)
         self.address = ctypes.addressof(self.chunk)
 
 

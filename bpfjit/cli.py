@@ -255,7 +255,7 @@ def _split_command(args: argparse.Namespace) -> int:
         return 2
     template = args.split if "{}" in args.split else args.split + ".{}"
     outputs = [template.format(index) for index in range(len(expressions))]
-    results = capfile.split_file(args.read, outputs, expressions, linktype=args.linktype)
+    results = capfile.split_file(args.read, outputs, expressions, linktype=args.linktype, workers=args.jobs)
     for expression, output, stats in zip(expressions, outputs, results, strict=True):
         print(f"{output}: {stats.accepted} of {stats.read} packets ({expression})", file=sys.stderr)
     return 0
@@ -310,7 +310,7 @@ def _filter_command(args: argparse.Namespace) -> int:
             _print_packets(args, spec, progress)
         else:
             capfile.filter_file(args.read, args.write, spec, count=args.count, linktype=args.linktype,
-                                progress=progress)  # fmt: skip
+                                progress=progress, workers=args.jobs)  # fmt: skip
     except CaptureFileError:  # what came before the bad spot was written: say how much
         progress.summary()
         raise
@@ -388,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write accepted packets here (same format; - for standard output); without it, "
                                "print one line each")  # fmt: skip
     p_filter.add_argument("-c", dest="count", type=int, help="stop after COUNT accepted packets")
+    p_filter.add_argument("-j", dest="jobs", type=int, metavar="N",
+                          help="threads over byte ranges of the file (default: every CPU for a large pcap)")
     p_filter.add_argument("-y", dest="linktype", help="compile the expression for this link type, not the file's")
     p_filter.add_argument("-F", dest="file", help="read the expression, or a program (-d/-dd/-ddd/bpf_asm), from FILE")
     p_filter.add_argument("-d", action="count", default=0, help="print the program (-d, -dd, -ddd) and exit")

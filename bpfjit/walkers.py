@@ -66,6 +66,7 @@ class Status(IntEnum):
     NEW_LINKTYPE = 7  # pcapng: a packet of a link type this walker has no filter for (compile one, resume)
     LIMIT = 8  # `limit` packets accepted (tcpdump's -c)
     CUT = 9  # pcap: the last record was longer than the snapshot and was cut (not in the iovecs)
+    STOP = 10  # the next record starts at or after `stop_at` (the end of a byte range: capparallel)
 
 
 # pcapng block types a walker handles; every other block goes back to Python.
@@ -158,7 +159,7 @@ class _Builder:
         i64 = self.i64
         self.fields = {name: self.b.load(self.field(name), name=name) for name in
                        ("starts", "offsets", "caplens", "wirelens", "ifaces", "verdicts", "iov", "group_bytes",
-                        "capacity", "limit")}  # fmt: skip
+                        "capacity", "limit", "stop_at")}  # fmt: skip
         zero = self.const(i64, 0)
         self.i = self.var(i64, zero, "i")
         self.pos = self.var(i64, self["pos"], "pos")
@@ -174,6 +175,7 @@ class _Builder:
         self.stop_if(self.b.icmp_unsigned(">=", n, self.fields["capacity"]), Status.FULL, "full")
         left = self.b.sub(self["size"], at, name="left")
         self.stop_if(self.b.icmp_unsigned("==", left, self.const(i64, 0)), Status.END, "end")
+        self.stop_if(self.b.icmp_unsigned(">=", at, self.fields["stop_at"]), Status.STOP, "stop_at")
         self.head = head
         return n, at, left
 

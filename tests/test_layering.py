@@ -41,7 +41,7 @@ GROUPS: dict[str, set[str]] = {
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
     "runtime": {"filter", "classifier", "batch"},
     "peers": {"libpcap", "libpcap_loop"},
-    "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers"},
+    "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel"},
     "live": {"capture"},
     "integrations": {"adapters"},
     "tools": {"__init__", "__main__", "cli", "benchmark", "packetmix"},

@@ -30,12 +30,13 @@ def pcap_records(frames: list[tuple[bytes, int]], order: str = "<", header_len: 
 
 def walk_pcap(data: bytes, capacity: int = 64, programs: tuple[Program | None, ...] = (), order: str = "<",
               max_caplen: int = 262144, limit: int = U64_MAX, pos: int = 0,
-              snaplen: int | None = None) -> tuple[int, ChunkArrays]:  # fmt: skip
+              snaplen: int | None = None, stop_at: int = U64_MAX) -> tuple[int, ChunkArrays]:  # fmt: skip
     """Run the pcap walker over `data` (records only, no file header) from `pos`; records longer
-    than `snaplen` (default: `max_caplen`) are cut."""
+    than `snaplen` (default: `max_caplen`) are cut; the walk stops before a record at `stop_at`."""
     buffer = ctypes.create_string_buffer(data, len(data))
     arrays = ChunkArrays(capacity)
     arrays.chunk.limit = limit
+    arrays.chunk.stop_at = stop_at
     swapped = int(order != HOST_ORDER)
     n = walkers.walker("pcap", programs)(ctypes.addressof(buffer), len(data), pos, swapped, 16, max_caplen,
                                          max_caplen if snaplen is None else snaplen, arrays.address)  # fmt: skip
@@ -90,6 +91,20 @@ def test_walk_pcap_cuts_records_longer_than_the_snapshot() -> None:
     assert walk_pcap(data, programs=(needs_ten,))[1].verdicts[0] == 1
     n, arr = walk_pcap(data, programs=(needs_ten,), snaplen=9)
     assert (n, arr.chunk.status, arr.verdicts[0], arr.chunk.accepted) == (1, Status.CUT, 0, 0)
+
+
+def test_walk_pcap_stop_at() -> None:
+    """A walk stops before the first record starting at or after `stop_at` and reports where that is:
+    the offset the next byte range must start from (capparallel's boundary protocol)."""
+    data = pcap_records(FRAMES)  # records at 0, 26, 42, 61
+    for stop_at, walked, end in ((1, 1, 26), (26, 1, 26), (27, 2, 42), (61, 3, 61), (62, 4, len(data)), (0, 0, 0)):
+        n, arr = walk_pcap(data, stop_at=stop_at)
+        status = Status.END if end == len(data) else Status.STOP
+        assert (n, arr.chunk.status, arr.chunk.end, arr.starts[n]) == (walked, status, end, end)
+    n, arr = walk_pcap(data, pos=42, stop_at=42)  # already past it: no record, stopped where it is
+    assert (n, arr.chunk.status, arr.chunk.end) == (0, Status.STOP, 42)
+    n, arr = walk_pcap(data[:61 + 20], stop_at=61)  # a bad record past the range is not this range's error
+    assert (n, arr.chunk.status, arr.chunk.end) == (3, Status.STOP, 61)
 
 
 def test_walk_filters_and_merges_iovecs() -> None:

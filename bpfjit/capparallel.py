@@ -1,0 +1,404 @@
+"""All cores for one capture file: threads walk byte ranges of one mapping; output in the input's order.
+
+    bpfjit.filter_file("big.pcap", "out.pcap", "tcp port 80", workers=2)   # byte-identical to workers=1
+
+The file (after its header) is cut into byte ranges [b_i, b_i+1). A walker call releases the GIL, so
+threads walking different ranges run in parallel; the calling thread writes the ranges' accepted
+records in order, each as soon as it and every range before it are done, and walks a range itself
+while the next one to write is not ready (`workers - 1` more threads, so no core is oversubscribed:
+the write competes with the walks otherwise). At most `2 * workers` ranges are held, each as compact
+iovecs over the mapping (16 bytes per run of accepted records), never as packet bytes.
+
+Where a range's first record starts is not known: classic pcap records are not self-delimiting, and a
+plausible-looking record header may sit inside a packet (a pcap carried over TCP is full of them). So
+range i > 0 starts from a *guess* g_i >= b_i (`guess_pcap`: the first offset where a few chained
+record headers look right) and walks until the next record would start at or after b_i+1 (the walker's
+`stop_at`, `Status.STOP`), reporting that offset e_i. Range 0 starts at the first record. The main
+thread checks, in order, that g_i equals e_i-1 (where the previous range's verified walk crossed b_i);
+a range whose guess was wrong is walked again from e_i-1 (`Run.redone` counts these), and its new end
+is what range i+1's guess is checked against. Every record written was therefore reached by one
+unbroken walk from the file header, exactly the records `workers=1` writes.
+
+Errors and -c are decided in order too: a truncated or corrupt record raises `CaptureFileError` (the
+same as `workers=1`, at the same offset) once every range before it and its own records before the bad
+spot are written; a walk from a wrong guess that fails says nothing, it is redone. With `count`, each
+range stops after `count` accepted records; the range in which the total reaches `count` is walked
+again from its verified start with the exact remainder as its limit, so the same first N are written.
+
+pcapng runs on one thread (`workers_for` says 1): its context (each section's byte order, its
+interfaces' link types and snap lengths) would need a scan of every block header first.
+
+Default worker count: the CPUs this process may run on, for files of at least `PARALLEL_MIN_BYTES`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+from . import walkers
+from .capformat import HOST_ORDER, PCAP_HEADER_LEN, U64_MAX, ChunkArrays
+from .walkers import Status
+
+if TYPE_CHECKING:
+    from .capformat import CaptureFile
+    from .capwriter import Writer
+
+__all__ = ["Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges", "workers_for"]
+
+# Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
+# machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
+# write half of it) two threads gained nothing measurable; at 365 MB they do (see the README).
+PARALLEL_MIN_BYTES = 64 << 20
+RANGES_PER_WORKER = 4  # more ranges than threads: one slow range (a redo, a busy core) holds up less
+MIN_RANGE_BYTES, MAX_RANGE_BYTES = 1 << 20, 64 << 20
+GUESS_CHAIN = 4  # record headers that must chain up (or reach the end of the file) for a guess
+GUESS_SCAN = 1 << 16  # offsets a guess looks at before giving up (the range is then walked from e_i-1)
+GUESS_MAX_SECONDS = 86400  # consecutive records' timestamps differ by less than this
+GUESS_MAX_WIRELEN = 1 << 24
+
+
+def default_workers(size: int) -> int:
+    """Threads for a file of `size` bytes when the caller did not say: every usable CPU if it pays."""
+    if size < PARALLEL_MIN_BYTES:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def workers_for(capture: CaptureFile, workers: int | None, count: int | None = None) -> int:
+    """The threads a run over `capture` uses: 1 for pcapng (see the module doc) and for -c 0."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be positive, not {workers}")
+    if capture.format != "pcap" or count == 0:
+        return 1
+    return default_workers(capture.size) if workers is None else workers
+
+
+class Run(NamedTuple):
+    """What a parallel run did: records read, accepted per output, ranges walked, ranges walked again."""
+
+    read: int
+    accepted: list[int]
+    ranges: int
+    redone: int
+
+
+def boundaries(first: int, size: int, workers: int, range_bytes: int | None = None) -> list[int]:
+    """b_0 = first record, ..., b_n = size: ranges of `range_bytes` (default: a few per worker)."""
+    body = size - first
+    if range_bytes is None:
+        range_bytes = min(max(body // (workers * RANGES_PER_WORKER), MIN_RANGE_BYTES), MAX_RANGE_BYTES)
+    ranges = max(1, round(body / max(range_bytes, 1)))  # evenly: no sliver of a last range
+    return [first + body * i // ranges for i in range(ranges)] + [size]
+
+
+# -- guessing where a range's first record starts -------------------------------------------------------
+def guess_pcap(capture: CaptureFile, lo: int, hi: int) -> int | None:
+    """The first offset in [lo, hi) (looking at `GUESS_SCAN` offsets at most) where `GUESS_CHAIN`
+    record headers chain up plausibly: fraction below a second, caplen within the snaplen, wirelen >=
+    caplen, each record inside the file, neighbours' timestamps within `GUESS_MAX_SECONDS`. A guess
+    only saves work: `filter_ranges` checks it and walks the range again if it was wrong."""
+    order, hdr, size, data = capture.order, capture.record_header, capture.size, capture.map
+    units = capture.interfaces[0].ts_units
+    bound = capture.snaplen if 0 < capture.snaplen <= capture.max_caplen else capture.max_caplen
+    unpack = struct.Struct(order + "IIII").unpack_from
+    last = min(hi, lo + GUESS_SCAN, size - hdr + 1)
+    if last <= lo:
+        return None
+
+    def record(at: int) -> tuple[int, int] | None:
+        sec, frac, caplen, wirelen = unpack(data, at)
+        end = at + hdr + caplen
+        if frac >= units or caplen > bound or not caplen <= wirelen <= GUESS_MAX_WIRELEN or end > size:
+            return None
+        return sec, end
+
+    # C-speed prefilter (an offset that passes still gets every check): the high bytes of the fraction,
+    # caplen and wirelen fields are small
+    window = data[lo : last + 15]
+    for match in _prefilter(order).finditer(window):
+        at = lo + match.start()
+        first = record(at)
+        if first is None:
+            continue
+        sec, end = first
+        for _ in range(GUESS_CHAIN - 1):
+            if end == size:
+                break
+            if end + hdr > size or (next_ := record(end)) is None or abs(next_[0] - sec) > GUESS_MAX_SECONDS:
+                break
+            sec, end = next_
+        else:
+            return at
+        if end == size:
+            return at
+    return None
+
+
+_PREFILTERS: dict[str, re.Pattern[bytes]] = {}
+
+
+def _prefilter(order: str) -> re.Pattern[bytes]:
+    """Offsets whose fraction field is below 2^30 and whose caplen and wirelen are below 2^24."""
+    if order not in _PREFILTERS:
+        # little-endian: the most significant byte is the last of each field
+        pattern = rb"(?=.{7}[\x00-\x3f].{3}\x00.{3}\x00)" if order == "<" else rb"(?=.{4}[\x00-\x3f].{3}\x00.{3}\x00)"
+        _PREFILTERS[order] = re.compile(pattern, re.DOTALL)
+    return _PREFILTERS[order]
+
+
+# -- one range ------------------------------------------------------------------------------------------
+class Kept:
+    """A chunk's accepted records for one output, as `Writer.records` takes them: compact copies of the
+    walker's iovecs (16 bytes per run of records) and per-writev byte counts."""
+
+    def __init__(self, iov: Any, group_bytes: Any, count: int, nbytes: int):
+        self.iov, self.group_bytes = iov, group_bytes
+        self.chunk = walkers.Chunk(iov_count=count, bytes=nbytes)
+
+    @classmethod
+    def copy(cls, arrays: ChunkArrays) -> Kept | None:
+        count = arrays.chunk.iov_count
+        if not count:
+            return None
+        groups = (count + walkers.IOV_GROUP - 1) // walkers.IOV_GROUP
+        iov, group_bytes = (ctypes.c_uint64 * (2 * count))(), (ctypes.c_uint64 * groups)()
+        ctypes.memmove(iov, arrays.iov, ctypes.sizeof(iov))
+        ctypes.memmove(group_bytes, arrays.group_bytes, ctypes.sizeof(group_bytes))
+        return cls(iov, group_bytes, count, arrays.chunk.bytes)
+
+
+class Walked:
+    """One range's walk: where it started and stopped and why, what it read and kept for each output."""
+
+    def __init__(self, start: int | None, limit: int):
+        self.start, self.limit = start, limit  # start None: no plausible record start found
+        self.end, self.status = start, Status.STOP
+        self.read = 0
+        self.accepted: list[int] = []
+        # (output, records) in file order; bytes: a record cut to the snapshot (not in the iovecs)
+        self.kept: list[tuple[int, Kept | bytes]] = []
+
+
+# Consumes one walker call's chunk (arrays, records walked, whether the last one was cut) into a Walked.
+Consume = Callable[[ChunkArrays, int, Walked, bool], None]
+
+
+class _Walker:
+    """Walks ranges of a classic pcap file with one compiled walker (shared by the threads: the code
+    is reentrant, each call brings its own Chunk)."""
+
+    def __init__(self, capture: CaptureFile, walk: Any, chunk: int, consume: Consume, outputs: int):
+        self.capture, self.walk, self.chunk, self.consume, self.outputs = capture, walk, chunk, consume, outputs
+        self.swapped = int(capture.order != HOST_ORDER)
+        self.snapshot = min(capture.snaplen, capture.max_caplen)  # records longer are cut (Status.CUT)
+        self.local = threading.local()  # each thread's ChunkArrays, reused from range to range
+
+    def __call__(self, start: int | None, stop: int, limit: int = U64_MAX) -> Walked:
+        walked = Walked(start, limit)
+        walked.accepted = [0] * self.outputs
+        if start is None:
+            return walked
+        arrays = getattr(self.local, "arrays", None)
+        if arrays is None:
+            arrays = self.local.arrays = ChunkArrays(self.chunk)
+        capture, chunk = self.capture, arrays.chunk
+        chunk.stop_at, chunk.limit = stop, limit
+        pos = start
+        while True:
+            n = self.walk(capture.address, capture.size, pos, self.swapped, capture.record_header,
+                          capture.max_caplen, self.snapshot, arrays.address)  # fmt: skip
+            pos, status = chunk.end, chunk.status
+            if n:
+                walked.read += n
+                self.consume(arrays, n, walked, status == Status.CUT)
+            if status not in (Status.FULL, Status.CUT):
+                walked.end, walked.status = pos, Status(status)
+                return walked
+            if limit != U64_MAX:
+                chunk.limit = limit - walked.accepted[0]
+
+
+# -- the threads ---------------------------------------------------------------------------------------
+class _Ahead:
+    """Worker threads that run `task(i)` for i = 0, 1, ... in order of claim, at most `window` ahead of
+    the range the main thread is writing; `result(i)` waits for range i (and raises what it raised)."""
+
+    def __init__(self, workers: int, count: int, window: int, task: Callable[[int], Walked]):
+        self.task, self.count, self.window = task, count, window
+        self.results: list[Walked | BaseException | None] = [None] * count
+        self.ready = [threading.Event() for _ in range(count)]
+        self.claimed = self.taken = 0
+        self.stopping = False
+        self.cond = threading.Condition()
+        self.threads = [threading.Thread(target=self._work, name=f"bpfjit-range-{k}", daemon=True)
+                        for k in range(workers)]  # fmt: skip
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopping and self.claimed < self.count and self.claimed >= self.taken + self.window:
+                    self.cond.wait()
+                if self.stopping or self.claimed >= self.count:
+                    return
+                index = self.claimed
+                self.claimed += 1
+            self._walk(index)
+
+    def _walk(self, index: int) -> None:
+        try:
+            result: Walked | BaseException = self.task(index)
+        except BaseException as error:  # handed to the main thread, raised there
+            result = error
+        self.results[index] = result
+        self.ready[index].set()
+
+    def result(self, index: int) -> Walked:
+        """Range `index`'s walk; until it is done, the caller walks ranges nobody has claimed yet (so
+        `workers` threads in all: the writing thread is one of them)."""
+        while not self.ready[index].is_set():
+            with self.cond:
+                mine = self.claimed if self.claimed < min(self.count, self.taken + self.window) else None
+                if mine is not None:
+                    self.claimed += 1
+            if mine is None:
+                self.ready[index].wait()
+            else:
+                self._walk(mine)
+        result, self.results[index] = self.results[index], None
+        with self.cond:
+            self.taken = index + 1
+            self.cond.notify_all()
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None
+        return result
+
+    def close(self) -> None:
+        """Stop claiming ranges and wait for the walks under way: the mapping must outlive them."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+
+
+def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], workers: int, count: int | None,
+         progress: Callable[[int, int, int], None] | None, range_bytes: int | None) -> Run:  # fmt: skip
+    bounds = boundaries(PCAP_HEADER_LEN, capture.size, workers, range_bytes)
+    ranges = len(bounds) - 1
+    limit = U64_MAX if count is None else count
+
+    def task(i: int) -> Walked:
+        start = bounds[0] if i == 0 else guess_pcap(capture, bounds[i], bounds[i + 1])
+        return walker(start, bounds[i + 1], limit)
+
+    with memoryview(capture.map) as view:
+        for writer in writers:
+            writer.block(view[:PCAP_HEADER_LEN])
+    read, accepted, redone = 0, [0] * walker.outputs, 0
+    position = bounds[0]  # where the verified walk is: the next record's start
+    ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
+    try:
+        for i in range(ranges):
+            walked = ahead.result(i)
+            if walked.start != position:  # a wrong guess (or none): walk it again from where it starts
+                redone += position < bounds[i + 1]
+                walked = walker(position, bounds[i + 1], limit)
+            if count is not None and accepted[0] + walked.accepted[0] >= count:
+                if walked.limit != count - accepted[0]:  # stop at exactly the count-th accepted record
+                    walked = walker(position, bounds[i + 1], count - accepted[0])
+                _write(walked, writers)
+                read += walked.read
+                accepted[0] += walked.accepted[0]
+                break
+            _write(walked, writers)
+            read += walked.read
+            accepted = [a + b for a, b in zip(accepted, walked.accepted, strict=True)]
+            if progress is not None:
+                progress(cast(int, walked.end), read, accepted[0])
+            if walked.status in (Status.END, Status.LIMIT):
+                break
+            if walked.status != Status.STOP:
+                raise capture._pcap_error(cast(int, walked.end), walked.status)
+            position = cast(int, walked.end)
+    finally:
+        ahead.close()
+    return Run(read, accepted, ranges, redone)
+
+
+def _write(walked: Walked, writers: Sequence[Writer]) -> None:
+    for output, kept in walked.kept:
+        if isinstance(kept, bytes):
+            writers[output].record(kept)
+        else:
+            writers[output].records(cast(ChunkArrays, kept))  # Kept has the fields records() reads
+
+
+# -- the operations ----------------------------------------------------------------------------------------
+def filter_ranges(capture: CaptureFile, walk: Any, writer: Writer | None, workers: int, *, count: int | None = None,
+                  chunk: int, progress: Callable[[int, int, int], None] | None = None,
+                  range_bytes: int | None = None) -> Run:  # fmt: skip
+    """`filter_file`'s loop on `workers` threads: the records `walk` (a pcap walker) accepts, to `writer`."""
+
+    def consume(arrays: ChunkArrays, n: int, walked: Walked, cut: bool) -> None:
+        walked.accepted[0] += arrays.chunk.accepted
+        if writer is not None and (kept := Kept.copy(arrays)) is not None:
+            walked.kept.append((0, kept))
+        if writer is not None and cut and arrays.verdicts[n - 1]:
+            walked.kept.append((0, capture.cut_record(int(arrays.starts[n - 1]))))
+
+    walker = _Walker(capture, walk, chunk, consume, 1)
+    return _run(capture, walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
+
+
+def split_ranges(capture: CaptureFile, walk: Any, classifier: Callable[[int], Any], writers: Sequence[Writer],
+                 workers: int, *, chunk: int, range_bytes: int | None = None) -> Run:  # fmt: skip
+    """`split_file`'s loop on `workers` threads: `walk` keeps every record, `classifier(0)` (a
+    `Classifier`) says which outputs each goes to; each output's records are kept as iovecs."""
+    import numpy as np
+
+    from .batch import Batch
+
+    data = np.frombuffer(capture.map, dtype=np.uint8)
+    classify = classifier(0)  # pcap: one link type, compiled by the caller before any output was opened
+    group = walkers.IOV_GROUP
+
+    def consume(arrays: ChunkArrays, n: int, walked: Walked, cut: bool) -> None:
+        starts = np.frombuffer(memoryview(arrays.starts), dtype=np.uint64, count=n + 1)
+        offsets = np.frombuffer(memoryview(arrays.offsets), dtype=np.uint64, count=n)
+        caplens = np.frombuffer(memoryview(arrays.caplens), dtype=np.uint32, count=n)
+        wirelens = np.maximum(np.frombuffer(memoryview(arrays.wirelens), dtype=np.uint32, count=n), caplens)
+        verdicts = classify.run_batch(Batch(data, offsets, caplens, wirelens))
+        lengths = starts[1:] - starts[:-1]
+        for index in range(len(writers)):
+            chosen = np.flatnonzero(verdicts[:, index])
+            if not len(chosen):
+                continue
+            walked.accepted[index] += len(chosen)
+            last_cut = cut and chosen[-1] == n - 1  # its bytes are not the file's: written apart
+            if last_cut:
+                chosen = chosen[:-1]
+            if len(chosen):
+                iov = np.empty((len(chosen), 2), dtype=np.uint64)  # struct iovec {base, len}
+                iov[:, 0] = starts[chosen] + np.uint64(capture.address)
+                iov[:, 1] = lengths[chosen]
+                sums = np.add.reduceat(iov[:, 1], np.arange(0, len(chosen), group))
+                iov_copy = (ctypes.c_uint64 * iov.size).from_buffer_copy(iov.data)
+                sums_copy = (ctypes.c_uint64 * len(sums)).from_buffer_copy(sums.data)
+                walked.kept.append((index, Kept(iov_copy, sums_copy, len(chosen), int(sums.sum()))))
+            if last_cut:
+                walked.kept.append((index, capture.cut_record(int(starts[n - 1]))))
+
+    walker = _Walker(capture, walk, chunk, consume, len(writers))
+    return _run(capture, walker, writers, workers, None, None, range_bytes)

@@ -1,0 +1,269 @@
+"""capparallel: threads over byte ranges of one file write exactly what one thread writes.
+
+The ranges are made small here (a few KiB, hundreds per file) so that every boundary case comes up:
+guesses that are right, guesses fooled by record headers inside packets (a pcap carried over TCP),
+ranges inside one record, a bad record in the middle or at the end, -c stopping mid-range.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from needs import require, tcpdump_path
+from pcapfiles import pcap_records
+
+import bpfjit
+from bpfjit import Batch, capfile, capparallel, cli, packetmix, samples
+from bpfjit.capfilters import LinkTypeFilters
+from bpfjit.capformat import CaptureFile
+from bpfjit.capwriter import Writer
+from bpfjit.errors import CaptureFileError
+
+EXPRESSIONS = [None, "tcp port 80", "udp", "ip[6:2] & 0x3fff != 0"]
+
+
+def parallel(src: Path, dst: Path | None, expression: str | None, *, workers: int = 2, range_bytes: int,
+             count: int | None = None) -> capparallel.Run:  # fmt: skip
+    """filter_file with the range size chosen (filter_file's default makes one range of a small file)."""
+    with CaptureFile(src) as capture:
+        walk = LinkTypeFilters(expression, capture).walker()[0]
+        writer = Writer(dst, capture) if dst is not None else None
+        try:
+            return capparallel.filter_ranges(capture, walk, writer, workers, count=count, chunk=97,
+                                             range_bytes=range_bytes)  # fmt: skip
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def pcap_over_tcp(tmp_path: Path, inner_packets: int = 1500, seed: int = 3) -> Path:
+    """A capture of a pcap file (of short snaps: several records per segment) being copied over TCP
+    (port 80), between ordinary traffic: its payloads are full of valid, chained record headers with
+    timestamps near the outer ones."""
+    inner = tmp_path / "inner.pcap"
+    snaps = [(data[:96], wirelen) for data, wirelen in packetmix.generate_list(inner_packets, seed=seed)]
+    packetmix.write_pcap(inner, Batch.from_packets([d for d, _ in snaps], [w for _, w in snaps]))
+    data = inner.read_bytes()
+    other = packetmix.generate_list(len(data) // 1448 + 1, seed=seed + 1)
+    frames: list[tuple[bytes, int]] = []
+    for index, at in enumerate(range(0, len(data), 1448)):
+        segment = samples.tcp(40000, 80, 0x18, data[at : at + 1448])
+        frame = samples.ethernet(0x0800, samples.ipv4(6, segment))
+        frames += [(frame, len(frame)), other[index]]
+    outer = tmp_path / "pcap-over-tcp.pcap"
+    packetmix.write_pcap(outer, Batch.from_packets([f for f, _ in frames], [w for _, w in frames]))
+    return outer
+
+
+def test_boundaries_and_guesses(tmp_path: Path) -> None:
+    assert capparallel.boundaries(24, 1024, 2, 300) == [24, 357, 690, 1024]
+    assert capparallel.boundaries(24, 100, 4, 1000) == [24, 100]
+    src = tmp_path / "mix.pcap"
+    packetmix.write_pcap(src, packetmix.generate(2000, seed=4))
+    _, records = pcap_records(src.read_bytes())
+    starts, at = set(), 24
+    for record in records:
+        starts.add(at)
+        at += len(record)
+    with CaptureFile(src) as capture:
+        guesses = [capparallel.guess_pcap(capture, lo, lo + 5000) for lo in range(24, capture.size - 5000, 3001)]
+        right = [g for g in guesses if g in starts]
+        assert len(right) >= 0.9 * len(guesses) and len(guesses) > 100  # an ordinary file: nearly always right
+        for lo, g in zip(range(24, capture.size, 3001), guesses, strict=False):
+            if g in starts:  # and the first record start at or after lo
+                assert not any(lo <= s < g for s in starts)
+        assert capparallel.guess_pcap(capture, capture.size - 10, capture.size) is None  # no room for a header
+
+
+@pytest.mark.parametrize("nano", [False, True])
+def test_same_bytes_as_one_thread(tmp_path: Path, nano: bool) -> None:
+    src = tmp_path / "mix.pcap"
+    packetmix.write_pcap(src, packetmix.generate(3000, seed=7), nanosecond=nano)
+    for expression in EXPRESSIONS:
+        one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        for workers, range_bytes in ((2, 4096), (3, 777), (2, 1 << 20)):
+            run = parallel(src, many, expression, workers=workers, range_bytes=range_bytes)
+            assert many.read_bytes() == one.read_bytes(), (expression, workers, range_bytes)
+            assert (run.read, run.accepted[0]) == (expected.read, expected.accepted)
+            assert run.redone <= run.ranges // 10  # an ordinary file: guesses are right
+        assert bpfjit.filter_file(src, many, expression, workers=2) == expected
+        assert many.read_bytes() == one.read_bytes()
+
+
+def test_big_endian_and_long_records(tmp_path: Path) -> None:
+    """A big-endian file whose records are longer than a range: ranges with no record start of their own."""
+    src = tmp_path / "be.pcap"
+    frames = [(bytes([i % 251]) * (9000 if i % 5 == 0 else 70), 9000) for i in range(600)]
+    with src.open("wb") as f:
+        f.write(struct.pack(">IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i, (data, wirelen) in enumerate(frames):
+            f.write(struct.pack(">IIII", 1_700_000_000 + i // 100, i * 7, len(data), wirelen) + data)
+    one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+    for expression in (None, "len > 1000"):
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        run = parallel(src, many, expression, range_bytes=2000)
+        assert many.read_bytes() == one.read_bytes() and run.accepted[0] == expected.accepted
+        assert run.ranges > 500
+
+
+def test_pcap_over_tcp_guesses_wrong_and_is_redone(tmp_path: Path) -> None:
+    """Record headers inside payloads fool the guesses; the checked boundaries put every range right."""
+    src = pcap_over_tcp(tmp_path)
+    one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+    for expression in (None, "tcp port 80", "not tcp port 80"):
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        run = parallel(src, many, expression, range_bytes=3000)
+        assert many.read_bytes() == one.read_bytes(), expression
+        assert (run.read, run.accepted[0]) == (expected.read, expected.accepted)
+        assert run.redone > run.ranges // 3, (run.redone, run.ranges)  # most boundaries fall in payloads
+
+
+def test_pcap_over_tcp_same_as_tcpdump(tmp_path: Path) -> None:
+    path = tcpdump_path()
+    require(path is not None, "tcpdump")
+    assert path is not None
+    src = pcap_over_tcp(tmp_path, inner_packets=800, seed=8)
+    theirs, ours = tmp_path / "tcpdump.pcap", tmp_path / "ours.pcap"
+    as_root = ["-Z", "root"] if __import__("os").geteuid() == 0 else []
+    for expression in ("tcp port 80", "udp or arp"):
+        result = subprocess.run([path, *as_root, "-r", str(src), "-w", str(theirs), expression], capture_output=True)
+        assert result.returncode == 0, result.stderr
+        run = parallel(src, ours, expression, range_bytes=2048)
+        assert ours.read_bytes() == theirs.read_bytes() and run.redone > 0, expression
+
+
+def _outcome(call: object) -> tuple[str, int | None]:
+    try:
+        call()  # type: ignore[operator]
+    except CaptureFileError as error:
+        return "error", error.offset
+    return "ok", None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad caplen", "short header"])
+def test_bad_records_raise_where_one_thread_does(tmp_path: Path, damage: str) -> None:
+    src = tmp_path / "mix.pcap"
+    packetmix.write_pcap(src, packetmix.generate(3000, seed=12))
+    data = bytearray(src.read_bytes())
+    _, records = pcap_records(bytes(data))
+    at = 24 + sum(len(r) for r in records[:1700])  # a record in the middle of the file
+    if damage == "truncated":
+        data = data[: at + 30]
+    elif damage == "bad caplen":
+        struct.pack_into("<I", data, at + 8, 10_000_000)
+    else:
+        data = data[: at + 9]
+    src.write_bytes(bytes(data))
+    one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+    for expression in (None, "tcp"):
+        expected = _outcome(lambda: bpfjit.filter_file(src, one, expression, workers=1))  # noqa: B023
+        for range_bytes in (1000, 5000, 1 << 20):
+            got = _outcome(lambda: parallel(src, many, expression, range_bytes=range_bytes))  # noqa: B023
+            assert got == expected == ("error", at), (expression, range_bytes)
+            assert many.read_bytes() == one.read_bytes()  # every record before the bad one, nothing after
+
+
+def test_count_gives_the_same_first_packets(tmp_path: Path) -> None:
+    src = pcap_over_tcp(tmp_path, inner_packets=600)
+    one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+    for expression in ("tcp port 80", "udp"):
+        total = bpfjit.filter_file(src, None, expression).accepted
+        for count in (1, 2, 17, total // 2, total - 1, total, total + 5):
+            expected = bpfjit.filter_file(src, one, expression, count=count, workers=1)
+            run = parallel(src, many, expression, range_bytes=2500, count=count)
+            assert many.read_bytes() == one.read_bytes(), (expression, count)
+            assert run.accepted[0] == expected.accepted == min(count, total)
+            assert bpfjit.filter_file(src, many, expression, count=count, workers=2) == expected
+
+
+def test_split_same_as_one_thread(tmp_path: Path) -> None:
+    src = pcap_over_tcp(tmp_path, inner_packets=600)
+    expressions = ["tcp port 80", "udp", "arp", "len > 600"]
+    singles = []
+    for index, expression in enumerate(expressions):
+        singles.append(tmp_path / f"single-{index}.pcap")
+        bpfjit.filter_file(src, singles[-1], expression, workers=1)
+    outputs = [tmp_path / f"split-{i}.pcap" for i in range(len(expressions))]
+    expected = capfile.split_file(src, outputs, expressions, workers=1)
+    with CaptureFile(src) as capture:
+        keep_all = LinkTypeFilters(None, capture).walker()[0]
+        programs = [LinkTypeFilters(e, capture).program_for(0) for e in expressions]
+        classify = bpfjit.compile_many([p for p in programs if p is not None])
+        writers = [Writer(o, capture) for o in outputs]
+        run = capparallel.split_ranges(capture, keep_all, lambda slot: classify, writers, 2, chunk=50,
+                                       range_bytes=1500)  # fmt: skip
+        for writer in writers:
+            writer.close()
+    assert run.redone > 0 and run.accepted == [s.accepted for s in expected]
+    for output, single in zip(outputs, singles, strict=True):
+        assert output.read_bytes() == single.read_bytes()
+    buffers = [io.BytesIO() for _ in expressions]  # no file descriptor: the gathered path
+    assert capfile.split_file(src, buffers, expressions, workers=2) == expected
+    assert [b.getvalue() for b in buffers] == [s.read_bytes() for s in singles]
+
+
+def test_workers_argument_and_pcapng(tmp_path: Path) -> None:
+    src = tmp_path / "mix.pcap"
+    packetmix.write_pcap(src, packetmix.generate(200, seed=1))
+    with CaptureFile(src) as capture:
+        assert capparallel.workers_for(capture, None) == 1  # too small to pay
+        assert capparallel.workers_for(capture, 3) == 3 and capparallel.workers_for(capture, 3, count=0) == 1
+        with pytest.raises(ValueError, match="workers"):
+            capparallel.workers_for(capture, 0)
+    assert capparallel.default_workers(capparallel.PARALLEL_MIN_BYTES) >= 1
+    ng = tmp_path / "mix.pcapng"
+    cli.main(["filter", "-r", str(src), "-w", str(tmp_path / "copy.pcap")])
+    from pcapfiles import mix, write_pcapng
+
+    write_pcapng(ng, mix(50))
+    with CaptureFile(ng) as capture:
+        assert capparallel.workers_for(capture, 4) == 1  # pcapng: one thread (module doc)
+    assert bpfjit.filter_file(ng, tmp_path / "o.pcapng", "tcp", workers=4).read == 50
+
+
+def test_cli_jobs(tmp_path: Path) -> None:
+    src = pcap_over_tcp(tmp_path, inner_packets=300)
+    one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+    assert cli.main(["filter", "-r", str(src), "-w", str(one), "-j", "1", "tcp port 80"]) == 0
+    assert cli.main(["filter", "-r", str(src), "-w", str(many), "-j", "2", "tcp port 80"]) == 0
+    assert one.read_bytes() == many.read_bytes() and len(one.read_bytes()) > 10_000
+    template = str(tmp_path / "part-{}.pcap")
+    assert cli.main(["filter", "-r", str(src), "-j", "2", "--split", template, "tcp port 80", "udp"]) == 0
+    assert Path(template.format(0)).read_bytes() == one.read_bytes()
+
+
+def test_records_longer_than_the_snapshot_are_cut_as_one_thread_cuts_them(tmp_path: Path) -> None:
+    """A fuzzed/foreign file whose records exceed its snaplen: each range writes the cut records
+    (Status.CUT) in their place, for filter_file and split_file alike."""
+    src = tmp_path / "long.pcap"
+    frames = packetmix.generate_list(400, seed=11)
+    with src.open("wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 100, 1))  # snaplen 100
+        for i, (data, wirelen) in enumerate(frames):
+            f.write(struct.pack("<IIII", 1_700_000_000, i, len(data), wirelen) + data)
+    assert sum(len(d) > 100 for d, _ in frames) > 50
+    one, many = tmp_path / "one.pcap", tmp_path / "many.pcap"
+    for expression in (None, "tcp", "len > 200"):
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        run = parallel(src, many, expression, range_bytes=3000)
+        assert many.read_bytes() == one.read_bytes() and run.accepted[0] == expected.accepted, expression
+    outputs = [tmp_path / "a.pcap", tmp_path / "b.pcap"]
+    singles = [tmp_path / "sa.pcap", tmp_path / "sb.pcap"]
+    expressions = ["tcp", "not tcp"]
+    for expression, single in zip(expressions, singles, strict=True):
+        bpfjit.filter_file(src, single, expression, workers=1)
+    with CaptureFile(src) as capture:
+        keep_all = LinkTypeFilters(None, capture).walker()[0]
+        programs = [LinkTypeFilters(e, capture).program_for(0) for e in expressions]
+        classify = bpfjit.compile_many([p for p in programs if p is not None])
+        writers = [Writer(o, capture) for o in outputs]
+        capparallel.split_ranges(capture, keep_all, lambda slot: classify, writers, 2, chunk=50, range_bytes=3000)
+        for writer in writers:
+            writer.finish()
+            writer.close()
+    assert [o.read_bytes() for o in outputs] == [s.read_bytes() for s in singles]
