@@ -102,9 +102,13 @@ def filter_file(
         filters.walker()  # compile before the output is opened: a bad expression must not clobber it
         writer = Writer(dst, capture) if dst is not None else None  # opened at the first record
         try:
-            if (threads := capparallel.workers_for(capture, workers, count)) > 1:
-                run = capparallel.filter_ranges(capture, filters.walker()[0], writer, threads, count=count,
-                                                chunk=chunk, progress=progress)  # fmt: skip
+            if (threads := capparallel.workers_for(capture, workers, count, pcapng=True)) > 1:
+                if capture.format == "pcapng":
+                    run = capparallel.filter_ranges_pcapng(capture, filters, writer, threads, chunk=chunk,
+                                                           progress=progress)  # fmt: skip
+                else:
+                    run = capparallel.filter_ranges(capture, filters.walker()[0], writer, threads, count=count,
+                                                    chunk=chunk, progress=progress)  # fmt: skip
                 stats = FileStats(run.read, run.accepted[0], 0)
             else:
                 stats = _filter_into(capture, filters, writer, count, chunk, progress)

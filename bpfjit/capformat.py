@@ -296,15 +296,17 @@ class CaptureFile:
         return list(dict.fromkeys(found))
 
     # -- walking -----------------------------------------------------------------------------------
-    def events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+    def events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
+               section: Section | None = None) -> Iterator[Records | Block]:  # fmt: skip
         """The file as events in file order: packet records a chunk at a time, and bytes to copy.
 
         Raises `CaptureFileError` at a truncated or corrupt spot, after yielding everything before it.
-        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones).
+        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones). pcapng:
+        from the block at `start` in `section` (capparallel goes on from where its ranges stopped).
         """
         if self.format == "pcap":
             return self._pcap_events(filters, arrays)
-        return self._pcapng_events(filters, arrays)
+        return self._pcapng_events(filters, arrays, start, section)
 
     def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
         walk, filtered = filters.walker()
@@ -342,10 +344,9 @@ class CaptureFile:
         data = start + self.record_header
         return bytes(header) + self.map[data : data + self.snaplen]
 
-    def _pcapng_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+    def _pcapng_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], pos: int = 0,
+                       section: Section | None = None) -> Iterator[Records | Block]:  # fmt: skip
         walk, filtered = filters.walker()
-        pos = 0
-        section: Section | None = None
         while True:
             left = self.size - pos
             if left == 0:

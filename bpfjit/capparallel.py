@@ -25,8 +25,15 @@ spot are written; a walk from a wrong guess that fails says nothing, it is redon
 range stops after `count` accepted records; the range in which the total reaches `count` is walked
 again from its verified start with the exact remainder as its limit, so the same first N are written.
 
-pcapng runs on one thread (`workers_for` says 1): its context (each section's byte order, its
-interfaces' link types and snap lengths) would need a scan of every block header first.
+pcapng (`filter_file` only; `split_file` and -c run it on one thread): its packets are read in a
+context — the section's byte order, its interfaces' link types and snap lengths — that only the
+section and interface blocks before them set. The calling thread reads the blocks before the first
+packet block (the context of almost every file, whose interfaces are all described up front); ranges
+are walked in that context from guessed block starts (`guess_pcapng`: 4-aligned, chained block
+framing) and verified in order as for pcap. A walk stops at any non-packet block; the calling thread
+writes that block in its place and goes on walking the range itself. A section or interface block
+after the first packet changes the context, so from there the rest of the file is walked on one
+thread, as `workers=1` walks it (the ranges walked ahead in the old context are dropped).
 
 Default worker count: the CPUs this process may run on, for files of at least `PARALLEL_MIN_BYTES`.
 """
@@ -42,14 +49,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from . import walkers
-from .capformat import HOST_ORDER, PCAP_HEADER_LEN, U64_MAX, ChunkArrays
+from .capformat import BT_IDB, BT_SHB, HOST_ORDER, PACKET_BLOCKS, PCAP_HEADER_LEN, U64_MAX, Block, ChunkArrays, Section
 from .walkers import Status
 
 if TYPE_CHECKING:
+    from .capfilters import LinkTypeFilters
     from .capformat import CaptureFile
     from .capwriter import Writer
 
-__all__ = ["Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges", "workers_for"]
+__all__ = ["Run", "default_workers", "filter_ranges", "filter_ranges_pcapng", "guess_pcap", "guess_pcapng",
+           "split_ranges", "workers_for"]
 
 # Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
 # machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
@@ -73,11 +82,12 @@ def default_workers(size: int) -> int:
         return os.cpu_count() or 1
 
 
-def workers_for(capture: CaptureFile, workers: int | None, count: int | None = None) -> int:
-    """The threads a run over `capture` uses: 1 for pcapng (see the module doc) and for -c 0."""
+def workers_for(capture: CaptureFile, workers: int | None, count: int | None = None, pcapng: bool = False) -> int:
+    """The threads a run over `capture` uses: 1 for -c 0, and for pcapng unless the caller walks
+    pcapng in ranges (`pcapng`: filter_file without -c; see the module doc)."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be positive, not {workers}")
-    if capture.format != "pcap" or count == 0:
+    if count == 0 or (capture.format != "pcap" and not (pcapng and count is None)):
         return 1
     return default_workers(capture.size) if workers is None else workers
 
@@ -402,3 +412,160 @@ def split_ranges(capture: CaptureFile, walk: Any, classifier: Callable[[int], An
 
     walker = _Walker(capture, walk, chunk, consume, len(writers))
     return _run(capture, walker, writers, workers, None, None, range_bytes)
+
+
+# -- pcapng ---------------------------------------------------------------------------------------------
+BLOCK_MIN = 12  # type, length, trailer
+
+
+def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces: int) -> int | None:
+    """The first 4-aligned offset in [lo, hi) (looking at `GUESS_SCAN` bytes at most) holding a packet
+    block whose framing chains up over `GUESS_CHAIN` blocks (or to the end of the file): each block's
+    length a multiple of 4 and repeated at its end; an EPB naming a known interface and holding its
+    caplen. Blocks start 4-aligned (the first at 0, every length a multiple of 4). Only saves work:
+    `filter_ranges_pcapng` checks it."""
+    data, size = capture.map, capture.size
+    word = struct.Struct(order + "I").unpack_from
+
+    def block_end(at: int) -> int | None:
+        if at + BLOCK_MIN > size:
+            return None
+        length = word(data, at + 4)[0]
+        end = at + length
+        if length < BLOCK_MIN or length % 4 or end > size or word(data, end - 4)[0] != length:
+            return None
+        return end
+
+    at = lo + (-lo) % 4
+    last = min(hi, lo + GUESS_SCAN, size - BLOCK_MIN + 1)
+    while at < last:
+        btype = word(data, at)[0]
+        end = block_end(at) if btype in PACKET_BLOCKS else None
+        if end is not None and btype == walkers.BT_EPB:
+            iface, caplen = word(data, at + 8)[0], word(data, at + 20)[0]
+            if end - at < 32 or iface >= interfaces or caplen > end - at - 32:
+                end = None
+        if end is not None:
+            for _ in range(GUESS_CHAIN - 1):
+                if end == size or (end := block_end(end)) is None:
+                    break
+            if end is not None:
+                return at
+        at += 4
+    return None
+
+
+class _PcapngWalker:
+    """Walks ranges of a pcapng file in one context (byte order, interface snap lengths and link-type
+    slots, copied: the calling thread may change the live section meanwhile)."""
+
+    def __init__(self, capture: CaptureFile, walk: Any, chunk: int, section: Section, writing: bool):
+        self.capture, self.walk, self.chunk, self.writing = capture, walk, chunk, writing
+        self.swapped = int(section.order != HOST_ORDER)
+        self.snaplens = (ctypes.c_uint32 * len(section.snaplens))(*section.snaplens)
+        self.slots = (ctypes.c_uint32 * len(section.slots))(*section.slots)
+        self.interfaces = len(section.interfaces)
+        self.local = threading.local()
+
+    def __call__(self, start: int | None, stop: int, limit: int = U64_MAX) -> Walked:
+        walked = Walked(start, limit)
+        walked.accepted = [0]
+        if start is None:
+            return walked
+        arrays = getattr(self.local, "arrays", None)
+        if arrays is None:
+            arrays = self.local.arrays = ChunkArrays(self.chunk)
+        capture, chunk = self.capture, arrays.chunk
+        chunk.stop_at, chunk.limit = stop, U64_MAX
+        pos = start
+        while True:
+            n = self.walk(capture.address, capture.size, pos, self.swapped, ctypes.addressof(self.snaplens),
+                          ctypes.addressof(self.slots), self.interfaces, arrays.address)  # fmt: skip
+            pos, status = chunk.end, chunk.status
+            if n:
+                walked.read += n
+                walked.accepted[0] += chunk.accepted
+                if self.writing and (kept := Kept.copy(arrays)) is not None:
+                    walked.kept.append((0, kept))
+            if status != Status.FULL:
+                walked.end, walked.status = pos, Status(status)
+                return walked
+
+
+def filter_ranges_pcapng(capture: CaptureFile, filters: LinkTypeFilters, writer: Writer | None, workers: int, *,
+                         chunk: int, progress: Callable[[int, int, int], None] | None = None,
+                         range_bytes: int | None = None) -> Run:  # fmt: skip
+    """`filter_file`'s loop over a pcapng file on `workers` threads (see the module doc)."""
+    read, accepted, redone, ranges = 0, 0, 0, 0
+    view = memoryview(capture.map)
+
+    def write_block(block: Block) -> None:
+        if writer is not None:
+            writer.block(block.replacement or view[block.start : block.end])
+
+    try:
+        # The blocks before the first packet block: the context the ranges are walked in.
+        pos, section = 0, None
+        while pos < capture.size:
+            btype = struct.unpack_from((section.order if section else "<") + "I", capture.map, pos)[0]
+            if section is not None and btype in PACKET_BLOCKS:
+                break
+            block, section = capture._pcapng_block(pos, section)
+            write_block(block)
+            pos = block.end
+        if pos < capture.size and section is not None:
+            walk = filters.walker()[0]  # (every link type described so far has its program in it)
+            walker = _PcapngWalker(capture, walk, chunk, section, writer is not None)
+            bounds = boundaries(pos, capture.size, workers, range_bytes)
+            ranges = len(bounds) - 1
+            order = section.order
+
+            def task(i: int) -> Walked:
+                start = bounds[0] if i == 0 else guess_pcapng(capture, bounds[i], bounds[i + 1], order,
+                                                               walker.interfaces)  # fmt: skip
+                return walker(start, bounds[i + 1])
+
+            ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
+            changed = False
+            try:
+                for i in range(ranges):
+                    walked = ahead.result(i)
+                    if walked.start != pos:  # a wrong guess (or none): walk it again from where it starts
+                        redone += pos < bounds[i + 1]
+                        walked = walker(pos, bounds[i + 1])
+                    while True:
+                        _write(walked, [writer] if writer is not None else [])
+                        read, accepted = read + walked.read, accepted + walked.accepted[0]
+                        pos = cast(int, walked.end)
+                        if walked.status != Status.OTHER_BLOCK:
+                            break
+                        btype = struct.unpack_from(section.order + "I", capture.map, pos)[0]
+                        block, section = capture._pcapng_block(pos, section)
+                        write_block(block)
+                        pos = block.end
+                        if btype in (BT_SHB, BT_IDB):  # a new context: the rest on this thread (below)
+                            changed = True
+                            break
+                        walked = walker(pos, bounds[i + 1])  # the rest of this range, on this thread
+                    if progress is not None:
+                        progress(pos, read, accepted)
+                    if changed or walked.status in (Status.END, Status.LIMIT):
+                        break
+                    if walked.status != Status.STOP:
+                        raise capture._pcapng_error(pos, walked.status, section)
+            finally:
+                ahead.close()
+            if changed:  # the rest of the file as workers=1 walks it, from here in the new context
+                arrays = ChunkArrays(chunk)
+                for event in capture.events(filters, lambda: arrays, pos, section):
+                    if isinstance(event, Block):
+                        write_block(event)
+                        continue
+                    if writer is not None:
+                        writer.records(arrays)
+                    read, accepted = read + event.n, accepted + arrays.chunk.accepted
+                    if progress is not None:
+                        progress(arrays.chunk.end, read, accepted)
+    finally:
+        view.release()
+    return Run(read, [accepted], ranges, redone)
