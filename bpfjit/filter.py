@@ -27,6 +27,7 @@ from . import abi, codecache, cpython, native, pipeline, pyentry
 from .batch import Batch, buffer_address
 from .buffers import check_lengths, packet_view
 from .caches import CodeCache
+from .dialects import PCAP, Dialect, DialectLike, dialect_of
 from .opcodes import BPF_K, BPF_RET
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
@@ -45,8 +46,8 @@ NO_COUNTDOWN = (1 << 64) - 1  # the native entry's countdown once tiered up: nev
 Tier = Literal["baseline", "optimised"]
 
 # Compiled programs (~40 KiB each, ~80 once tiered up): every one a live Filter uses, and the 16
-# most recently used after their last Filter is gone.
-_codes: CodeCache[tuple[Program, int], TieredCode] = CodeCache(keep=16)
+# most recently used after their last Filter is gone. Keyed by (program, opt_level, dialect name).
+_codes: CodeCache[tuple[Program, int, str], TieredCode] = CodeCache(keep=16)
 _names = itertools.count()
 
 
@@ -96,22 +97,25 @@ class TieredCode:
 
     Every tier stays alive with this object: a thread may still be running an earlier one. Each tier
     is stored in, and loaded from, the disk cache (`codecache`) under a key of the program's bytes,
-    the opt level and the tier's code-generation level; the batch function's name derives from it."""
+    the opt level, the dialect and the tier's code-generation level; the batch function's name
+    derives from the first three (one program compiled in two dialects is two symbols)."""
 
-    def __init__(self, program: Program, opt_level: int):
+    def __init__(self, program: Program, opt_level: int, dialect: Dialect = PCAP):
         self._program_bytes = program.to_bytes("little")
-        self.name = f"bpf_filter_{codecache.key('filter', [self._program_bytes, opt_level]).symbol_suffix}"
+        self.dialect = dialect
+        suffix = codecache.key("filter", [self._program_bytes, opt_level, dialect.name]).symbol_suffix
+        self.name = f"bpf_filter_{suffix}"
         self.opt_level = opt_level
         # The batch loop is the filter's only machine code: single packets are batches of one. (A
         # separate single-packet function cost ~1.5 ms more of code generation per compile.)
         baseline = min(opt_level, pipeline.BASELINE_CODEGEN)
-        self.tiers = [pipeline.compile_program(program, opt_level, self.name, self._cache_key(baseline))]
+        self.tiers = [pipeline.compile_program(program, opt_level, self.name, self._cache_key(baseline), dialect)]
         self._table, self._objects = _result_table(program)
         self.table = ctypes.addressof(self._table)
         self._lock = threading.Lock()
 
     def _cache_key(self, codegen_level: int) -> codecache.Key:
-        return codecache.key("filter code", [self._program_bytes, self.opt_level, codegen_level])
+        return codecache.key("filter code", [self._program_bytes, self.opt_level, codegen_level, self.dialect.name])
 
     @property
     def current(self) -> native.MachineCode:
@@ -137,9 +141,9 @@ class TieredCode:
             return self.current
 
 
-def tiered_code(program: Program, opt_level: int) -> TieredCode:
-    """The machine code for a validated program, from the cache when it was compiled before."""
-    return _codes.get((program, opt_level), lambda: TieredCode(program, opt_level))
+def tiered_code(program: Program, opt_level: int, dialect: Dialect = PCAP) -> TieredCode:
+    """The machine code for a program validated in `dialect`, from the cache when it was compiled before."""
+    return _codes.get((program, opt_level, dialect.name), lambda: TieredCode(program, opt_level, dialect))
 
 
 def clear_cache() -> None:
@@ -175,17 +179,20 @@ class Filter(_FilterBase):
     opt_level: int
     expression: str | None
     linktype: int | str | None
+    dialect: Dialect
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("build a Filter with bpfjit.compile(program_or_expression)")
 
     @classmethod
     def _create(
-        cls, program: Program, opt_level: int, expression: str | None = None, linktype: int | str | None = None
-    ) -> Filter:
-        code = tiered_code(program, opt_level)
+        cls, program: Program, opt_level: int, expression: str | None = None, linktype: int | str | None = None,
+        dialect: Dialect = PCAP,
+    ) -> Filter:  # fmt: skip
+        code = tiered_code(program, opt_level, dialect)
         self: Filter = cls.__new__(cls)
         self.program = program
+        self.dialect = dialect
         self.opt_level = opt_level
         self.expression = expression
         self.linktype = linktype
@@ -335,18 +342,21 @@ class Filter(_FilterBase):
 
     def __repr__(self) -> str:
         source = f" {self.expression!r}" if self.expression is not None else ""
-        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, {self.tier} tier>"
+        dialect = f", dialect {self.dialect.name!r}" if self.dialect is not PCAP else ""
+        return (f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, "
+                f"{self.tier} tier{dialect}>")  # fmt: skip
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype))
+        return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype, self.dialect.name))
 
 
 if FAST_ENTRY:
     cpython.enable_vectorcall(Filter)
 
 
-def _rebuild(program: Program, opt_level: int, expression: str | None, linktype: int | str | None) -> Filter:
-    return Filter._create(program, opt_level, expression, linktype)
+def _rebuild(program: Program, opt_level: int, expression: str | None, linktype: int | str | None,
+             dialect: str = PCAP.name) -> Filter:  # fmt: skip
+    return Filter._create(program, opt_level, expression, linktype, dialect_of(dialect))
 
 
 def compile(
@@ -357,21 +367,26 @@ def compile(
     snaplen: int = DEFAULT_SNAPLEN,
     optimize: bool = True,
     netmask: int | str | None = None,
+    dialect: DialectLike = PCAP,
 ) -> Filter:
     """Compile a program, an iterable of (code, jt, jf, k), or a pcap-filter expression to a Filter.
 
     A `str` is a pcap-filter expression compiled by libpcap for `linktype` (`linktype`, `snaplen`,
-    `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`).
+    `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`) in
+    `dialect` ("pcap", SEMANTICS.md, or "seccomp": see `bpfjit.dialects`), whose semantics the code runs.
     """
+    record = dialect_of(dialect)
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"opt_level must be one of {OPT_LEVELS}, not {opt_level!r}")
     expression: str | None = None
     if isinstance(source, str):
+        if record is not PCAP:
+            raise ValueError(f"pcap-filter expressions compile to pcap programs, not {record.name!r} ones")
         expression = source
         program = Program.from_expr(source, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask)
     elif isinstance(source, bytes | bytearray | memoryview):
         raise TypeError("compile() takes a Program or an expression; use Program.from_bytes(data) for bytecode")
     else:
         program = source if isinstance(source, Program) else Program(source)
-    validate(program)
-    return Filter._create(program, opt_level, expression, linktype if expression is not None else None)
+    validate(program, record)
+    return Filter._create(program, opt_level, expression, linktype if expression is not None else None, record)
