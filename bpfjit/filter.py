@@ -151,6 +151,22 @@ def clear_cache() -> None:
     _codes.clear()
 
 
+_layouts: dict[int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]] = {}
+
+
+def _record_layout(n: int, size: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]:
+    """Offsets 0, size, 2*size, ... and lengths `size` for at least n records: made once per size and
+    grown to the largest n asked for (read-only, so threads share them; a grown pair replaces the old)."""
+    layout = _layouts.get(size)
+    if layout is None or len(layout[0]) < n:
+        count = max(n, 1024)
+        offsets = np.arange(count, dtype=np.uint64) * np.uint64(size)
+        lengths = np.full(count, size, dtype=np.uint32)
+        offsets.flags.writeable = lengths.flags.writeable = False
+        layout = _layouts[size] = (offsets, lengths)
+    return layout
+
+
 _scratch = threading.local()
 
 
@@ -307,6 +323,31 @@ class Filter(_FilterBase):
                 batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
                 batch.wirelens.ctypes.data, n, out.ctypes.data,
             )  # fmt: skip
+        return out
+
+    def run_records(
+        self, records: Any, size: int, out: npt.NDArray[np.uint32] | None = None
+    ) -> npt.NDArray[np.uint32]:
+        """The result for every `size`-byte record of a buffer laid out back to back (seccomp's
+        64-byte `seccomp_data`), caplen = wirelen = `size`: one native call with the GIL released,
+        without building a Batch (its offset and length arrays are shared by every call)."""
+        view = packet_view(records)
+        if size <= 0 or len(view) % size:
+            raise ValueError(f"a buffer of {len(view)} bytes is not a whole number of {size}-byte records")
+        n = len(view) // size
+        if out is None:
+            out = np.empty(n, dtype=np.uint32)
+        elif out.dtype != np.uint32 or out.shape != (n,) or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous uint32 array of shape ({n},)")
+        if self._packets <= TIER_UP_PACKETS:
+            self._count(n)
+        if self._tier is not self._code.current and self._packets != NO_COUNTDOWN:
+            self._adopt(self._code.current)
+        if n:
+            offsets, lengths = _record_layout(n, size)
+            address, keep = buffer_address(view)
+            self._batch(address, offsets.ctypes.data, lengths.ctypes.data, lengths.ctypes.data, n, out.ctypes.data)
+            del keep
         return out
 
     def filter(self, packets: Batch | Sequence[Any]) -> Batch | list[Any]:

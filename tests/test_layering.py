@@ -39,7 +39,7 @@ GROUPS: dict[str, set[str]] = {
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
-    "runtime": {"filter", "classifier", "batch"},
+    "runtime": {"filter", "classifier", "batch", "seccomp"},
     "peers": {"libpcap", "libpcap_loop"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers"},
     "live": {"capture"},
