@@ -3,7 +3,8 @@
 The tests talk to an `Oracle`: this file run as a worker process (stdlib only: no numpy threads to
 make fork unsafe), which forks one child per program. A child:
 sets no-new-privs and RLIMIT_CORE 0; maps a raw-syscall stub; installs `guard + P'`, where the guard
-ALLOWs every syscall not made from the stub (so Python, the pipe and exit work) and P' is the program
+ALLOWs every syscall not made from the stub (so Python, the pipe and exit work), then sets A back
+to 0, and P' is the program
 under test with each `ret #k` turned into `ret ERRNO|code` naming that ret, and each `ret a` into a
 jump to a tail that returns one 11-bit chunk of A the same way. The probed syscall therefore never
 runs, whatever nr and args are. Three such filters are stacked (chunks 0, 1, 2 of A): every return
@@ -64,7 +65,7 @@ def _install(libc: ctypes.CDLL, insns: Sequence[Insn]) -> int:
 
 def _guarded(program: Sequence[Insn], ip: int, chunk: int) -> tuple[list[Insn], list[int]]:
     """guard + P' for one chunk; also the ret #k values in the order their codes number them."""
-    guard = _guard(ip)
+    guard = [*_guard(ip), (0x00, 0, 0, 0)]  # A = 0 again after the guard's loads: P starts as in the kernel
     body: list[Insn] = []
     values: list[int] = []
     n = len(program)
