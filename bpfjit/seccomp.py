@@ -15,8 +15,10 @@ the low word of args[0] on a little-endian host. Facts are DIALECTS.md section C
 
 from __future__ import annotations
 
+import os
 import platform
 import struct
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -24,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .dialects import SECCOMP, SECCOMP_DATA_SIZE
-from .errors import ValidationError
+from .errors import LibraryMissingError, ValidationError
 from .filter import Filter
 from .filter import compile as _compile_filter
 from .opcodes import U32_MASK
@@ -248,6 +250,41 @@ def stack(filters: Iterable[SeccompFilter | Program | Iterable[InsnLike]]) -> St
     return Stack([f if isinstance(f, SeccompFilter) else compile(f) for f in filters])
 
 
+# -- programs from libseccomp ----------------------------------------------------------------------
+DEBIAN_PYTHON_PATH = "/usr/lib/python3/dist-packages"  # where Debian's python3-seccomp puts its module
+
+
+def libseccomp() -> Any:
+    """libseccomp's Python binding (`import seccomp`), found on sys.path or where Debian's
+    python3-seccomp installs it (a cp311 extension: it loads in a venv of the same Python);
+    `LibraryMissingError` naming the package otherwise."""
+    import importlib
+    import sys
+
+    try:
+        return importlib.import_module("seccomp")
+    except ImportError:
+        pass
+    if os.path.isdir(DEBIAN_PYTHON_PATH) and DEBIAN_PYTHON_PATH not in sys.path:
+        sys.path.append(DEBIAN_PYTHON_PATH)
+        try:
+            return importlib.import_module("seccomp")
+        except ImportError:
+            pass
+    raise LibraryMissingError(
+        "libseccomp's Python binding is not installed: apt-get install python3-seccomp (Debian/Ubuntu; "
+        f"for Python {sys.version_info.major}.{sys.version_info.minor} it must match the system's python3)"
+    )
+
+
+def from_libseccomp(syscall_filter: Any) -> Program:
+    """The BPF program of a libseccomp `SyscallFilter` (as `seccomp_export_bpf` writes it)."""
+    with tempfile.TemporaryFile() as out:
+        syscall_filter.export_bpf(out)
+        out.seek(0)
+        return Program.from_bytes(out.read())
+
+
 __all__ = [
     "AUDIT_ARCH",
     "DATA_DTYPE",
@@ -258,6 +295,8 @@ __all__ = [
     "Stack",
     "compile",
     "decode",
+    "from_libseccomp",
+    "libseccomp",
     "precedence",
     "record",
     "records",

@@ -33,6 +33,12 @@ from collections.abc import Sequence
 AVAILABLE = sys.platform == "linux" and platform.machine() == "x86_64"
 REASON = "the kernel oracle's syscall stub is x86-64 machine code (an aarch64 stub is not written yet)"
 
+# Syscall numbers that do not reach seccomp as the others do on the machine this was written on
+# (Linux 6.18.44-fc, in a VM): x86-64 leaves 335 and 336 unallocated, yet probing 335 killed the
+# child with SIGILL and ERRNO(5) on 336 came back as -6. Every other nr of 0..4095, x32's and 3000
+# random ones read back as themselves. Not seccomp's doing: the tests leave these two out.
+UNRELIABLE_NRS = frozenset({335, 336})
+
 ERRNO, ALLOW = 0x00050000, 0x7FFF0000
 SYS_SECCOMP, PR_SET_NO_NEW_PRIVS = 317, 38
 SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1, 4
