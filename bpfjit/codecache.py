@@ -40,8 +40,8 @@ SUFFIX = ".bpfjit-code"
 DEFAULT_LIMIT = 64 << 20
 # The modules whose source decides the generated code: a change to any of them is a new key, even
 # when the version number stays the same (a development checkout).
-CODEGEN_SOURCES = ("abi.py", "analysis.py", "cpython.py", "lower.py", "lower_classifier.py", "native.py",
-                   "opcodes.py", "pipeline.py", "program.py", "pyentry.py", "walkers.py")  # fmt: skip
+CODEGEN_SOURCES = ("abi.py", "analysis.py", "cpython.py", "dialects.py", "lower.py", "lower_classifier.py",
+                   "native.py", "opcodes.py", "pipeline.py", "program.py", "pyentry.py", "walkers.py")  # fmt: skip
 _environment: list[str] = []
 # Listing the directory costs more than writing an entry, so eviction runs on a run's first store and
 # then every EVICT_EVERY stores: the directory exceeds its limit by at most that many entries.

@@ -27,6 +27,7 @@ from . import abi, codecache, cpython, native, pipeline, pyentry
 from .batch import Batch, buffer_address
 from .buffers import check_lengths, packet_view
 from .caches import CodeCache
+from .dialects import PCAP, Dialect, DialectLike, dialect_of
 from .opcodes import BPF_K, BPF_RET
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
@@ -45,8 +46,8 @@ NO_COUNTDOWN = (1 << 64) - 1  # the native entry's countdown once tiered up: nev
 Tier = Literal["baseline", "optimised"]
 
 # Compiled programs (~40 KiB each, ~80 once tiered up): every one a live Filter uses, and the 16
-# most recently used after their last Filter is gone.
-_codes: CodeCache[tuple[Program, int], TieredCode] = CodeCache(keep=16)
+# most recently used after their last Filter is gone. Keyed by (program, opt_level, dialect name).
+_codes: CodeCache[tuple[Program, int, str], TieredCode] = CodeCache(keep=16)
 _names = itertools.count()
 
 
@@ -96,22 +97,25 @@ class TieredCode:
 
     Every tier stays alive with this object: a thread may still be running an earlier one. Each tier
     is stored in, and loaded from, the disk cache (`codecache`) under a key of the program's bytes,
-    the opt level and the tier's code-generation level; the batch function's name derives from it."""
+    the opt level, the dialect and the tier's code-generation level; the batch function's name
+    derives from the first three (one program compiled in two dialects is two symbols)."""
 
-    def __init__(self, program: Program, opt_level: int):
+    def __init__(self, program: Program, opt_level: int, dialect: Dialect = PCAP):
         self._program_bytes = program.to_bytes("little")
-        self.name = f"bpf_filter_{codecache.key('filter', [self._program_bytes, opt_level]).symbol_suffix}"
+        self.dialect = dialect
+        suffix = codecache.key("filter", [self._program_bytes, opt_level, dialect.name]).symbol_suffix
+        self.name = f"bpf_filter_{suffix}"
         self.opt_level = opt_level
         # The batch loop is the filter's only machine code: single packets are batches of one. (A
         # separate single-packet function cost ~1.5 ms more of code generation per compile.)
         baseline = min(opt_level, pipeline.BASELINE_CODEGEN)
-        self.tiers = [pipeline.compile_program(program, opt_level, self.name, self._cache_key(baseline))]
+        self.tiers = [pipeline.compile_program(program, opt_level, self.name, self._cache_key(baseline), dialect)]
         self._table, self._objects = _result_table(program)
         self.table = ctypes.addressof(self._table)
         self._lock = threading.Lock()
 
     def _cache_key(self, codegen_level: int) -> codecache.Key:
-        return codecache.key("filter code", [self._program_bytes, self.opt_level, codegen_level])
+        return codecache.key("filter code", [self._program_bytes, self.opt_level, codegen_level, self.dialect.name])
 
     @property
     def current(self) -> native.MachineCode:
@@ -137,14 +141,30 @@ class TieredCode:
             return self.current
 
 
-def tiered_code(program: Program, opt_level: int) -> TieredCode:
-    """The machine code for a validated program, from the cache when it was compiled before."""
-    return _codes.get((program, opt_level), lambda: TieredCode(program, opt_level))
+def tiered_code(program: Program, opt_level: int, dialect: Dialect = PCAP) -> TieredCode:
+    """The machine code for a program validated in `dialect`, from the cache when it was compiled before."""
+    return _codes.get((program, opt_level, dialect.name), lambda: TieredCode(program, opt_level, dialect))
 
 
 def clear_cache() -> None:
     """Forget compiled code that no live Filter uses (benchmarks use it to time cold compiles)."""
     _codes.clear()
+
+
+_layouts: dict[int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]] = {}
+
+
+def _record_layout(n: int, size: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]:
+    """Offsets 0, size, 2*size, ... and lengths `size` for at least n records: made once per size and
+    grown to the largest n asked for (read-only, so threads share them; a grown pair replaces the old)."""
+    layout = _layouts.get(size)
+    if layout is None or len(layout[0]) < n:
+        count = max(n, 1024)
+        offsets = np.arange(count, dtype=np.uint64) * np.uint64(size)
+        lengths = np.full(count, size, dtype=np.uint32)
+        offsets.flags.writeable = lengths.flags.writeable = False
+        layout = _layouts[size] = (offsets, lengths)
+    return layout
 
 
 _scratch = threading.local()
@@ -175,17 +195,20 @@ class Filter(_FilterBase):
     opt_level: int
     expression: str | None
     linktype: int | str | None
+    dialect: Dialect
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("build a Filter with bpfjit.compile(program_or_expression)")
 
     @classmethod
     def _create(
-        cls, program: Program, opt_level: int, expression: str | None = None, linktype: int | str | None = None
-    ) -> Filter:
-        code = tiered_code(program, opt_level)
+        cls, program: Program, opt_level: int, expression: str | None = None, linktype: int | str | None = None,
+        dialect: Dialect = PCAP,
+    ) -> Filter:  # fmt: skip
+        code = tiered_code(program, opt_level, dialect)
         self: Filter = cls.__new__(cls)
         self.program = program
+        self.dialect = dialect
         self.opt_level = opt_level
         self.expression = expression
         self.linktype = linktype
@@ -302,6 +325,31 @@ class Filter(_FilterBase):
             )  # fmt: skip
         return out
 
+    def run_records(
+        self, records: Any, size: int, out: npt.NDArray[np.uint32] | None = None
+    ) -> npt.NDArray[np.uint32]:
+        """The result for every `size`-byte record of a buffer laid out back to back (seccomp's
+        64-byte `seccomp_data`), caplen = wirelen = `size`: one native call with the GIL released,
+        without building a Batch (its offset and length arrays are shared by every call)."""
+        view = packet_view(records)
+        if size <= 0 or len(view) % size:
+            raise ValueError(f"a buffer of {len(view)} bytes is not a whole number of {size}-byte records")
+        n = len(view) // size
+        if out is None:
+            out = np.empty(n, dtype=np.uint32)
+        elif out.dtype != np.uint32 or out.shape != (n,) or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous uint32 array of shape ({n},)")
+        if self._packets <= TIER_UP_PACKETS:
+            self._count(n)
+        if self._tier is not self._code.current and self._packets != NO_COUNTDOWN:
+            self._adopt(self._code.current)
+        if n:
+            offsets, lengths = _record_layout(n, size)
+            address, keep = buffer_address(view)
+            self._batch(address, offsets.ctypes.data, lengths.ctypes.data, lengths.ctypes.data, n, out.ctypes.data)
+            del keep
+        return out
+
     def filter(self, packets: Batch | Sequence[Any]) -> Batch | list[Any]:
         """The accepted packets: a Batch for a Batch (sharing its buffer), else a list of the same objects."""
         verdicts = self.run_batch(packets) != 0
@@ -335,18 +383,21 @@ class Filter(_FilterBase):
 
     def __repr__(self) -> str:
         source = f" {self.expression!r}" if self.expression is not None else ""
-        return f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, {self.tier} tier>"
+        dialect = f", dialect {self.dialect.name!r}" if self.dialect is not PCAP else ""
+        return (f"<bpfjit.Filter{source}: {len(self.program)} insns, opt_level={self.opt_level}, "
+                f"{self.tier} tier{dialect}>")  # fmt: skip
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype))
+        return (_rebuild, (self.program, self.opt_level, self.expression, self.linktype, self.dialect.name))
 
 
 if FAST_ENTRY:
     cpython.enable_vectorcall(Filter)
 
 
-def _rebuild(program: Program, opt_level: int, expression: str | None, linktype: int | str | None) -> Filter:
-    return Filter._create(program, opt_level, expression, linktype)
+def _rebuild(program: Program, opt_level: int, expression: str | None, linktype: int | str | None,
+             dialect: str = PCAP.name) -> Filter:  # fmt: skip
+    return Filter._create(program, opt_level, expression, linktype, dialect_of(dialect))
 
 
 def compile(
@@ -359,19 +410,24 @@ def compile(
     netmask: int | str | None = None,
     savefile: bool = False,
     swapped: bool = False,
+    dialect: DialectLike = PCAP,
 ) -> Filter:
     """Compile a program, an iterable of (code, jt, jf, k), or a pcap-filter expression to a Filter.
 
     A `str` is a pcap-filter expression compiled by libpcap for `linktype` (`linktype`, `snaplen`,
-    `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`).
+    `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`) in
+    `dialect` ("pcap", SEMANTICS.md, or "seccomp": see `bpfjit.dialects`), whose semantics the code runs.
     An expression is compiled for a live capture, or with `savefile=True` (and `swapped`) as
     `tcpdump -r` compiles it for a capture file (`Program.from_expr`). `filter_file` and the other
     file operations compile a Filter's expression again for each file they read, as tcpdump does.
     """
+    record = dialect_of(dialect)
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"opt_level must be one of {OPT_LEVELS}, not {opt_level!r}")
     expression: str | None = None
     if isinstance(source, str):
+        if record is not PCAP:
+            raise ValueError(f"pcap-filter expressions compile to pcap programs, not {record.name!r} ones")
         expression = source
         program = Program.from_expr(source, linktype, snaplen=snaplen, optimize=optimize, netmask=netmask,
                                     savefile=savefile, swapped=swapped)  # fmt: skip
@@ -379,5 +435,5 @@ def compile(
         raise TypeError("compile() takes a Program or an expression; use Program.from_bytes(data) for bytecode")
     else:
         program = source if isinstance(source, Program) else Program(source)
-    validate(program)
-    return Filter._create(program, opt_level, expression, linktype if expression is not None else None)
+    validate(program, record)
+    return Filter._create(program, opt_level, expression, linktype if expression is not None else None, record)

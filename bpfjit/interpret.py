@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .buffers import check_lengths, packet_view
+from .dialects import PCAP, Dialect, DialectLike, dialect_of
 from .opcodes import BPF_MEMWORDS, OPCODES, u32
 from .program import Insn, InsnLike, Program
 from .validate import validate
@@ -17,25 +18,28 @@ STOP = -1
 
 
 class Machine:
-    """Registers and input of one run: A, X, M[], the packet P and its wire length."""
+    """Registers and input of one run: A, X, M[], the packet P and its wire length, in a dialect."""
 
-    __slots__ = ("a", "caplen", "m", "packet", "result", "wirelen", "x")
+    __slots__ = ("a", "caplen", "dialect", "m", "packet", "result", "wirelen", "x")
 
-    def __init__(self, packet: memoryview, wirelen: int):
+    def __init__(self, packet: memoryview, wirelen: int, dialect: Dialect = PCAP):
         self.a = 0
         self.x = 0
         # Validation guarantees every word is written before it is read, so this 0 is never seen.
         self.m = [0] * BPF_MEMWORDS
         self.packet = packet
         self.caplen = len(packet)
-        self.wirelen = wirelen
+        # `ld len`: the wire length, or the length the dialect fixes (seccomp_data's 64)
+        self.wirelen = wirelen if dialect.fixed_length is None else dialect.fixed_length
+        self.dialect = dialect
         self.result = 0
 
     def load(self, offset: int, width: int) -> int | None:
-        """P[offset:width] big-endian, or None when any byte lies past caplen (offset may exceed 2^32)."""
+        """P[offset:width] in the dialect's byte order (big-endian for packets), or None when any
+        byte lies past caplen (offset may exceed 2^32)."""
         if offset > self.caplen or width > self.caplen - offset:
             return None
-        return int.from_bytes(self.packet[offset : offset + width], "big")
+        return int.from_bytes(self.packet[offset : offset + width], self.dialect.byte_order)
 
 
 Handler = Callable[[Machine, Insn, int], int]
@@ -126,6 +130,8 @@ def _alu(vm: Machine, insn: Insn, pc: int, operand: int) -> int:
     assert alu is not None
     if alu.hazard == "divisor" and operand == 0:
         return _abort(vm)
+    if alu.hazard == "shift" and vm.dialect.shift_x == "mask":
+        operand &= 31  # the kernel's shift by X (k < 32 is validated, so only X is affected)
     vm.a = alu.apply(vm.a, operand)
     return pc + 1
 
@@ -136,7 +142,8 @@ def alu_k(vm: Machine, insn: Insn, pc: int) -> int:
 
 
 def alu_x(vm: Machine, insn: Insn, pc: int) -> int:
-    """BPF_ALU+op+BPF_X: A <- A op X (div/mod by X == 0 return 0; shifts by X >= 32 give 0)"""
+    """BPF_ALU+op+BPF_X: A <- A op X (div/mod by X == 0 return 0; shifts by X >= 32 give 0, or
+    shift by X & 31 in dialects that say so)"""
     return _alu(vm, insn, pc, vm.x)
 
 
@@ -205,11 +212,15 @@ def _plan(program: Program) -> list[tuple[Handler, Insn]]:
     return [(HANDLERS[OPCODES[insn.code].kind], insn) for insn in program]
 
 
-def interpret(program: Program | Iterable[InsnLike], packet: object, wirelen: int | None = None) -> int:
-    """Run `program` on `packet` and return the BPF result (0 = drop). Validates the program first."""
-    program = validate(program)
+def interpret(
+    program: Program | Iterable[InsnLike], packet: object, wirelen: int | None = None, *, dialect: DialectLike = PCAP
+) -> int:
+    """Run `program` on `packet` and return the BPF result (0 = drop). Validates the program first
+    (in `dialect`, whose semantics it runs: a seccomp "packet" is a 64-byte struct seccomp_data)."""
+    record = dialect_of(dialect)
+    program = validate(program, record)
     view = packet_view(packet)
-    vm = Machine(view, check_lengths(len(view), wirelen))
+    vm = Machine(view, check_lengths(len(view), wirelen), record)
     steps = _plan(program)
     pc = 0
     while pc != STOP:

@@ -13,16 +13,20 @@ here and only here:
   - `shl`/`lshr` by >= 32 is poison in LLVM: shift by (X & 31) and select 0 when X >= 32;
   - `udiv`/`urem` by zero is undefined in LLVM: test X == 0 first and reject;
   - `[x + k]` offsets are summed in 64 bits so that X + k >= 2^32 fails the check instead of wrapping.
+The dialect (`dialects.Dialect`) decides what the loads' byte order is, what a shift by X >= 32
+gives and what `ld len` reads; the default is SEMANTICS.md's ("pcap").
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from llvmlite import ir
 
 from . import abi
 from .analysis import Analysis
+from .dialects import PCAP, Dialect
 from .opcodes import OPCODES, U32_MASK
 from .program import Insn, Program
 
@@ -39,7 +43,8 @@ class Lowering:
 
     The filter is emitted at `builder`'s position inside `function`, reading `packet`, `caplen`
     and `wirelen`; each way out (`ret`, a failed check) ends its block with `finish(builder, value)`
-    (a `ret` in a filter function, a branch to the next packet in a batch loop)."""
+    (a `ret` in a filter function, a branch to the next packet in a batch loop). The emitters ask
+    `dialect` what loads, shifts by X and `ld len` mean."""
 
     def __init__(
         self,
@@ -49,11 +54,15 @@ class Lowering:
         builder: ir.IRBuilder,
         args: tuple[ir.Value, ir.Value, ir.Value],
         finish: Finish,
+        dialect: Dialect = PCAP,
     ):
         self.program = program
+        self.dialect = dialect
         self.function = function
         self.builder = b = builder
         self.packet, self.caplen, self.wirelen = args
+        if dialect.fixed_length is not None:  # `ld len` reads the length the dialect fixes
+            self.wirelen = ir.Constant(I32, dialect.fixed_length)
         self.finish = finish
         # Registers live in allocas at the top of the function's entry block, where sroa looks.
         top = ir.IRBuilder()
@@ -131,15 +140,16 @@ class Lowering:
         self.check(ok, "len")
 
     def load_packet(self, offset64: ir.Value, width: int) -> ir.Value:
-        """P[offset:width] as a big-endian u32 (the caller has checked the bounds)."""
+        """P[offset:width] as a u32 in the dialect's byte order (the caller has checked the bounds)."""
         b = self.builder
         ptr = b.gep(self.packet, [offset64], inbounds=True, name="p")
         if width == 1:
             return b.zext(b.load(ptr, name="byte", align=1), I32)
         wide = ir.IntType(8 * width)
-        raw = b.load(b.bitcast(ptr, wide.as_pointer()), name=f"raw{8 * width}", align=1)
-        swapped = b.call(self.bswap(wide), [raw], name="be")
-        return swapped if width == 4 else b.zext(swapped, I32)
+        value = b.load(b.bitcast(ptr, wide.as_pointer()), name=f"raw{8 * width}", align=1)
+        if self.dialect.byte_order != sys.byteorder:  # the code runs on this host
+            value = b.call(self.bswap(wide), [value], name="swapped")
+        return value if width == 4 else b.zext(value, I32)
 
     def bswap(self, ty: ir.IntType) -> ir.Function:
         module = self.function.module
@@ -179,7 +189,7 @@ def ld_imm(lo: Lowering, insn: Insn, index: int) -> None:
 
 
 def ld_len(lo: Lowering, insn: Insn, index: int) -> None:
-    """A <- wirelen"""
+    """A <- wirelen (or the dialect's fixed length)"""
     lo.write(lo.a, lo.wirelen)
 
 
@@ -209,7 +219,7 @@ def ldx_imm(lo: Lowering, insn: Insn, index: int) -> None:
 
 
 def ldx_len(lo: Lowering, insn: Insn, index: int) -> None:
-    """X <- wirelen"""
+    """X <- wirelen (or the dialect's fixed length)"""
     lo.write(lo.x, lo.wirelen)
 
 
@@ -249,6 +259,8 @@ def alu(lo: Lowering, insn: Insn, index: int) -> None:
     if op.hazard == "divisor" and from_x:
         lo.check(b.icmp_unsigned("!=", operand, ir.Constant(I32, 0), name="div_ok"), "div")
         result = method(a, operand)
+    elif op.hazard == "shift" and from_x and lo.dialect.shift_x == "mask":
+        result = method(a, b.and_(operand, ir.Constant(I32, 31)))  # the kernel's shift by X & 31
     elif op.hazard == "shift" and from_x:
         shifted = method(a, b.and_(operand, ir.Constant(I32, 31)))
         in_range = b.icmp_unsigned("<", operand, ir.Constant(I32, 32), name="shift_ok")
@@ -386,9 +398,11 @@ def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Func
     return fn
 
 
-def lower_program_batch(module: ir.Module, program: Program, analysis: Analysis, name: str) -> ir.Function:
-    """`abi.BATCH` with a VALIDATED program lowered straight into the loop body (no separate filter
-    function to inline: less IR to build, print, parse and optimise)."""
+def lower_program_batch(
+    module: ir.Module, program: Program, analysis: Analysis, name: str, dialect: Dialect = PCAP
+) -> ir.Function:
+    """`abi.BATCH` with a program VALIDATED in `dialect` lowered straight into the loop body (no
+    separate filter function to inline: less IR to build, print, parse and optimise)."""
     fn = abi.BATCH.declare(module, name)
     out = abi.args(fn)["out"]
 
@@ -400,7 +414,7 @@ def lower_program_batch(module: ir.Module, program: Program, analysis: Analysis,
             results.append((value, builder.block))
             builder.branch(done)
 
-        Lowering(program, analysis, fn, b, (packet, caplen, wirelen), finish).run()
+        Lowering(program, analysis, fn, b, (packet, caplen, wirelen), finish, dialect).run()
         b.position_at_end(done)
         result = b.phi(I32, name="result")
         for value, block in results:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .analysis import Analysis, analyse
+from .dialects import PCAP, Dialect
 from .program import Program
 from .validate import validate
 
@@ -37,11 +38,12 @@ BASELINE_CODEGEN = 0
 
 
 class Compilation:
-    """One program on its way to machine code: each stage fills in the next field."""
+    """One program on its way to machine code, in a dialect: each stage fills in the next field."""
 
     def __init__(self, program: Program, opt_level: int, name: str, codegen_level: int | None = None,
-                 cache_key: Key | None = None):  # fmt: skip
+                 cache_key: Key | None = None, dialect: Dialect = PCAP):  # fmt: skip
         self.program = program
+        self.dialect = dialect
         self.cache_key = cache_key  # where `generate` stores the code on disk (None: nowhere)
         self.opt_level = opt_level
         self.name = name  # the batch function's symbol
@@ -53,7 +55,7 @@ class Compilation:
 
 
 def validate_stage(c: Compilation) -> None:
-    validate(c.program)
+    validate(c.program, c.dialect)
 
 
 def analyse_stage(c: Compilation) -> None:
@@ -65,7 +67,7 @@ def lower_stage(c: Compilation) -> None:
 
     assert c.analysis is not None
     c.module = lower.new_module(f"module_{c.name}")
-    lower.lower_program_batch(c.module, c.program, c.analysis, c.name)
+    lower.lower_program_batch(c.module, c.program, c.analysis, c.name, c.dialect)
 
 
 def translate_stage(c: Compilation) -> None:
@@ -86,9 +88,9 @@ def generate_stage(c: Compilation) -> None:
     from . import native
 
     assert c.translated is not None
-    program, opt_level, name = c.program, c.opt_level, c.name
+    program, opt_level, name, dialect = c.program, c.opt_level, c.name, c.dialect
     c.code = native.generate(c.translated, c.codegen_level, (c.name,), c.cache_key,
-                             rebuild=lambda: optimised(program, opt_level, name))  # fmt: skip
+                             rebuild=lambda: optimised(program, opt_level, name, dialect))  # fmt: skip
 
 
 Stage = Callable[[Compilation], None]
@@ -114,9 +116,9 @@ def run(compilation: Compilation, observe: Callable[[str, Stage, Compilation], N
     return compilation.code
 
 
-def optimised(program: Program, opt_level: int, name: str) -> Translated:
+def optimised(program: Program, opt_level: int, name: str, dialect: Dialect = PCAP) -> Translated:
     """The stages up to the optimised IR, for code loaded from the disk cache when its IR is needed."""
-    compilation = Compilation(program, opt_level, name)
+    compilation = Compilation(program, opt_level, name, dialect=dialect)
     for stage_name, stage in STAGES:
         if stage_name == "generate":
             break
@@ -125,14 +127,19 @@ def optimised(program: Program, opt_level: int, name: str) -> Translated:
     return compilation.translated
 
 
-def compile_program(program: Program, opt_level: int, name: str, cache_key: Key | None = None) -> MachineCode:
-    """The baseline tier's machine code for `program` (its batch loop is the symbol `name`): loaded
-    from the disk cache under `cache_key` when an earlier run stored it there, else made by STAGES."""
-    compilation = Compilation(program, opt_level, name, cache_key=cache_key)
+def compile_program(program: Program, opt_level: int, name: str, cache_key: Key | None = None,
+                    dialect: Dialect = PCAP) -> MachineCode:  # fmt: skip
+    """The baseline tier's machine code for `program` in `dialect` (its batch loop is the symbol
+    `name`): loaded from the disk cache under `cache_key` (which must name the dialect) when an
+    earlier run stored it there, else made by STAGES."""
+    compilation = Compilation(program, opt_level, name, cache_key=cache_key, dialect=dialect)
     if cache_key is not None:
         from . import native
 
-        code = native.load(cache_key, compilation.codegen_level, (name,), lambda: optimised(program, opt_level, name))
+        def rebuild() -> Translated:
+            return optimised(program, opt_level, name, dialect)
+
+        code = native.load(cache_key, compilation.codegen_level, (name,), rebuild)
         if code is not None:
             return code
     return run(compilation)

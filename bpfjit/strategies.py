@@ -8,7 +8,8 @@
 
 `programs()` builds VALID programs by construction (every jump in range, scratch words written
 before they are read as Linux's checker wants, no constant division by 0 or shift >= 32), so no
-example is wasted on the validator. `any_programs()` builds anything, for testing rejection.
+example is wasted on the validator; `programs(dialect="seccomp")` keeps to seccomp's instructions
+(`syscalls()` draws inputs for them). `any_programs()` builds anything, for testing rejection.
 Requires the `hypothesis` package (`pip install bpfjit[test]`).
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from .dialects import PCAP, SECCOMP, SECCOMP_DATA_SIZE, Dialect, DialectLike, dialect_of
 from .opcodes import BPF_MAXINSNS, BPF_MEMWORDS, OPCODES, U32_MASK
 from .program import Insn, Program
 
@@ -47,8 +49,35 @@ _BODY_KINDS = (
 )  # fmt: skip
 
 
-def _immediate(draw: Any, code: int) -> int:
+# seccomp returns: every action, with data at its edges; some actions the kernel does not know
+seccomp_returns = st.builds(
+    lambda action, data: action | data,
+    st.sampled_from((0x80000000, 0, 0x30000, 0x50000, 0x7FC00000, 0x7FF00000, 0x7FFC0000, 0x7FFF0000,
+                     0x10000, 0x60000, 0x7FFE0000, 0xFFFF0000)),
+    st.sampled_from((0, 1, 13, 4095, 4096, 0xFFFF)),
+)  # fmt: skip
+"""u32 seccomp return values (action | data), biased to the kernel's actions."""
+
+_SECCOMP_WORDS = tuple(range(0, SECCOMP_DATA_SIZE, 4))
+
+
+def _allowed_codes(dialect: Dialect) -> dict[str, list[int]]:
+    """The codes of each kind that the dialect's rules accept (with k = 0)."""
+    allowed: dict[str, list[int]] = {}
+    for kind, codes in _CODES_BY_KIND.items():
+        kept = [c for c in codes if all(rule.check(Insn(c), OPCODES[c]) is None for rule in dialect.rules)]
+        if kept:
+            allowed[kind] = kept
+    return allowed
+
+
+def _immediate(draw: Any, code: int, dialect: Dialect = PCAP) -> int:
     info = OPCODES[code]
+    if dialect is SECCOMP:
+        if info.kind == "ld_abs":
+            return draw(st.sampled_from(_SECCOMP_WORDS))
+        if info.kind == "ret_k":
+            return draw(seccomp_returns)
     if info.kind in ("ld_abs", "ld_ind", "ldx_msh"):
         return draw(offsets)
     if info.alu is not None and info.kind == "alu_k":
@@ -64,8 +93,11 @@ def _immediate(draw: Any, code: int) -> int:
 
 
 @st.composite
-def programs(draw: Any, max_insns: int = 48, min_insns: int = 1) -> Program:
-    """Valid cBPF programs (validate() accepts every one), up to `max_insns` long."""
+def programs(draw: Any, max_insns: int = 48, min_insns: int = 1, dialect: DialectLike = PCAP) -> Program:
+    """Valid cBPF programs (validate(p, dialect) accepts every one), up to `max_insns` long."""
+    record = dialect_of(dialect)
+    codes_by_kind = _CODES_BY_KIND if record is PCAP else _allowed_codes(record)
+    body_kinds = [kind for kind in _BODY_KINDS if kind in codes_by_kind]
     max_insns = min(max_insns, BPF_MAXINSNS)
     n = draw(st.integers(min_insns, max_insns))
     all_words = (1 << BPF_MEMWORDS) - 1
@@ -74,11 +106,11 @@ def programs(draw: Any, max_insns: int = 48, min_insns: int = 1) -> Program:
     insns: list[Insn] = []
     for i in range(n - 1):
         written &= masks[i]
-        kind = draw(st.sampled_from(_BODY_KINDS))
+        kind = draw(st.sampled_from(body_kinds))
         readable = [w for w in range(BPF_MEMWORDS) if written >> w & 1]
         if kind in ("ld_mem", "ldx_mem") and not readable:
             kind = "st"
-        code = draw(st.sampled_from(_CODES_BY_KIND[kind]))
+        code = draw(st.sampled_from(codes_by_kind[kind]))
         room = n - 2 - i  # instructions strictly between this one and the final ret
         jt = jf = 0
         if kind in ("ld_mem", "ldx_mem"):
@@ -89,7 +121,7 @@ def programs(draw: Any, max_insns: int = 48, min_insns: int = 1) -> Program:
         elif kind == "ja":
             k = draw(st.integers(0, room))
         else:
-            k = _immediate(draw, code)
+            k = _immediate(draw, code, record)
         if kind in ("jmp_k", "jmp_x"):
             jt = draw(st.integers(0, min(room, 255)))
             jf = draw(st.integers(0, min(room, 255)))
@@ -100,8 +132,22 @@ def programs(draw: Any, max_insns: int = 48, min_insns: int = 1) -> Program:
             written = all_words
         insns.append(Insn(code, jt, jf, k))
     ret = draw(st.sampled_from(_CODES_BY_KIND["ret_k"] + _CODES_BY_KIND["ret_a"]))
-    insns.append(Insn(ret, 0, 0, _immediate(draw, ret)))
+    insns.append(Insn(ret, 0, 0, _immediate(draw, ret, record)))
     return Program(insns)
+
+
+U64_EDGES = (0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 32, (1 << 32) + 1, 0xFFFFFFFF00000000,
+             1 << 63, (1 << 64) - 1)  # fmt: skip
+syscall_args = st.one_of(st.sampled_from(U64_EDGES), st.integers(0, 1 << 12), st.integers(0, (1 << 64) - 1))
+"""u64 syscall arguments: small numbers (flags, fds), word boundaries, anything."""
+syscall_numbers = st.one_of(st.integers(0, 460), st.sampled_from((0x40000000, 0x40000001, 0x7FFFFFFF, 0x80000000,
+                            0xFFFFFFFE, 0xFFFFFFFF)), st.integers(0, U32_MASK))  # fmt: skip
+"""nr as the u32 the filter reads: real syscall numbers mostly, x32's bit, -1 and -2."""
+
+
+def syscalls() -> st.SearchStrategy[tuple[int, tuple[int, ...]]]:
+    """`(nr, args)` of one syscall: nr an unsigned 32-bit number, six u64 arguments."""
+    return st.tuples(syscall_numbers, st.tuples(*[syscall_args] * 6))
 
 
 def packets(max_size: int = 96) -> st.SearchStrategy[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
+from .dialects import PCAP, Dialect, DialectLike, dialect_of
 from .errors import ValidationError
 from .opcodes import BPF_MAXINSNS, BPF_MEMWORDS, OPCODES
 from .program import Insn, InsnLike, Program
@@ -78,15 +79,27 @@ def _check_scratch_init(program: Program) -> None:
             written = ALL_WORDS
 
 
-def validate(program: Program | Iterable[InsnLike]) -> Program:
-    """Check every rule of SEMANTICS.md; return the program (as a `Program`) or raise `ValidationError`."""
+def validate(program: Program | Iterable[InsnLike], dialect: DialectLike = PCAP) -> Program:
+    """Check every rule of SEMANTICS.md, then the dialect's own (`dialects`); return the program (as
+    a `Program`) or raise `ValidationError`."""
     if not isinstance(program, Program):
         program = Program(program)
-    return _validated(program)
+    return _validated(program, dialect_of(dialect))
+
+
+def _check_dialect(program: Program, dialect: Dialect) -> None:
+    """The dialect's rules, after the base ones (the kernel runs seccomp_check_filter after
+    bpf_check_classic): the first instruction breaking any of them, its first broken rule."""
+    for index, insn in enumerate(program):
+        info = OPCODES[insn.code]
+        for rule in dialect.rules:
+            reason = rule.check(insn, info)
+            if reason is not None:
+                raise _fail(program, index, rule.name, reason)
 
 
 @lru_cache(maxsize=1024)
-def _validated(program: Program) -> Program:
+def _validated(program: Program, dialect: Dialect = PCAP) -> Program:
     # Programs are immutable, so a verdict can be remembered; errors are not cached (lru_cache
     # does not store exceptions), which keeps a bad program's cost where it belongs.
     n = len(program)
@@ -99,9 +112,11 @@ def _validated(program: Program) -> Program:
     if not OPCODES[program[-1].code].is_return:
         raise _fail(program, n - 1, "no-final-return", "the last instruction is not a ret")
     _check_scratch_init(program)
+    _check_dialect(program, dialect)
     return program
 
 
+# The base rules, every dialect's; a dialect adds its own (`Dialect.rule_names`).
 RULES: tuple[str, ...] = (
     "empty",
     "too-long",

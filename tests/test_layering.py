@@ -34,12 +34,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bpfjit"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 GROUPS: dict[str, set[str]] = {
-    "model": {"errors", "opcodes", "program", "text", "validate", "interpret", "analysis", "buffers", "samples",
-              "strategies"},
+    "model": {"errors", "opcodes", "dialects", "program", "text", "validate", "interpret", "analysis", "buffers",
+              "samples", "strategies"},
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
-    "runtime": {"filter", "classifier", "batch"},
+    "runtime": {"filter", "classifier", "batch", "seccomp"},
     "peers": {"libpcap", "libpcap_loop"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel"},
     "live": {"capture"},
