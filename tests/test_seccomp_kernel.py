@@ -13,12 +13,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from needs import require
 from seccomp_kernel import AVAILABLE, REASON, UNRELIABLE_NRS, Oracle
 
 from bpfjit import Insn, Program, ValidationError, interpret, seccomp, validate
@@ -183,7 +185,9 @@ def _libseccomp_filter() -> Program:
     try:
         lsc = seccomp.libseccomp()
     except ImportError as exc:  # optional: Debian's cp311 module loads only into a Python 3.11
-        pytest.skip(f"libseccomp's Python binding: {exc}")
+        if sys.version_info[:2] != (3, 11):
+            pytest.skip(f"libseccomp's Python binding is Debian's, for Python 3.11 only: {exc}")
+        require(False, f"libseccomp's Python binding (python3-seccomp; tools/bootstrap.sh installs it): {exc}")
     f = lsc.SyscallFilter(lsc.ERRNO(1))
     for name in ("read", "write", "close", "getpid", "exit_group", "futex"):
         f.add_rule(lsc.ALLOW, name)

@@ -28,6 +28,9 @@ if [ -z "$python" ] || [ "$(command -v "$python" 2>/dev/null || true)" = "$(comm
 fi
 # iproute2: the live-capture and kernel-oracle tests build their own network namespaces with `ip`.
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
+# python3-seccomp: libseccomp's own binding, a generator of realistic seccomp filters for the tests
+# (Debian's module is built for Debian's Python 3.11; bpfjit.seccomp loads it through a path entry).
+dpkg -s python3-seccomp >/dev/null 2>&1 || need_apt+=(python3-seccomp)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
