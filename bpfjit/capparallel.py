@@ -39,7 +39,7 @@ import re
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from . import walkers
 from .capformat import HOST_ORDER, PCAP_HEADER_LEN, U64_MAX, ChunkArrays
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .capformat import CaptureFile
     from .capwriter import Writer
 
-__all__ = ["Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges", "workers_for"]
+__all__ = ["Chain", "Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges", "workers_for"]
 
 # Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
 # machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
@@ -227,6 +227,32 @@ class _Walker:
                 chunk.limit = limit - walked.accepted[0]
 
 
+# -- the order check -----------------------------------------------------------------------------------
+class _Started(Protocol):
+    @property
+    def start(self) -> int | None: ...
+
+
+W = TypeVar("W", bound=_Started)
+
+
+class Chain:
+    """The check that makes ranges exact, applied in file order: range i's walk counts only if it
+    started where the walk counted for range i-1 crossed b_i (`position`); otherwise it is walked
+    again from there. Used by the threads here and by processes (`capparts`) alike."""
+
+    def __init__(self, first: int):
+        self.position = first  # where the verified walk is: the next record's start
+        self.redone = 0
+
+    def verify(self, walked: W, hi: int, redo: Callable[[int], W]) -> W:
+        """`walked` if its start is `position`, else `redo(position)` (a walk of [position, hi))."""
+        if walked.start != self.position:  # a wrong guess (or none)
+            self.redone += self.position < hi  # a range with no record start of its own is no redo
+            walked = redo(self.position)
+        return walked
+
+
 # -- the threads ---------------------------------------------------------------------------------------
 class _Ahead:
     """Worker threads that run `task(i)` for i = 0, 1, ... in order of claim, at most `window` ahead of
@@ -306,18 +332,16 @@ def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], worke
     with memoryview(capture.map) as view:
         for writer in writers:
             writer.block(view[:PCAP_HEADER_LEN])
-    read, accepted, redone = 0, [0] * walker.outputs, 0
-    position = bounds[0]  # where the verified walk is: the next record's start
+    read, accepted = 0, [0] * walker.outputs
+    chain = Chain(bounds[0])
     ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
     try:
         for i in range(ranges):
-            walked = ahead.result(i)
-            if walked.start != position:  # a wrong guess (or none): walk it again from where it starts
-                redone += position < bounds[i + 1]
-                walked = walker(position, bounds[i + 1], limit)
+            hi = bounds[i + 1]
+            walked = chain.verify(ahead.result(i), hi, lambda at, hi=hi: walker(at, hi, limit))  # type: ignore[misc]
             if count is not None and accepted[0] + walked.accepted[0] >= count:
                 if walked.limit != count - accepted[0]:  # stop at exactly the count-th accepted record
-                    walked = walker(position, bounds[i + 1], count - accepted[0])
+                    walked = walker(chain.position, hi, count - accepted[0])
                 _write(walked, writers)
                 read += walked.read
                 accepted[0] += walked.accepted[0]
@@ -331,10 +355,10 @@ def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], worke
                 break
             if walked.status != Status.STOP:
                 raise capture._pcap_error(cast(int, walked.end), walked.status)
-            position = cast(int, walked.end)
+            chain.position = cast(int, walked.end)
     finally:
         ahead.close()
-    return Run(read, accepted, ranges, redone)
+    return Run(read, accepted, ranges, chain.redone)
 
 
 def _write(walked: Walked, writers: Sequence[Writer]) -> None:
