@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from .capformat import CaptureFile
     from .capwriter import Writer
 
-__all__ = ["Chain", "Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges", "workers_for"]
+__all__ = ["Chain", "RangeWalker", "Run", "default_workers", "filter_ranges", "guess_pcap", "split_ranges",
+           "workers_for"]
 
 # Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
 # machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
@@ -192,7 +193,7 @@ class Walked:
 Consume = Callable[[ChunkArrays, int, Walked, bool], None]
 
 
-class _Walker:
+class RangeWalker:
     """Walks ranges of a classic pcap file with one compiled walker (shared by the threads: the code
     is reentrant, each call brings its own Chunk)."""
 
@@ -319,7 +320,7 @@ class _Ahead:
             thread.join()
 
 
-def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], workers: int, count: int | None,
+def _run(capture: CaptureFile, walker: RangeWalker, writers: Sequence[Writer], workers: int, count: int | None,
          progress: Callable[[int, int, int], None] | None, range_bytes: int | None) -> Run:  # fmt: skip
     bounds = boundaries(PCAP_HEADER_LEN, capture.size, workers, range_bytes)
     ranges = len(bounds) - 1
@@ -382,7 +383,7 @@ def filter_ranges(capture: CaptureFile, walk: Any, writer: Writer | None, worker
         if writer is not None and cut and arrays.verdicts[n - 1]:
             walked.kept.append((0, capture.cut_record(int(arrays.starts[n - 1]))))
 
-    walker = _Walker(capture, walk, chunk, consume, 1)
+    walker = RangeWalker(capture, walk, chunk, consume, 1)
     return _run(capture, walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
 
 
@@ -424,5 +425,5 @@ def split_ranges(capture: CaptureFile, walk: Any, classifier: Callable[[int], An
             if last_cut:
                 walked.kept.append((index, capture.cut_record(int(starts[n - 1]))))
 
-    walker = _Walker(capture, walk, chunk, consume, len(writers))
+    walker = RangeWalker(capture, walk, chunk, consume, len(writers))
     return _run(capture, walker, writers, workers, None, None, range_bytes)
