@@ -16,7 +16,8 @@ one unbroken walk from the file header.
 A filter part writes its accepted records (no header) to a part file beside the output
 (`part_path`); assembly writes the file header and the verified parts' files in order, then removes
 the part files. A part walked again, or a task run again after its worker died, truncates its part
-file first, so nothing is written twice. A truncated or corrupt record raises `CaptureFileError` at
+file first, so nothing is written twice; an assembly run again walks the parts whose files the first
+run removed again. A truncated or corrupt record raises `CaptureFileError` at
 its offset once everything before it is written, as `filter_file` does.
 
 pcapng files are one part (`plan`): a range of one would first need a scan of its section and
@@ -210,7 +211,11 @@ def assemble_filter(results: Sequence[PartResult], dst: str | os.PathLike[str], 
                 written = len(header)
                 for result in verified:
                     if result.bytes[0]:
-                        with open(part_path(dst, result.part.number), "rb") as piece:
+                        piece_path = part_path(dst, result.part.number)
+                        if not os.path.exists(piece_path):  # an assembly run again (retried, its worker died)
+                            assert result.start is not None
+                            redo(result.part, result.start)
+                        with open(piece_path, "rb") as piece:
                             written += _copy(piece, out)
     finally:
         for result in results:

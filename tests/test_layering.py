@@ -43,7 +43,7 @@ GROUPS: dict[str, set[str]] = {
     "peers": {"libpcap", "libpcap_loop"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},
-    "integrations": {"adapters"},
+    "integrations": {"adapters", "dask"},
     "tools": {"__init__", "__main__", "cli", "benchmark", "packetmix"},
 }  # fmt: skip
 MAY_IMPORT: dict[str, set[str]] = {
