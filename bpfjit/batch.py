@@ -116,5 +116,17 @@ class Batch:
         """The packets where `mask` is true, sharing this batch's buffer."""
         return Batch(self._owner, self.offsets[mask], self.caplens[mask], self.wirelens[mask])
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By value, compacted: the packets' bytes end to end and new offsets. A batch over a mapped
+        # capture (read_batches) holds an mmap, which does not pickle, and may point at a few packets of
+        # a large file: shipping the packets is what a worker on another machine can use.
+        caplens = self.caplens.astype(np.uint64)
+        offsets = np.zeros(len(self), dtype=np.uint64)
+        if len(self) > 1:
+            np.cumsum(caplens[:-1], out=offsets[1:])
+        data = b"".join(self)
+        wirelens = None if self.wirelens is self.caplens else self.wirelens
+        return (Batch, (data, offsets, self.caplens, wirelens))
+
     def __repr__(self) -> str:
         return f"<bpfjit.Batch of {len(self)} packets, {len(self.data)} bytes>"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import capparallel, walkers
 from .capfilters import LinkTypeFilters
-from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Section
+from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Records, Section
 from .capwriter import Writer
 from .errors import CaptureFileError
 from .program import Program
@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from .batch import Batch
     from .capfilters import FilterSpec
     from .capformat import Source
+    from .classifier import Classifier
 
-__all__ = ["CaptureFileError", "FileStats", "PacketBatch", "filter_file", "read_batches", "read_file", "split_file"]
+__all__ = ["CaptureFileError", "FileCounts", "FileStats", "PacketBatch", "count_file", "filter_file", "read_batches",
+           "read_file", "split_file"]
 
 DEFAULT_CHUNK = 1 << 12  # records per walker call: the chunk (~1.5 MB of file) is still in cache when written
 
@@ -140,25 +142,13 @@ def split_file(
     _check_chunk(chunk)
     import numpy as np
 
-    from .batch import Batch
-    from .classifier import Classifier, compile_many
-
-    accept_all = Program([(0x06, 0, 0, 0xFFFFFFFF)])  # for a filter given as None
     if len(dsts) != len(filters) or not filters:
         raise ValueError(f"split_file needs one output per filter ({len(filters)} filters, {len(dsts)} outputs)")
     with CaptureFile(src) as capture:
         keep_all = LinkTypeFilters(None, capture, linktype)
         keep_all.helpers = ("gather",)
         keep_all.walker()
-        per_filter = [LinkTypeFilters(spec, capture, linktype) for spec in filters]
-        classifiers: dict[int, Classifier] = {}
-
-        def classifier(slot: int) -> Classifier:
-            if slot not in classifiers:
-                programs = [f.program_for(slot) or accept_all for f in per_filter]
-                classifiers[slot] = compile_many(programs)
-            return classifiers[slot]
-
+        classifier = slot_classifiers(capture, filters, linktype)
         classifier(0)  # compile before the outputs are opened: a bad expression must not clobber them
         writers = [Writer(dst, capture) for dst in dsts]
         stats = [[0, 0] for _ in dsts]  # accepted, unused
@@ -179,22 +169,9 @@ def split_file(
                         for writer in writers:
                             writer.block(event.replacement or view[event.start : event.end])
                         continue
-                    arr, n = event.arrays, event.n
+                    n = event.n
                     read += n
-                    starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n + 1)
-                    offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
-                    caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
-                    wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
-                    if event.section is None:
-                        slots = np.zeros(n, dtype=np.uint32)
-                    else:
-                        ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
-                        slots = np.frombuffer(memoryview(event.section.slots), dtype=np.uint32)[ifaces]
-                    verdicts = np.zeros((n, len(filters)), dtype=bool)
-                    for slot in np.unique(slots).tolist():
-                        rows = slots == slot
-                        batch = Batch(data, offsets[rows], caplens[rows], wirelens[rows])
-                        verdicts[rows] = classifier(slot).run_batch(batch)
+                    starts, _, verdicts = _classified(event, data, classifier, len(filters))
                     lengths = starts[1:] - starts[:-1]
                     for index, writer in enumerate(writers):
                         chosen = np.flatnonzero(verdicts[:, index])
@@ -219,6 +196,105 @@ def split_file(
             for writer in writers:
                 writer.close()
         return [FileStats(read, accepted, writer.written) for (accepted, _), writer in zip(stats, writers, strict=True)]
+
+
+def _classified(event: Records, data: Any, classifier: Callable[[int], Classifier],
+                filters: int) -> tuple[Any, Any, Any]:  # fmt: skip
+    """A chunk's record starts (n + 1), wire lengths and verdict matrix (records x filters): each
+    record through the classifier of its slot, once, whatever the number of filters."""
+    import numpy as np
+
+    from .batch import Batch
+
+    arr, n = event.arrays, event.n
+    starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n + 1)
+    offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
+    caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
+    wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
+    if event.section is None:
+        slots = np.zeros(n, dtype=np.uint32)
+    else:
+        ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
+        slots = np.frombuffer(memoryview(event.section.slots), dtype=np.uint32)[ifaces]
+    verdicts = np.zeros((n, filters), dtype=bool)
+    for slot in np.unique(slots).tolist():
+        rows = slots == slot
+        verdicts[rows] = classifier(slot).run_batch(Batch(data, offsets[rows], caplens[rows], wirelens[rows]))
+    return starts, wirelens, verdicts
+
+
+class FileCounts(NamedTuple):
+    """What `count_file` counted: packet records read; per filter, packets accepted and their bytes on
+    the wire (wirelen); the error that ended the file early (`errors="report"`), or None."""
+
+    read: int
+    packets: tuple[int, ...]
+    bytes: tuple[int, ...]
+    error: CaptureFileError | None = None
+
+
+def count_file(
+    src: Source,
+    filters: Sequence[FilterSpec],
+    *,
+    linktype: int | str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    errors: str = "raise",
+) -> FileCounts:
+    """Count the packets (and their wire bytes) each of `filters` accepts in capture file `src`, in ONE
+    pass: the filters run together as one classifier, once per packet (filters as for `split_file`).
+
+    A truncated or corrupt file raises `CaptureFileError` (`errors="raise"`), or with `errors="report"`
+    returns the counts of the records before the bad spot with the error in `FileCounts.error`.
+    """
+    _check_chunk(chunk)
+    if errors not in ("raise", "report"):
+        raise ValueError(f"errors must be 'raise' or 'report', not {errors!r}")
+    if not filters:
+        raise ValueError("count_file needs at least one filter")
+    import numpy as np
+
+    with CaptureFile(src) as capture:
+        keep_all = LinkTypeFilters(None, capture, linktype)
+        keep_all.walker()
+        classifier = slot_classifiers(capture, filters, linktype)
+        classifier(0)  # a refused expression fails before the walk
+        data = np.frombuffer(capture.map, dtype=np.uint8)
+        arrays = ChunkArrays(chunk)
+        read, packets, nbytes = 0, np.zeros(len(filters), dtype=np.int64), np.zeros(len(filters), dtype=np.uint64)
+        error = None
+        try:
+            for event in capture.events(keep_all, lambda: arrays):
+                if isinstance(event, Block):
+                    continue
+                read += event.n
+                _, wirelens, verdicts = _classified(event, data, classifier, len(filters))
+                packets += verdicts.sum(axis=0)
+                nbytes += wirelens.astype(np.uint64) @ verdicts.astype(np.uint64)
+        except CaptureFileError as failed:
+            if errors == "raise":
+                raise
+            error = failed
+        del data  # the mapping closes with the file
+        return FileCounts(read, tuple(packets.tolist()), tuple(nbytes.tolist()), error)
+
+
+def slot_classifiers(capture: CaptureFile, filters: Sequence[FilterSpec],
+                     linktype: int | str | None = None) -> Callable[[int], Classifier]:  # fmt: skip
+    """`classifier(slot)`: `filters` compiled for that slot of `capture` (as `filter_file` compiles each)
+    into one classifier, made on first use; a filter given as None accepts everything."""
+    from .classifier import compile_many
+
+    accept_all = Program([(0x06, 0, 0, 0xFFFFFFFF)])
+    per_filter = [LinkTypeFilters(spec, capture, linktype) for spec in filters]
+    made: dict[int, Classifier] = {}
+
+    def classifier(slot: int) -> Classifier:
+        if slot not in made:
+            made[slot] = compile_many([f.program_for(slot) or accept_all for f in per_filter])
+        return made[slot]
+
+    return classifier
 
 
 def _filter_into(capture: CaptureFile, filters: LinkTypeFilters, writer: Writer | None, count: int | None,

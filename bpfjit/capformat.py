@@ -188,6 +188,7 @@ class CaptureFile:
 
     def __init__(self, source: Source):
         self.path = _describe(source)
+        self._named = isinstance(source, (str, bytes, os.PathLike))  # can be opened again by name
         if hasattr(source, "fileno") and not isinstance(source, (str, bytes, os.PathLike)):
             fd, own = source.fileno(), False
         else:
@@ -478,6 +479,12 @@ class CaptureFile:
             return 0, interface
         high, low = struct.unpack_from(section.order + "II", self.map, start + 12)
         return (high << 32) | low, interface
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By name: another process maps the file again (it must see the same file at that path).
+        if not self._named:
+            raise TypeError(f"a CaptureFile opened from a file object ({self.path}) cannot be pickled: open it by path")
+        return (CaptureFile, (self.path,))
 
     def close(self) -> None:
         if self._buffer is not None:

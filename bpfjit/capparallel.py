@@ -46,7 +46,7 @@ import re
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from . import walkers
 from .capformat import BT_IDB, BT_SHB, HOST_ORDER, PACKET_BLOCKS, PCAP_HEADER_LEN, U64_MAX, Block, ChunkArrays, Section
@@ -57,8 +57,8 @@ if TYPE_CHECKING:
     from .capformat import CaptureFile
     from .capwriter import Writer
 
-__all__ = ["Run", "default_workers", "filter_ranges", "filter_ranges_pcapng", "guess_pcap", "guess_pcapng",
-           "split_ranges", "workers_for"]
+__all__ = ["Chain", "RangeWalker", "Run", "default_workers", "filter_ranges", "filter_ranges_pcapng", "guess_pcap",
+           "guess_pcapng", "split_ranges", "workers_for"]
 
 # Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
 # machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
@@ -202,7 +202,7 @@ class Walked:
 Consume = Callable[[ChunkArrays, int, Walked, bool], None]
 
 
-class _Walker:
+class RangeWalker:
     """Walks ranges of a classic pcap file with one compiled walker (shared by the threads: the code
     is reentrant, each call brings its own Chunk)."""
 
@@ -235,6 +235,32 @@ class _Walker:
                 return walked
             if limit != U64_MAX:
                 chunk.limit = limit - walked.accepted[0]
+
+
+# -- the order check -----------------------------------------------------------------------------------
+class _Started(Protocol):
+    @property
+    def start(self) -> int | None: ...
+
+
+W = TypeVar("W", bound=_Started)
+
+
+class Chain:
+    """The check that makes ranges exact, applied in file order: range i's walk counts only if it
+    started where the walk counted for range i-1 crossed b_i (`position`); otherwise it is walked
+    again from there. Used by the threads here and by processes (`capparts`) alike."""
+
+    def __init__(self, first: int):
+        self.position = first  # where the verified walk is: the next record's start
+        self.redone = 0
+
+    def verify(self, walked: W, hi: int, redo: Callable[[int], W]) -> W:
+        """`walked` if its start is `position`, else `redo(position)` (a walk of [position, hi))."""
+        if walked.start != self.position:  # a wrong guess (or none)
+            self.redone += self.position < hi  # a range with no record start of its own is no redo
+            walked = redo(self.position)
+        return walked
 
 
 # -- the threads ---------------------------------------------------------------------------------------
@@ -303,7 +329,7 @@ class _Ahead:
             thread.join()
 
 
-def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], workers: int, count: int | None,
+def _run(capture: CaptureFile, walker: RangeWalker, writers: Sequence[Writer], workers: int, count: int | None,
          progress: Callable[[int, int, int], None] | None, range_bytes: int | None) -> Run:  # fmt: skip
     bounds = boundaries(PCAP_HEADER_LEN, capture.size, workers, range_bytes)
     ranges = len(bounds) - 1
@@ -316,18 +342,16 @@ def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], worke
     with memoryview(capture.map) as view:
         for writer in writers:
             writer.block(view[:PCAP_HEADER_LEN])
-    read, accepted, redone = 0, [0] * walker.outputs, 0
-    position = bounds[0]  # where the verified walk is: the next record's start
+    read, accepted = 0, [0] * walker.outputs
+    chain = Chain(bounds[0])
     ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
     try:
         for i in range(ranges):
-            walked = ahead.result(i)
-            if walked.start != position:  # a wrong guess (or none): walk it again from where it starts
-                redone += position < bounds[i + 1]
-                walked = walker(position, bounds[i + 1], limit)
+            hi = bounds[i + 1]
+            walked = chain.verify(ahead.result(i), hi, lambda at, hi=hi: walker(at, hi, limit))  # type: ignore[misc]
             if count is not None and accepted[0] + walked.accepted[0] >= count:
                 if walked.limit != count - accepted[0]:  # stop at exactly the count-th accepted record
-                    walked = walker(position, bounds[i + 1], count - accepted[0])
+                    walked = walker(chain.position, hi, count - accepted[0])
                 _write(walked, writers)
                 read += walked.read
                 accepted[0] += walked.accepted[0]
@@ -341,10 +365,10 @@ def _run(capture: CaptureFile, walker: _Walker, writers: Sequence[Writer], worke
                 break
             if walked.status != Status.STOP:
                 raise capture._pcap_error(cast(int, walked.end), walked.status)
-            position = cast(int, walked.end)
+            chain.position = cast(int, walked.end)
     finally:
         ahead.close()
-    return Run(read, accepted, ranges, redone)
+    return Run(read, accepted, ranges, chain.redone)
 
 
 def _write(walked: Walked, writers: Sequence[Writer]) -> None:
@@ -368,7 +392,7 @@ def filter_ranges(capture: CaptureFile, walk: Any, writer: Writer | None, worker
         if writer is not None and cut and arrays.verdicts[n - 1]:
             walked.kept.append((0, capture.cut_record(int(arrays.starts[n - 1]))))
 
-    walker = _Walker(capture, walk, chunk, consume, 1)
+    walker = RangeWalker(capture, walk, chunk, consume, 1)
     return _run(capture, walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
 
 
@@ -410,7 +434,7 @@ def split_ranges(capture: CaptureFile, walk: Any, classifier: Callable[[int], An
             if last_cut:
                 walked.kept.append((index, capture.cut_record(int(starts[n - 1]))))
 
-    walker = _Walker(capture, walk, chunk, consume, len(writers))
+    walker = RangeWalker(capture, walk, chunk, consume, len(writers))
     return _run(capture, walker, writers, workers, None, None, range_bytes)
 
 

@@ -16,6 +16,7 @@ from llvmlite import ir
 from . import codecache, lower, lower_classifier, native
 from .batch import Batch, buffer_address
 from .buffers import check_lengths, packet_view
+from .caches import CodeCache
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
 
@@ -97,8 +98,23 @@ class Classifier:
     def __repr__(self) -> str:
         return f"<bpfjit.Classifier of {len(self)} filters, mode={self.mode!r}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By its programs, as a Filter pickles: its machine code (ctypes pointers) is this process's.
+        return (_rebuild, (self.programs, self.mode, self.opt_level, self.expressions))
+
 
 MultiFilter = Classifier
+
+ClassifierKey = tuple[tuple[Program, ...], str, int, tuple[str | None, ...]]
+# A worker unpickles the same classifier with every task it runs: build it once per process (the disk
+# code cache makes even that first build a load, not a compile).
+_unpickled: CodeCache[ClassifierKey, Classifier] = CodeCache(keep=8)
+
+
+def _rebuild(programs: tuple[Program, ...], mode: Mode, opt_level: int,
+             expressions: tuple[str | None, ...]) -> Classifier:  # fmt: skip
+    key = (tuple(programs), mode, opt_level, tuple(expressions))
+    return _unpickled.get(key, lambda: Classifier(programs, mode, opt_level, expressions))
 
 
 def compile_many(

@@ -40,8 +40,12 @@ class ParseError(BpfjitError, ValueError):
     """Text that could not be read as a cBPF program; `line` is 1-based when known."""
 
     def __init__(self, message: str, line: int | None = None):
+        self.message = message
         self.line = line
         super().__init__(message if line is None else f"line {line}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.message, self.line), None)
 
 
 class ExpressionError(BpfjitError, ValueError):
@@ -51,6 +55,9 @@ class ExpressionError(BpfjitError, ValueError):
         self.expression = expression
         self.message = message
         super().__init__(f"{message} (in filter expression {expression!r})")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.expression, self.message), None)
 
 
 class LibraryMissingError(BpfjitError, ImportError):

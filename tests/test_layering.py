@@ -41,9 +41,9 @@ GROUPS: dict[str, set[str]] = {
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
     "runtime": {"filter", "classifier", "batch", "seccomp"},
     "peers": {"libpcap", "libpcap_loop"},
-    "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel"},
+    "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},
-    "integrations": {"adapters"},
+    "integrations": {"adapters", "dask"},
     "tools": {"__init__", "__main__", "cli", "benchmark", "packetmix"},
 }  # fmt: skip
 MAY_IMPORT: dict[str, set[str]] = {
@@ -60,7 +60,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 # What integrations (and the examples) may use: the package itself and its documented modules.
 PUBLIC = {"__init__", "errors", "program", "text", "validate", "interpret", "batch", "filter", "classifier",
-          "libpcap", "capfile", "capture", "adapters", "packetmix", "strategies", "samples"}  # fmt: skip
+          "libpcap", "capfile", "capparts", "capture", "adapters", "packetmix", "strategies", "samples"}  # fmt: skip
 # (importer, imported): why the layering allows it.
 EXCEPTIONS = {
     ("program", "text"): "Program.parse/dump delegate to the text module (imported at call time)",

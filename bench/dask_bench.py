@@ -1,0 +1,176 @@
+"""A capture collection on Dask: `bpfjit.dask` on 1 and 2 local workers against plain loops and tcpdump.
+
+    python bench/dask_bench.py                       # 16 files x 40,000 packets (~230 MB), 3 rounds
+    python bench/dask_bench.py --files 32 --packets 100000 --rounds 5
+
+Generates the collection once (bpfjit.packetmix, four seeds, kept in --workdir, read into the page
+cache), starts two `distributed.LocalCluster`s (1 and 2 worker processes of one thread each, warmed up
+once so that the disk code cache holds every walker and classifier), then, round by round and
+interleaved so that every way sees the same machine:
+
+- count: the 16 real filters of `bpfjit.benchmark` over every file: `bpfjit.dask.count` on 1 and 2
+  workers; a plain loop of `count_file` (one classifier pass per file); and a loop of `filter_file`
+  without output per filter (16 passes per file: what counting without the classifier costs);
+- filter: 'tcp port 80' to one output per file: `bpfjit.dask.filter_files` on 1 and 2 workers; a plain
+  loop over `filter_file`; and `tcpdump -r IN -w OUT` per file, two at a time (`xargs -P 2`).
+
+Every output and count is checked against the loop's first. Reports medians (wall time) and the ratios
+of the same run: on a shared machine only ratios from one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+EXPRESSION = "tcp port 80"
+
+
+def generate(workdir: Path, files: int, packets: int) -> list[Path]:
+    from bpfjit import packetmix
+
+    src = workdir / f"collection-{files}x{packets}"
+    src.mkdir(parents=True, exist_ok=True)
+    paths = [src / f"capture-{i:03d}.pcap" for i in range(files)]
+    for i, path in enumerate(paths):
+        if not path.exists():
+            seed_file = src / f"seed-{i % 4}.bin"
+            if not seed_file.exists():
+                packetmix.write_pcap(seed_file, packetmix.generate(packets, seed=1 + i % 4))
+            shutil.copy(seed_file, path)
+    for path in paths:
+        path.read_bytes()  # into the page cache
+    return paths
+
+
+def timed(run: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
+
+
+def fresh(directory: Path) -> Path:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--packets", type=int, default=40_000, help="packets per file (~365 bytes a record)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bpfjit-dask-bench")
+    args = parser.parse_args()
+
+    import distributed
+
+    from bpfjit import capfile
+    from bpfjit import dask as bpfjit_dask
+    from bpfjit.benchmark import REAL_FILTERS
+
+    filters = dict(REAL_FILTERS)
+    assert len(filters) == 16
+    paths = generate(args.workdir, args.files, args.packets)
+    size = sum(p.stat().st_size for p in paths)
+    glob = str(paths[0].parent / "capture-*.pcap")
+    tcpdump = shutil.which("tcpdump") or "/usr/bin/tcpdump"
+    print(f"{len(paths)} files, {size / 1e6:.0f} MB, {args.packets} packets each; {os.cpu_count()} CPUs; "
+          f"{args.rounds} rounds")  # fmt: skip
+
+    clusters = {n: distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+                for n in (1, 2)}  # fmt: skip
+    clients = {n: distributed.Client(cluster, set_as_default=False) for n, cluster in clusters.items()}
+    out = args.workdir / "out"
+    expected_counts = None
+
+    def loop_count() -> object:
+        results = [capfile.count_file(p, list(filters.values())) for p in paths]
+        return [sum(r.packets[i] for r in results) for i in range(len(filters))]
+
+    def loop_filter_per_filter() -> object:
+        return [sum(capfile.filter_file(p, None, e, workers=1).accepted for p in paths) for e in filters.values()]
+
+    def dask_count(n: int) -> object:
+        with clients[n].as_current():
+            totals = bpfjit_dask.count(glob, filters)
+        return [c.packets for c in totals.counts.values()]
+
+    def loop_filter() -> object:
+        target = fresh(out / "loop")
+        return [capfile.filter_file(p, target / p.name, EXPRESSION, workers=1).accepted for p in paths]
+
+    def dask_filter(n: int) -> object:
+        with clients[n].as_current():
+            results = bpfjit_dask.filter_files(glob, EXPRESSION, fresh(out / f"dask{n}"))
+        return [r.stats.accepted for r in results if r.stats is not None]
+
+    def tcpdump_filter() -> object:
+        target = fresh(out / "tcpdump")
+        names = "".join(f"{p}\n" for p in paths)
+        script = f'exec {tcpdump} -r "$1" -w "{target}/$(basename "$1")" {EXPRESSION} 2>/dev/null'
+        subprocess.run(["xargs", "-P", "2", "-I{}", "sh", "-c", script, "sh", "{}"], input=names.encode(), check=True)
+        return None
+
+    ways: dict[str, Callable[[], object]] = {
+        "count: loop of count_file": loop_count,
+        "count: loop of filter_file x16": loop_filter_per_filter,
+        "count: dask, 1 worker": lambda: dask_count(1),
+        "count: dask, 2 workers": lambda: dask_count(2),
+        "filter: loop of filter_file": loop_filter,
+        "filter: dask, 1 worker": lambda: dask_filter(1),
+        "filter: dask, 2 workers": lambda: dask_filter(2),
+        "filter: tcpdump, xargs -P 2": tcpdump_filter,
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for name in ways:  # warm-up: compiles (or loads) every walker and classifier in every process
+            _, result = timed(ways[name])
+            if name.startswith("count") and expected_counts is None:
+                expected_counts = result
+            elif name.startswith("count"):
+                assert result == expected_counts, (name, result, expected_counts)
+        for name in ("dask1", "dask2", "tcpdump"):  # same bytes as the loop's
+            for path in paths:
+                assert (out / name / path.name).read_bytes() == (out / "loop" / path.name).read_bytes(), (name, path)
+        for _ in range(args.rounds):
+            for name, run in ways.items():
+                elapsed, _ = timed(run)
+                times[name].append(elapsed)
+    finally:
+        for client in clients.values():
+            client.close()
+        for cluster in clusters.values():
+            cluster.close()
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\n{'way':36} {'median s':>9} {'MB/s':>7}")
+    for name, seconds in median.items():
+        print(f"{name:36} {seconds:9.3f} {size / 1e6 / seconds:7.0f}")
+    print("\nratios (same run):")
+    ratios = [
+        ("count: dask 2 workers vs 1", "count: dask, 1 worker", "count: dask, 2 workers"),
+        ("count: dask 2 workers vs loop of count_file", "count: loop of count_file", "count: dask, 2 workers"),
+        ("count: count_file vs filter_file x16", "count: loop of filter_file x16", "count: loop of count_file"),
+        ("filter: dask 2 workers vs 1", "filter: dask, 1 worker", "filter: dask, 2 workers"),
+        ("filter: dask 2 workers vs loop", "filter: loop of filter_file", "filter: dask, 2 workers"),
+        ("filter: dask 1 worker vs loop", "filter: loop of filter_file", "filter: dask, 1 worker"),
+        ("filter: dask 2 workers vs 2 tcpdumps", "filter: tcpdump, xargs -P 2", "filter: dask, 2 workers"),
+        ("filter: loop vs 2 tcpdumps", "filter: tcpdump, xargs -P 2", "filter: loop of filter_file"),
+    ]
+    for label, slow, fast in ratios:
+        print(f"  {label:44} {median[slow] / median[fast]:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
