@@ -334,8 +334,9 @@ def count(paths: Paths, filters: Mapping[str, capfile.FilterSpec], *, linktype: 
     counts = {name: Counts(p, b) for name, p, b in zip(filters, packets, nbytes, strict=True)}
     if bucket is None:
         return CollectionCounts(files, read, counts, failures)
-    per_bucket = {name: {key * bucket: Counts(row[i], row[len(specs) + i]) for key, row in sorted(buckets.items())
-                         if row[i]} for i, name in enumerate(filters)}  # fmt: skip
+    ordered = sorted(buckets.items())
+    per_bucket = {name: {float(key * bucket): Counts(row[i], row[len(specs) + i]) for key, row in ordered if row[i]}
+                  for i, name in enumerate(filters)}  # fmt: skip
     return CollectionCounts(files, read, counts, failures, per_bucket)
 
 
@@ -450,7 +451,8 @@ def _classifiable(spec: capfile.FilterSpec) -> Any:
 # -- to_dataframe ----------------------------------------------------------------------------------------
 RECORD_FIELDS = ("time", "caplen", "wirelen", "linktype", "file")
 DECODED_FIELDS = ("src", "dst", "proto", "sport", "dport")
-_DTYPES = {"time": "float64", "caplen": "uint32", "wirelen": "uint32", "linktype": "uint32", "file": "string",
+# caplen, wirelen as int64: pandas keeps a uint32 column's dtype in a groupby sum, which would wrap
+_DTYPES = {"time": "float64", "caplen": "int64", "wirelen": "int64", "linktype": "uint32", "file": "string",
            "src": "string", "dst": "string", "proto": "UInt8", "sport": "UInt16", "dport": "UInt16"}  # fmt: skip
 
 

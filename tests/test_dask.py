@@ -187,6 +187,7 @@ def test_to_dataframe_rows_equal_read_file(client: object, collection: tuple[Pat
     assert df.npartitions == 6
     frame = df.compute()
     assert frame.dtypes.to_dict() == df.dtypes.to_dict()
+    assert frame.wirelen.dtype == "int64"  # a groupby sum of bytes must not wrap at 4 GiB
     for source in bpfjit_dask.inputs(str(src / "*")):
         rows = frame[frame.file == source.url]
         expected = _read_until_error(plain[source.name], "tcp or udp")
@@ -299,4 +300,5 @@ def test_count_buckets_equal_a_numpy_groupby(client: object, collection: tuple[P
         expected = {float(k * bucket): (int(c), int(b)) for k, c, b in sums}
         assert {k: tuple(v) for k, v in totals.buckets[name].items()} == expected, name
         assert len(expected) > 3 and list(totals.buckets[name]) == sorted(expected)
+        assert all(type(start) is float for start in totals.buckets[name])
         assert sum(c.packets for c in totals.buckets[name].values()) == totals.counts[name].packets
