@@ -302,3 +302,20 @@ def test_count_buckets_equal_a_numpy_groupby(client: object, collection: tuple[P
         assert len(expected) > 3 and list(totals.buckets[name]) == sorted(expected)
         assert all(type(start) is float for start in totals.buckets[name])
         assert sum(c.packets for c in totals.buckets[name].values()) == totals.counts[name].packets
+
+
+def test_to_dataframe_empty_partitions_keep_the_meta(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    src, _ = collection
+    fields = [*bpfjit_dask.RECORD_FIELDS, *bpfjit_dask.DECODED_FIELDS, "web"]
+    df = bpfjit_dask.to_dataframe(str(src / "*"), "tcp port 1", fields=fields, classify={"web": "tcp"})
+    frame = df.compute()
+    assert len(frame) == 0 and list(frame.columns) == fields
+    assert frame.dtypes.to_dict() == df.dtypes.to_dict()
+
+
+def test_count_buckets_errors_raise(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    src, _ = collection
+    with pytest.raises(CaptureFileError, match=r"f\.pcap: byte \d+: truncated record"):
+        bpfjit_dask.count(str(src / "f.pcap"), {"udp": "udp"}, bucket=1.0, errors="raise")
+    with pytest.raises(ValueError, match="bucket must be a positive"):
+        bpfjit_dask.count(str(src / "a.pcap"), {"udp": "udp"}, bucket=0)
