@@ -552,7 +552,6 @@ class _ReadPartition:
         return pd.DataFrame(frame, columns=self._columns)
 
 
-
 ETHERNET, LINUX_SLL, LINUX_SLL2 = 1, 113, 276
 RAW_IP = (12, 101, 228, 229)  # DLT_RAW (Linux), LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6
 VLAN_TYPES = (0x8100, 0x88A8, 0x9100)

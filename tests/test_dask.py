@@ -250,7 +250,7 @@ def test_decode_hand_made_frames() -> None:
     later = samples.ethernet(0x0800, samples.ipv4(17, samples.udp(1, 2), frag=0x0010))  # offset 128: no ports
     icmp6 = samples.ethernet(0x86DD, samples.ipv6(58, b"\x80\x00\x00\x00"))
     arp = samples.arp_request()
-    cut = tcp4[:14 + 20 + 2]  # TCP header cut after its source port
+    cut = tcp4[: 14 + 20 + 2]  # TCP header cut after its source port
     frames = [tcp4, udp6, later, icmp6, arp, cut]
     batch = Batch.from_packets(frames)
     got = {name: [None if not ok else (v if isinstance(v, str) else int(v)) for v, ok in zip(*pair, strict=True)]
