@@ -5,6 +5,7 @@ that dies mid-task."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -13,13 +14,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pcapfiles import mixed_link_types, write_pcapng
 from test_parallel import pcap_over_tcp
 
 import bpfjit
-from bpfjit import capfile, packetmix
+from bpfjit import capfile, packetmix, samples
 from bpfjit import dask as bpfjit_dask
+from bpfjit.batch import Batch
 from bpfjit.errors import CaptureFileError
 
 distributed = pytest.importorskip("distributed")
@@ -166,3 +169,153 @@ def test_a_worker_that_dies_mid_task(client: object, collection: tuple[Path, dic
         stats, _ = single_filter(plain[name], tmp_path / name, "tcp")
         assert result.stats == stats and Path(result.output or "").read_bytes() == (tmp_path / name).read_bytes()
     assert sorted(os.listdir(out)) == ["a.pcap", "b.pcap", "c.pcapng"]
+
+
+def _read_until_error(path: Path, expression: str) -> list[tuple[float, bytes, int]]:
+    """read_file's packets, up to the bad spot of a corrupt file (errors="report" keeps them)."""
+    got: list[tuple[float, bytes, int]] = []
+    with contextlib.suppress(CaptureFileError):
+        got.extend(bpfjit.read_file(path, expression))
+    return got
+
+
+def test_to_dataframe_rows_equal_read_file(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    src, plain = collection
+    classify = {"web": "tcp port 80", "v6": "ip6"}
+    df = bpfjit_dask.to_dataframe(str(src / "*"), "tcp or udp", classify=classify)
+    assert list(df.columns) == ["time", "caplen", "wirelen", "linktype", "file", "web", "v6"]
+    assert df.npartitions == 6
+    frame = df.compute()
+    assert frame.dtypes.to_dict() == df.dtypes.to_dict()
+    assert frame.wirelen.dtype == "int64"  # a groupby sum of bytes must not wrap at 4 GiB
+    for source in bpfjit_dask.inputs(str(src / "*")):
+        rows = frame[frame.file == source.url]
+        expected = _read_until_error(plain[source.name], "tcp or udp")
+        assert len(rows) == len(expected) > 100, source.name
+        assert rows.time.tolist() == [t for t, _, _ in expected]
+        assert rows.caplen.tolist() == [len(p) for _, p, _ in expected]
+        assert rows.wirelen.tolist() == [w for _, _, w in expected]
+        for name, expression in classify.items():  # the verdict bits: read_file with both filters
+            both = _read_until_error(plain[source.name], f"(tcp or udp) and ({expression})")
+            chosen = rows[rows[name]]
+            assert list(zip(chosen.time, chosen.wirelen, strict=True)) == [(t, w) for t, _, w in both], name
+    assert set(frame.linktype) == {1, 101, 113}  # the pcapng files mix Ethernet, raw IP and SLL
+
+
+def test_to_dataframe_errors_raise(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    src, _ = collection
+    df = bpfjit_dask.to_dataframe(str(src / "f.pcap"), errors="raise")
+    with pytest.raises(CaptureFileError, match=r"f\.pcap: byte \d+: truncated record"):
+        df.compute()
+
+
+def test_to_dataframe_computes_only_the_columns_asked(collection: tuple[Path, dict[str, Path]],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    src, _ = collection
+    decoded: list[tuple[str, ...]] = []
+    classified: list[int] = []
+    decode, classify = bpfjit_dask.decode, bpfjit_dask._Classifiers.__call__
+
+    def spy_decode(batch: object, linktype: int, fields: tuple[str, ...]) -> object:
+        decoded.append(tuple(fields))
+        return decode(batch, linktype, fields)  # type: ignore[arg-type]
+
+    def spy_classify(self: object, packet_batch: object) -> object:
+        classified.append(1)
+        return classify(self, packet_batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bpfjit_dask, "decode", spy_decode)
+    monkeypatch.setattr(bpfjit_dask._Classifiers, "__call__", spy_classify)
+    fields = ["time", "file", "src", "sport", "web"]
+    df = bpfjit_dask.to_dataframe(str(src / "a.pcap"), fields=fields, classify={"web": "tcp port 80"})
+    assert list(df.columns) == fields
+    assert df.dtypes.astype(str).tolist() == ["float64", "string", "string", "UInt16", "bool"]  # meta: no file read
+    assert not decoded and not classified
+    times = df[["time"]].compute(scheduler="sync")  # in this process, where the spies are
+    assert list(times.columns) == ["time"] and len(times) == 3000 and not decoded and not classified
+    ports = df[["time", "sport"]].compute(scheduler="sync")
+    assert list(ports.columns) == ["time", "sport"] and set(decoded) == {("sport",)} and not classified
+    assert ports.sport.notna().sum() > 1000
+    assert int(df.web.sum().compute(scheduler="sync")) > 0 and classified
+    with pytest.raises(ValueError, match=r"unknown fields \['port'\]"):
+        bpfjit_dask.to_dataframe(str(src / "a.pcap"), fields=["port"])
+
+
+def test_decode_hand_made_frames() -> None:
+    from pcapfiles import linux_sll, raw_ip
+
+    v6a, v6b = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000abc")
+    tcp4 = samples.ethernet(0x0800, samples.ipv4(6, samples.tcp(1234, 80), "192.0.2.1", "198.51.100.7"))
+    udp6 = samples.vlan(5, 0x86DD, samples.ipv6(17, samples.udp(5353, 53), v6a, v6b))
+    later = samples.ethernet(0x0800, samples.ipv4(17, samples.udp(1, 2), frag=0x0010))  # offset 128: no ports
+    icmp6 = samples.ethernet(0x86DD, samples.ipv6(58, b"\x80\x00\x00\x00"))
+    arp = samples.arp_request()
+    cut = tcp4[: 14 + 20 + 2]  # TCP header cut after its source port
+    frames = [tcp4, udp6, later, icmp6, arp, cut]
+    batch = Batch.from_packets(frames)
+    got = {name: [None if not ok else (v if isinstance(v, str) else int(v)) for v, ok in zip(*pair, strict=True)]
+           for name, pair in bpfjit_dask.decode(batch, 1).items()}  # fmt: skip
+    assert got == {
+        "src": ["192.0.2.1", "2001:db8::1", "10.0.0.1", "::1", None, "192.0.2.1"],
+        "dst": ["198.51.100.7", "2001:db8::abc", "10.0.0.2", "::2", None, "198.51.100.7"],
+        "proto": [6, 17, 17, 58, None, 6],
+        "sport": [1234, 5353, None, None, None, None],
+        "dport": [80, 53, None, None, None, None],
+    }
+    for framed, linktype in ((raw_ip, 101), (linux_sll, 113)):
+        other = bpfjit_dask.decode(Batch.from_packets([framed(tcp4), framed(udp6[:12] + udp6[16:])]), linktype)
+        assert other["src"][0].tolist() == ["192.0.2.1", "2001:db8::1"], linktype
+        assert other["dport"][0].tolist() == [80, 53] and other["dport"][1].all()
+    unknown = bpfjit_dask.decode(Batch.from_packets([tcp4]), 147)  # a link type without IP: all <NA>
+    assert not any(valid.any() for _, valid in unknown.values())
+
+
+def test_to_dataframe_decoded_columns(client: object, tmp_path: Path) -> None:
+    frames = [samples.ethernet(0x0800, samples.ipv4(17, samples.udp(1000 + i, 53), "10.9.0.1", f"10.9.1.{i}"))
+              for i in range(5)] + [samples.arp_request()]  # fmt: skip
+    packetmix.write_pcap(tmp_path / "h.pcap", Batch.from_packets(frames))
+    fields = ["src", "dst", "proto", "sport", "dport"]
+    frame = bpfjit_dask.to_dataframe(str(tmp_path / "h.pcap"), fields=fields).compute()
+    assert frame.dst.tolist()[:5] == [f"10.9.1.{i}" for i in range(5)]
+    assert frame.dst.isna().tolist() == [False] * 5 + [True]
+    assert frame.sport.tolist()[:5] == list(range(1000, 1005)) and frame.proto.isna().sum() == 1
+    assert str(frame.dport.dtype) == "UInt16" and frame.dport.iloc[5] is pd.NA
+
+
+def test_count_buckets_equal_a_numpy_groupby(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    import numpy as np
+
+    src, plain = collection
+    bucket = 0.05  # the collection spans ~0.6 s
+    totals = bpfjit_dask.count(str(src / "*"), FILTERS, bucket=bucket)
+    assert totals.counts == bpfjit_dask.count(str(src / "*"), FILTERS, part_bytes=PART_BYTES).counts
+    assert [e.path for e in totals.errors] == ["file://" + str(src / "f.pcap")]
+    assert totals.buckets is not None
+    for name, expression in FILTERS.items():
+        packets = [p for path in plain.values() for p in _read_until_error(path, expression)]
+        index = np.floor(np.array([t for t, _, _ in packets]) / bucket).astype(np.int64)
+        wire = np.array([w for _, _, w in packets], dtype=np.int64)
+        keys, where = np.unique(index, return_inverse=True)
+        sums = zip(keys, np.bincount(where), np.bincount(where, weights=wire).astype(np.int64), strict=True)
+        expected = {float(k * bucket): (int(c), int(b)) for k, c, b in sums}
+        assert {k: tuple(v) for k, v in totals.buckets[name].items()} == expected, name
+        assert len(expected) > 3 and list(totals.buckets[name]) == sorted(expected)
+        assert all(type(start) is float for start in totals.buckets[name])
+        assert sum(c.packets for c in totals.buckets[name].values()) == totals.counts[name].packets
+
+
+def test_to_dataframe_empty_partitions_keep_the_meta(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    src, _ = collection
+    fields = [*bpfjit_dask.RECORD_FIELDS, *bpfjit_dask.DECODED_FIELDS, "web"]
+    df = bpfjit_dask.to_dataframe(str(src / "*"), "tcp port 1", fields=fields, classify={"web": "tcp"})
+    frame = df.compute()
+    assert len(frame) == 0 and list(frame.columns) == fields
+    assert frame.dtypes.to_dict() == df.dtypes.to_dict()
+
+
+def test_count_buckets_errors_raise(client: object, collection: tuple[Path, dict[str, Path]]) -> None:
+    src, _ = collection
+    with pytest.raises(CaptureFileError, match=r"f\.pcap: byte \d+: truncated record"):
+        bpfjit_dask.count(str(src / "f.pcap"), {"udp": "udp"}, bucket=1.0, errors="raise")
+    with pytest.raises(ValueError, match="bucket must be a positive"):
+        bpfjit_dask.count(str(src / "a.pcap"), {"udp": "udp"}, bucket=0)
