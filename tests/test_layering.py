@@ -35,7 +35,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 GROUPS: dict[str, set[str]] = {
     "model": {"errors", "opcodes", "dialects", "program", "text", "validate", "interpret", "analysis", "buffers",
-              "samples", "strategies"},
+              "samples", "strategies", "syscalls"},
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
