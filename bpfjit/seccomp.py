@@ -20,7 +20,7 @@ import platform
 import struct
 import tempfile
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,10 @@ from .filter import Filter
 from .filter import compile as _compile_filter
 from .opcodes import U32_MASK
 from .program import InsnLike, Program
+from .validate import validate
+
+if TYPE_CHECKING:
+    from .seccomp_explain import Explanation
 
 # AUDIT_ARCH_* (linux/audit.h: EM_* | 0x80000000 when 64-bit | 0x40000000 when little-endian).
 AUDIT_ARCH: dict[str, int] = {
@@ -250,6 +254,27 @@ def stack(filters: Iterable[SeccompFilter | Program | Iterable[InsnLike]]) -> St
     return Stack([f if isinstance(f, SeccompFilter) else compile(f) for f in filters])
 
 
+# -- reading programs (bpfjit.seccomp_explain) ----------------------------------------------------
+def disasm(source: Program | Iterable[InsnLike] | bytes, arch: str | int | None = HOST_ARCH) -> str:
+    """One line per instruction in seccomp-tools' notation (`A = sys_number`, `if (A == read) goto 0005`,
+    `return ERRNO(1)`), syscalls named from `arch`'s table; see `seccomp_explain.disasm`."""
+    from .seccomp_explain import disasm as _disasm
+
+    return _disasm(_program(source), arch)
+
+
+def explain(
+    source: SeccompFilter | Program | Iterable[InsnLike] | bytes, arch: str | int = HOST_ARCH or 0
+) -> Explanation:
+    """An `seccomp_explain.Explanation`: every syscall number's action under `arch`, or the argument
+    conditions that decide it."""
+    from .seccomp_explain import explain as _explain
+
+    program = source.program if isinstance(source, SeccompFilter) else _program(source)
+    validate(program, dialect=SECCOMP)  # only programs the kernel accepts: a DAG, aligned loads
+    return _explain(program, arch)
+
+
 # -- programs from libseccomp ----------------------------------------------------------------------
 DEBIAN_PYTHON_PATH = "/usr/lib/python3/dist-packages"  # where Debian's python3-seccomp puts its module
 
@@ -295,6 +320,8 @@ __all__ = [
     "Stack",
     "compile",
     "decode",
+    "disasm",
+    "explain",
     "from_libseccomp",
     "libseccomp",
     "precedence",
