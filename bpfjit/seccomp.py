@@ -275,6 +275,58 @@ def explain(
     return _explain(program, arch)
 
 
+# -- programs of a running process (DIALECTS.md C.5) ------------------------------------------------
+PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH, PTRACE_SECCOMP_GET_FILTER = 0x4206, 0x4207, 17, 0x420C
+_WALL = 0x40000000  # waitpid: any child, the tracee a seized task is
+
+
+def dump_pid(pid: int) -> list[Program]:
+    """The seccomp filters of process `pid`, oldest first (PTRACE_SECCOMP_GET_FILTER's index 0 is the
+    first installed, measured), as the programs were given to the kernel. Needs CAP_SYS_ADMIN (root)
+    and a kernel with CONFIG_CHECKPOINT_RESTORE; the process is stopped only while they are read.
+    An empty list when it has no filters."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+    def ptrace(request: int, index: int = 0, buffer: Any = None) -> int:
+        result = int(libc.ptrace(request, pid, index, buffer))
+        if result == -1 and ctypes.get_errno():
+            code = ctypes.get_errno()
+            raise OSError(code, f"ptrace({request:#x}) on pid {pid}: {os.strerror(code)}")
+        return result
+
+    ctypes.set_errno(0)
+    try:
+        ptrace(PTRACE_SEIZE)
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            raise PermissionError(exc.errno, f"reading pid {pid}'s seccomp filters needs root (CAP_SYS_ADMIN)") from exc
+        raise
+    programs: list[Program] = []
+    try:
+        ptrace(PTRACE_INTERRUPT)
+        os.waitpid(pid, _WALL)  # the tracee stops: only then does the kernel answer
+        for index in range(MAX_STACKED_INSNS):  # a bound: every filter counts at least one instruction
+            ctypes.set_errno(0)
+            try:
+                count = ptrace(PTRACE_SECCOMP_GET_FILTER, index)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT or (exc.errno == errno.EINVAL and index == 0):
+                    break  # past the oldest filter; EINVAL at 0: the process is not in filter mode
+                raise
+            buffer = ctypes.create_string_buffer(count * 8)
+            ptrace(PTRACE_SECCOMP_GET_FILTER, index, buffer)
+            programs.append(Program.from_bytes(buffer.raw))
+    finally:
+        ctypes.set_errno(0)
+        libc.ptrace(PTRACE_DETACH, pid, None, None)  # the tracee runs on as before
+    return programs
+
+
 # -- programs from libseccomp ----------------------------------------------------------------------
 DEBIAN_PYTHON_PATH = "/usr/lib/python3/dist-packages"  # where Debian's python3-seccomp puts its module
 
@@ -321,6 +373,7 @@ __all__ = [
     "compile",
     "decode",
     "disasm",
+    "dump_pid",
     "explain",
     "from_libseccomp",
     "libseccomp",

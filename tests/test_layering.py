@@ -44,7 +44,7 @@ GROUPS: dict[str, set[str]] = {
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},
     "integrations": {"adapters", "dask"},
-    "tools": {"__init__", "__main__", "cli", "benchmark", "packetmix"},
+    "tools": {"__init__", "__main__", "cli", "seccomp_cli", "benchmark", "packetmix"},
 }  # fmt: skip
 MAY_IMPORT: dict[str, set[str]] = {
     "model": {"model"},
