@@ -19,10 +19,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .dialects import SECCOMP
 from .opcodes import OPCODES, U32_MASK
 from .program import Insn, Program
 from .seccomp import AUDIT_ARCH, Action, decode
 from .syscalls import X32_SYSCALL_BIT, arch_name, syscall_name, table
+from .text import format_insn
 
 _LITTLE = sys.byteorder == "little"  # seccomp_data is in the host's order: which word is low
 ARCH_NAMES = {value: "ARCH_" + name.upper() for name, value in AUDIT_ARCH.items()}
@@ -53,7 +55,7 @@ def _num(k: int, op: str = "") -> str:
 # -- disassembler ----------------------------------------------------------------------------------
 def _source(insn: Insn) -> str | None:
     """What an instruction loads into A (a FIELDS key's name), None if not a seccomp_data word."""
-    kind = OPCODES[insn.code].kind
+    kind = OPCODES[insn.code].kind if insn.code in OPCODES else None
     return FIELDS.get(insn.k, (None, None))[1] if kind == "ld_abs" else None
 
 
@@ -79,22 +81,28 @@ def _flow(program: Program, arch: str | None) -> list[tuple[str | None, str | No
         source = incoming[0][0] if incoming and all(s[0] == incoming[0][0] for s in incoming) else None
         known = incoming[0][1] if incoming and all(s[1] == incoming[0][1] for s in incoming) else arch
         seen.append((source, known))
-        info = OPCODES[insn.code]
+        info = OPCODES.get(insn.code)
+        if info is None:  # an unknown opcode (the validator refuses it): on to the next
+            if pc + 1 < len(states):
+                states[pc + 1].append((None, known))
+            continue
         after = source
         if info.kind.startswith("ld_") or info.kind in ("txa", "neg", "alu_k", "alu_x"):
             after = _source(insn)
         if info.is_return:
             continue
         if info.kind == "ja":
-            states[pc + 1 + insn.k].append((after, known))
+            edges = [(pc + 1 + insn.k, known)]
         elif info.is_conditional:
             taken = known
             if source == "arch" and info.kind == "jmp_k" and info.mnemonic == "jeq" and insn.k in _ARCH_OF:
                 taken = _ARCH_OF[insn.k]
-            states[pc + 1 + insn.jt].append((after, taken))
-            states[pc + 1 + insn.jf].append((after, known))
+            edges = [(pc + 1 + insn.jt, taken), (pc + 1 + insn.jf, known)]
         else:
-            states[pc + 1].append((after, known))
+            edges = [(pc + 1, known)]
+        for target, state in edges:
+            if target < len(states):  # a jump out of the program is invalid, yet still printable
+                states[target].append((after, state))
     return seen
 
 
@@ -102,7 +110,9 @@ _ARCH_OF = {value: name for name, value in AUDIT_ARCH.items() if name in ("x86_6
 
 
 def _text(insn: Insn, pc: int, source: str | None, arch: str | None) -> str:
-    info = OPCODES[insn.code]
+    info = OPCODES.get(insn.code)
+    if info is None or any(rule.check(insn, info) for rule in SECCOMP.rules):
+        return " ".join(format_insn(insn, pc).split())  # no seccomp meaning: as tcpdump -d prints it
     kind, k = info.kind, insn.k
     target = lambda offset: f"{pc + 1 + offset:04d}"  # noqa: E731
     if kind == "ld_abs":

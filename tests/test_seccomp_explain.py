@@ -189,3 +189,10 @@ def test_explain_other_architectures_of_a_multi_arch_filter(arch: str) -> None:
     assert [p.name for p in e.depends()] == ["close"]
     assert check_against_jit(program, arch)[1] == 1
     assert "if (A == openat)" in seccomp.disasm(program, arch)
+
+
+def test_disasm_prints_programs_the_kernel_would_refuse() -> None:
+    program = [Insn(0x28, 0, 0, 2), Insn(0x15, 7, 0, 1), Insn(0x05, 0, 0, 9), Insn(0x94, 0, 0, 3),
+               Insn(0xFF, 0, 0, 0), Insn(0x06, 0, 0, 0)]  # fmt: skip
+    assert [line.split("  ", 2)[-1] for line in seccomp.disasm(program, "x86_64").splitlines()[2:]] == [
+        "ldh [2]", "if (A == 1) goto 0009", "goto 0012", "mod #3", "unimp 0xff", "return KILL_THREAD"]
