@@ -264,15 +264,17 @@ def disasm(source: Program | Iterable[InsnLike] | bytes, arch: str | int | None 
 
 
 def explain(
-    source: SeccompFilter | Program | Iterable[InsnLike] | bytes, arch: str | int = HOST_ARCH or 0
+    source: SeccompFilter | Program | Iterable[InsnLike] | bytes,
+    arch: str | int = HOST_ARCH or 0,
+    nrs: Iterable[int] | None = None,
 ) -> Explanation:
-    """An `seccomp_explain.Explanation`: every syscall number's action under `arch`, or the argument
-    conditions that decide it."""
+    """An `seccomp_explain.Explanation`: every syscall number's action under `arch` (all of its
+    table's numbers, or `nrs`), or the argument conditions that decide it."""
     from .seccomp_explain import explain as _explain
 
     program = source.program if isinstance(source, SeccompFilter) else _program(source)
     validate(program, dialect=SECCOMP)  # only programs the kernel accepts: a DAG, aligned loads
-    return _explain(program, arch)
+    return _explain(program, arch, nrs)
 
 
 # -- programs of a running process (DIALECTS.md C.5) ------------------------------------------------

@@ -4,20 +4,25 @@
     e = explain(program, "x86_64")            # symbolic evaluation, one pass per syscall number
     e.syscalls[257].cases                      # (Case(ALLOW, ('args[2].lo & 0x3 == 0',)), ...)
     e.allowed()                                # the numbers every argument vector may run
+    case.holds(record_words(args, ip))         # does this record take that case's path; .returns(): value
 
 `explain` runs the program once per syscall number of the architecture's table (and every number in
 between) with `nr` and `arch` known and the instruction pointer and arguments symbolic: loads of
 those give a field (`args[2].lo`, `ip.hi`), ALU operations build an expression over it, and a branch
 on one forks the path, recording the condition on each side. Conditions on one expression are kept as
 a range (and excluded values), so contradictory paths are cut. The program is a DAG (validated), so
-the walk ends; a budget of paths per number guards against exponential programs.
+the walk ends; a budget of paths per number guards against exponential programs. Every expression
+and condition also keeps the function that computes it, so a case can be checked on a record: the
+tests hold each case that holds for a record to the JIT's return for it.
 """
 
 from __future__ import annotations
 
+import operator
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .dialects import SECCOMP
 from .opcodes import OPCODES, U32_MASK
@@ -156,11 +161,23 @@ def disasm(program: Program, arch: str | int | None = None) -> str:
 
 
 # -- explain ---------------------------------------------------------------------------------------
+Words = Mapping[str, int]  # a record's symbolic 32-bit words by name: "ip.lo", "args[2].hi", ...
+
+
+def record_words(args: Sequence[int] = (), ip: int = 0) -> dict[str, int]:
+    """The words `Case.holds` and `Case.returns` read, from a syscall's arguments and ip."""
+    values = {"ip": ip, **{f"args[{i}]": v for i, v in enumerate([*args, *[0] * (6 - len(args))])}}
+    return {f"{name}.{half}": (v >> 32 if half == "hi" else v) & U32_MASK for name, v in values.items()
+            for half in ("lo", "hi")}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Sym:
-    """A value that depends on the instruction pointer or the arguments: its expression's text."""
+    """A value that depends on the instruction pointer or the arguments: its expression's text, and
+    the expression to compute it from a record's words."""
 
     expr: str
+    value: Callable[[Words], int] = field(compare=False, repr=False)
 
     def wrapped(self) -> str:
         return f"({self.expr})" if " " in self.expr else self.expr
@@ -168,6 +185,28 @@ class Sym:
 
 Value = int | Sym
 _FULL = (0, U32_MASK, frozenset[int]())
+_ALU_BY_NAME = {info.alu.name: info.alu for info in OPCODES.values() if info.alu is not None}
+
+
+def _apply(name: str, a: int, b: int) -> int:
+    """The kernel's ALU: shifts by the amount & 31, division by 0 gives 0 (the program ends there)."""
+    if name == "div" and b == 0:
+        return 0
+    return _ALU_BY_NAME[name].apply(a, b & 31 if name in ("lsh", "rsh") else b)
+
+
+def _evaluator(v: Value) -> Callable[[Words], int]:
+    return v.value if isinstance(v, Sym) else lambda _: v
+
+
+def _negated(fa: Callable[[Words], int]) -> Callable[[Words], int]:
+    return lambda w: (-fa(w)) & U32_MASK
+
+
+def _jump_test(test: Callable[[int, int], bool], fa: Callable[[Words], int], fb: Callable[[Words], int],
+               outcome: bool) -> Callable[[Words], bool]:  # fmt: skip
+    """Whether the jump `test(A, operand)` comes out as `outcome` for a record."""
+    return lambda w: test(fa(w), fb(w)) == outcome
 
 
 def _alu(name: str, a: Value, b: Value) -> Value | None:
@@ -175,10 +214,7 @@ def _alu(name: str, a: Value, b: Value) -> Value | None:
     if isinstance(a, int) and isinstance(b, int):
         if name == "div" and b == 0:
             return None
-        if name in ("lsh", "rsh"):
-            b &= 31  # the kernel's runtime; a constant shift >= 32 does not validate
-        alu = next(info.alu for info in OPCODES.values() if info.alu is not None and info.alu.name == name)
-        return alu.apply(a, b)
+        return _apply(name, a, b)
     if isinstance(b, int):
         if name == "div" and b == 0:
             return None
@@ -190,15 +226,26 @@ def _alu(name: str, a: Value, b: Value) -> Value | None:
     right = b.wrapped() if isinstance(b, Sym) else _num(b, name)
     if name in ("lsh", "rsh") and isinstance(b, Sym):
         right = f"({right} & 31)"
-    return Sym(f"{left} {_ALU_SIGN[name]} {right}")
+    fa, fb = _evaluator(a), _evaluator(b)
+    return Sym(f"{left} {_ALU_SIGN[name]} {right}", lambda w: _apply(name, fa(w), fb(w)))
 
 
 @dataclass(frozen=True)
 class Case:
-    """One way a syscall ends: its action (or `return A`'s expression) when every condition holds."""
+    """One way a syscall ends: its action (or `return A`'s expression) when every condition holds.
+    `holds(words)` tells whether a record takes this path, `returns(words)` what it returns there."""
 
     action: Action | str
     conditions: tuple[str, ...]
+    tests: tuple[Callable[[Words], bool], ...] = field(default=(), compare=False, repr=False)
+    result: Callable[[Words], int] | None = field(default=None, compare=False, repr=False)
+
+    def holds(self, words: Words) -> bool:
+        return all(test(words) for test in self.tests)
+
+    def returns(self, words: Words) -> int:
+        assert self.result is not None
+        return self.result(words)
 
     def __str__(self) -> str:
         what = self.action if isinstance(self.action, str) else self.action.name
@@ -235,24 +282,38 @@ class PathBudgetError(ValueError):
     """A syscall number has more paths through the program than `explain` follows."""
 
 
+@dataclass(frozen=True)
+class _Cond:
+    text: str
+    test: Callable[[Words], bool]
+    about: str | None = None  # the expression a range fact (==, >, ...) bounds, None for the others
+
+
 @dataclass
 class _State:
     pc: int
     a: Value
     x: Value
     mem: tuple[Value, ...]
-    conditions: tuple[str, ...]
+    conditions: tuple[_Cond, ...]
     facts: dict[str, tuple[int, int, frozenset[int]]]  # expression -> (low, high, excluded values)
 
-    def fork(self, pc: int, condition: str | None, expr: str | None = None,
+    def fork(self, pc: int, condition: _Cond | None = None,
              fact: tuple[int, int, frozenset[int]] | None = None) -> _State:  # fmt: skip
-        facts = self.facts if expr is None or fact is None else {**self.facts, expr: fact}
-        conditions = self.conditions
-        if expr is not None and fact is not None and fact[0] == fact[1]:  # a known value says it all
-            conditions = tuple(c for c in conditions if not c.startswith(f"{expr} "))
+        conditions, facts = self.conditions, self.facts
+        if condition is not None and condition.about is not None and fact is not None:
+            facts = {**facts, condition.about: fact}
+            if fact[0] == fact[1]:  # a known value says all the earlier bounds on it said
+                conditions = tuple(c for c in conditions if c.about != condition.about)
         if condition is not None:
             conditions = (*conditions, condition)
         return _State(pc, self.a, self.x, self.mem, conditions, facts)
+
+    def end(self, value: Value) -> Case:
+        """The case of a path that returns `value`."""
+        action = decode(value) if isinstance(value, int) else f"return {value.expr}"
+        tests = tuple(c.test for c in self.conditions)
+        return Case(action, tuple(c.text for c in self.conditions), tests, _evaluator(value))
 
 
 def _decide(name: str, a: Sym, k: int, fact: tuple[int, int, frozenset[int]]) -> tuple[bool | None, tuple, tuple]:
@@ -285,20 +346,17 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
             if walked > budget:
                 raise PathBudgetError(f"syscall {nr}: more than {budget} steps through the program's paths")
             if s.pc == len(insns):  # the division fork's end: the program returned 0
-                yield Case(decode(0), s.conditions)
+                yield s.end(0)
                 break
             insn = insns[s.pc]
             info = OPCODES[insn.code]
             kind = info.kind
-            if kind == "ret_k":
-                yield Case(decode(insn.k), s.conditions)
-                break
-            if kind == "ret_a":
-                yield Case(decode(s.a) if isinstance(s.a, int) else f"return {s.a.expr}", s.conditions)
+            if kind in ("ret_k", "ret_a"):
+                yield s.end(insn.k if kind == "ret_k" else s.a)
                 break
             if kind == "ld_abs":
                 field = FIELDS[insn.k][1]
-                s.a = nr if field == "nr" else audit_arch if field == "arch" else Sym(field)
+                s.a = nr if field == "nr" else audit_arch if field == "arch" else Sym(field, itemgetter(field))
             elif kind in ("ld_imm", "ld_len", "ld_mem"):
                 s.a = s.mem[insn.k] if kind == "ld_mem" else 64 if kind == "ld_len" else insn.k
             elif kind in ("ldx_imm", "ldx_len", "ldx_mem"):
@@ -312,17 +370,20 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
             elif kind == "txa":
                 s.a = s.x
             elif kind == "neg":
-                s.a = (-s.a) & U32_MASK if isinstance(s.a, int) else Sym(f"-{s.a.wrapped()}")
+                if isinstance(s.a, int):
+                    s.a = (-s.a) & U32_MASK
+                else:
+                    s.a = Sym(f"-{s.a.wrapped()}", _negated(s.a.value))
             elif kind in ("alu_k", "alu_x"):
                 assert info.alu is not None
                 operand = insn.k if kind == "alu_k" else s.x
                 if info.alu.name == "div" and isinstance(operand, Sym):  # X == 0 ends the program with 0
-                    zero = s.fork(s.pc, f"{operand.expr} == 0")
-                    todo.append(_State(len(insns), 0, 0, (), zero.conditions, zero.facts))
-                    s = s.fork(s.pc, f"{operand.expr} != 0")
+                    nonzero, fx, zero = operator.ne, operand.value, _evaluator(0)
+                    todo.append(s.fork(len(insns), _Cond(f"{operand.expr} == 0", _jump_test(nonzero, fx, zero, False))))
+                    s = s.fork(s.pc, _Cond(f"{operand.expr} != 0", _jump_test(nonzero, fx, zero, True)))
                 result = _alu(info.alu.name, s.a, operand)
                 if result is None:
-                    yield Case(decode(0), s.conditions)
+                    yield s.end(0)
                     break
                 s.a = result
             if kind == "ja":
@@ -344,17 +405,22 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
                     true_text, false_text = f"{left} & {right} != 0", f"{left} & {right} == 0"
                 else:
                     true_text, false_text = f"{left} {yes} {right}", f"{left} {no} {right}"
+                fa, fb, jump = _evaluator(s.a), _evaluator(operand), info.jmp.test
+                ranged = isinstance(s.a, Sym) and isinstance(operand, int) and info.jmp.name != "jset"
+                about = s.a.expr if isinstance(s.a, Sym) and ranged else None
+                yes_cond = _Cond(true_text, _jump_test(jump, fa, fb, True), about)
+                no_cond = _Cond(false_text, _jump_test(jump, fa, fb, False), about)
                 if isinstance(s.a, Sym) and isinstance(operand, int):
                     fact = s.facts.get(s.a.expr, _FULL)
                     decided, on_true, on_false = _decide(info.jmp.name, s.a, operand, fact)
                     if decided is not None:
                         s.pc = taken_pc if decided else other_pc
                         continue
-                    todo.append(s.fork(other_pc, false_text, s.a.expr, on_false))
-                    s = s.fork(taken_pc, true_text, s.a.expr, on_true)
+                    todo.append(s.fork(other_pc, no_cond, on_false))
+                    s = s.fork(taken_pc, yes_cond, on_true)
                 else:
-                    todo.append(s.fork(other_pc, false_text))
-                    s = s.fork(taken_pc, true_text)
+                    todo.append(s.fork(other_pc, no_cond))
+                    s = s.fork(taken_pc, yes_cond)
             else:
                 s.pc += 1
 
@@ -418,20 +484,24 @@ def numbers(arch: str | int) -> list[int]:
     return found + (list(range(X32_SYSCALL_BIT, max(x32) + 1)) if x32 else [])
 
 
-def explain(program: Program, arch: str | int, budget: int = 1 << 16) -> Explanation:
-    """Every syscall number's cases under `arch` (a name or AUDIT_ARCH value). Cases with the same
-    action and conditions are merged; `PathBudgetError` past `budget` steps for one number."""
+def explain(
+    program: Program, arch: str | int, nrs: Iterable[int] | None = None, budget: int = 1 << 16
+) -> Explanation:
+    """The cases of every syscall number (`numbers(arch)`, or `nrs`) under `arch` (a name or
+    AUDIT_ARCH value). Cases with the same action and conditions are merged; `PathBudgetError` past
+    `budget` steps for one number."""
     name = arch_name(arch)
     if name not in AUDIT_ARCH:
         raise ValueError(f"{name} runs under another AUDIT_ARCH (x32: explain x86_64)")
     audit_arch = AUDIT_ARCH[name]
     found: dict[int, SyscallPolicy] = {}
-    for nr in numbers(name):
+    for nr in numbers(name) if nrs is None else sorted({nr & U32_MASK for nr in nrs}):
         cases = tuple(dict.fromkeys(_paths(program, nr, audit_arch, budget)))
         if len({c.action for c in cases}) == 1:
-            cases = (Case(cases[0].action, ()),)  # every path ends the same: the conditions do not matter
+            # every path ends the same: the conditions do not matter
+            cases = (Case(cases[0].action, (), (), cases[0].result),)
         found[nr] = SyscallPolicy(nr, syscall_name(nr, name), cases)
     return Explanation(name, audit_arch, found)
 
 
-__all__ = ["Case", "Explanation", "PathBudgetError", "SyscallPolicy", "disasm", "explain", "numbers"]
+__all__ = ["Case", "Explanation", "PathBudgetError", "SyscallPolicy", "disasm", "explain", "numbers", "record_words"]

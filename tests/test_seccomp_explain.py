@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from test_seccomp_names import lsc_module
 
 from bpfjit import Insn, Program, seccomp
 from bpfjit.opcodes import OPCODES
 from bpfjit.seccomp import RET, decode
-from bpfjit.seccomp_explain import Case, PathBudgetError, explain, numbers
+from bpfjit.seccomp_explain import Case, PathBudgetError, explain, numbers, record_words
+from bpfjit.strategies import programs, syscalls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for bench/
 from bench import seccomp_bench
@@ -141,8 +144,11 @@ def check_against_jit(program: Program, arch: str, seed: int = 5) -> tuple[int, 
         words = [_candidates(program, rng, n * 6).reshape(n, 6) for _ in range(2)]
         recs["args"] = (words[0] << np.uint64(32)) | words[1]
         recs["ip"] = (_candidates(program, rng, n) << np.uint64(32)) | _candidates(program, rng, n)
-        got = {decode(int(v)) for v in np.unique(sf.evaluate(recs))}
-        assert got == policy.actions, (policy.label, [str(c) for c in policy.cases])
+        values = sf.evaluate(recs)
+        assert {decode(int(v)) for v in np.unique(values)} == policy.actions, (policy.label, policy.cases)
+        for rec, value in list(zip(recs, values.tolist(), strict=True))[:50]:  # the path each record takes
+            words = record_words(rec["args"].tolist(), int(rec["ip"]))
+            assert [c.returns(words) for c in policy.cases if c.holds(words)] == [value], (policy.label, rec)
         depends += policy.depends
     return len(e.syscalls), depends
 
@@ -196,3 +202,38 @@ def test_disasm_prints_programs_the_kernel_would_refuse() -> None:
                Insn(0xFF, 0, 0, 0), Insn(0x06, 0, 0, 0)]  # fmt: skip
     assert [line.split("  ", 2)[-1] for line in seccomp.disasm(program, "x86_64").splitlines()[2:]] == [
         "ldh [2]", "if (A == 1) goto 0009", "goto 0012", "mod #3", "unimp 0xff", "return KILL_THREAD"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(programs(max_insns=32, dialect="seccomp"), st.lists(syscalls(), min_size=1, max_size=16),
+       st.integers(0, (1 << 64) - 1))  # fmt: skip
+def test_explain_predicts_what_the_jit_returns_on_random_programs(
+    program: Program, calls: list[tuple[int, tuple[int, ...]]], ip: int
+) -> None:
+    """For every record some case's conditions hold, and every case that holds returns what the JIT
+    does (its action: the one explain names when it says the arguments do not matter)."""
+    try:
+        e = seccomp.explain(program, "x86_64", nrs=[nr for nr, _ in calls])
+    except PathBudgetError:
+        assume(False)
+    sf = seccomp.compile(program)
+    for nr, args in calls:
+        value, policy, words = sf(nr, args, arch=X86_64, ip=ip), e.syscalls[nr], record_words(args, ip)
+        holding = [case for case in policy.cases if case.holds(words)]
+        assert holding and all(case.returns(words) == value for case in holding), (hex(nr), args, policy)
+        if policy.action is not None and not isinstance(policy.action, str):
+            assert decode(value) == policy.action
+
+
+def test_explain_computes_return_a_over_the_arguments() -> None:
+    program = Program([
+        Insn(0x20, 0, 0, LO), Insn(0x84, 0, 0, 0), Insn(0x07, 0, 0, 0),  # X = -args[0].lo
+        Insn(0x20, 0, 0, LO + 8), Insn(0x6C, 0, 0, 0),                    # A = args[1].lo << (X & 31)
+        Insn(0x44, 0, 0, RET["ERRNO"]), Insn(0x54, 0, 0, 0xFFFF0FFF),     # an ERRNO with those bits
+        Insn(0x16, 0, 0, 0),
+    ])  # fmt: skip
+    (case,) = seccomp.explain(program, "x86_64", nrs=[7]).syscalls[7].cases
+    assert case.action == "return ((args[1].lo << (-args[0].lo & 31)) | 0x50000) & 0xffff0fff"
+    sf = seccomp.compile(program)
+    for args in ((0, 1), (31, 5), (1, 0xFFFFFFFF), (0xFFFFFFFF, 3), (7, 0x123)):
+        assert case.returns(record_words(args)) == sf(7, args, arch=X86_64)
