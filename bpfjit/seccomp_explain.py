@@ -484,9 +484,7 @@ def numbers(arch: str | int) -> list[int]:
     return found + (list(range(X32_SYSCALL_BIT, max(x32) + 1)) if x32 else [])
 
 
-def explain(
-    program: Program, arch: str | int, nrs: Iterable[int] | None = None, budget: int = 1 << 16
-) -> Explanation:
+def explain(program: Program, arch: str | int, nrs: Iterable[int] | None = None, budget: int = 1 << 16) -> Explanation:
     """The cases of every syscall number (`numbers(arch)`, or `nrs`) under `arch` (a name or
     AUDIT_ARCH value). Cases with the same action and conditions are merged; `PathBudgetError` past
     `budget` steps for one number."""

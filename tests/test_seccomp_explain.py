@@ -107,7 +107,8 @@ def test_explain_tracks_argument_conditions_and_cuts_contradictions() -> None:
         Case(decode(RET["ERRNO"] | 1), ("args[0].hi != 0",)),
     )
     assert seccomp.explain(program, "x86_64").by_action() == {
-        decode(RET["ERRNO"] | 1): [nr for nr in numbers("x86_64") if nr != 2]}
+        decode(RET["ERRNO"] | 1): [nr for nr in numbers("x86_64") if nr != 2]
+    }
     check_against_jit(program, "x86_64")
 
 
@@ -161,11 +162,13 @@ def test_explain_agrees_with_the_jit_on_a_libseccomp_filter() -> None:
     checked, depends = check_against_jit(program, "x86_64")
     assert checked == len(numbers("x86_64")) and depends == 5  # openat, mmap, kill, socket, ioctl
     e = seccomp.explain(program, "x86_64")
-    assert {e.syscalls[nr].name for nr in (0, 1, 3, 39, 231, 202)} == {p.name for p in e.syscalls.values()
-                                                                       if p.action == decode(RET["ALLOW"])}
+    assert {e.syscalls[nr].name for nr in (0, 1, 3, 39, 231, 202)} == {
+        p.name for p in e.syscalls.values() if p.action == decode(RET["ALLOW"])
+    }
     assert e.syscalls[101].action == decode(RET["TRACE"] | 7) and e.syscalls[169].action == decode(0)
     assert {"ALLOW if args[2].lo & 0x3 == 0", "ERRNO(13) if args[2].lo & 0x3 == 1"} <= {
-        str(case) for case in e.syscalls[257].cases}
+        str(case) for case in e.syscalls[257].cases
+    }
     assert e.syscalls[0x40000000].action == decode(0)  # x32 numbers: libseccomp's guard kills
 
 
@@ -201,7 +204,13 @@ def test_disasm_prints_programs_the_kernel_would_refuse() -> None:
     program = [Insn(0x28, 0, 0, 2), Insn(0x15, 7, 0, 1), Insn(0x05, 0, 0, 9), Insn(0x94, 0, 0, 3),
                Insn(0xFF, 0, 0, 0), Insn(0x06, 0, 0, 0)]  # fmt: skip
     assert [line.split("  ", 2)[-1] for line in seccomp.disasm(program, "x86_64").splitlines()[2:]] == [
-        "ldh [2]", "if (A == 1) goto 0009", "goto 0012", "mod #3", "unimp 0xff", "return KILL_THREAD"]
+        "ldh [2]",
+        "if (A == 1) goto 0009",
+        "goto 0012",
+        "mod #3",
+        "unimp 0xff",
+        "return KILL_THREAD",
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -237,3 +246,44 @@ def test_explain_computes_return_a_over_the_arguments() -> None:
     sf = seccomp.compile(program)
     for args in ((0, 1), (31, 5), (1, 0xFFFFFFFF), (0xFFFFFFFF, 3), (7, 0x123)):
         assert case.returns(record_words(args)) == sf(7, args, arch=X86_64)
+
+
+def test_disasm_and_explain_a_libseccomp_filter_exactly() -> None:
+    lsc = lsc_module()
+    if sys.byteorder != "little":
+        pytest.skip("the expected text has little-endian argument words")
+    f = lsc.SyscallFilter(lsc.ERRNO(1))
+    f.add_rule(lsc.ALLOW, "read")
+    f.add_rule(lsc.ALLOW, "write")
+    f.add_rule(lsc.ALLOW, "openat", lsc.Arg(2, lsc.MASKED_EQ, 3, 0))
+    f.add_rule(lsc.KILL, "ptrace")
+    program = seccomp.from_libseccomp(f)
+    assert seccomp.disasm(program, "x86_64").splitlines()[2:] == [
+        " 0000: 0x20 0x00 0x00 0x00000004  A = arch",
+        " 0001: 0x15 0x00 0x0f 0xc000003e  if (A != ARCH_X86_64) goto 0017",
+        " 0002: 0x20 0x00 0x00 0x00000000  A = sys_number",
+        " 0003: 0x35 0x00 0x01 0x40000000  if (A < 0x40000000) goto 0005",
+        " 0004: 0x15 0x00 0x0c 0xffffffff  if (A != 0xffffffff) goto 0017",
+        " 0005: 0x15 0x0a 0x00 0x00000000  if (A == read) goto 0016",
+        " 0006: 0x15 0x09 0x00 0x00000001  if (A == write) goto 0016",
+        " 0007: 0x15 0x09 0x00 0x00000065  if (A == ptrace) goto 0017",
+        " 0008: 0x15 0x00 0x06 0x00000101  if (A != openat) goto 0015",
+        " 0009: 0x20 0x00 0x00 0x00000024  A = args[2] >> 32",
+        " 0010: 0x54 0x00 0x00 0x00000000  A &= 0x0",
+        " 0011: 0x15 0x00 0x03 0x00000000  if (A != 0) goto 0015",
+        " 0012: 0x20 0x00 0x00 0x00000020  A = args[2]",
+        " 0013: 0x54 0x00 0x00 0x00000003  A &= 0x3",
+        " 0014: 0x15 0x01 0x00 0x00000000  if (A == 0) goto 0016",
+        " 0015: 0x06 0x00 0x00 0x00050001  return ERRNO(1)",
+        " 0016: 0x06 0x00 0x00 0x7fff0000  return ALLOW",
+        " 0017: 0x06 0x00 0x00 0x00000000  return KILL_THREAD",
+    ]
+    text = str(seccomp.explain(program, "x86_64")).splitlines()
+    assert text[0] == "arch x86_64 (ARCH_X86_64), 999 syscall numbers"
+    assert text[1] == "ALLOW (2): read write"
+    assert text[2].startswith("ERRNO(1) (447): open close stat")
+    assert text[3].startswith("KILL_THREAD (549): ptrace x32:read x32:write")  # x32: by its guard
+    assert text[4:] == [
+        "depends on arguments (1):",
+        "  openat (257): ALLOW if args[2].lo & 0x3 == 0; ERRNO(1) if args[2].lo & 0x3 != 0",
+    ]
