@@ -16,6 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .program import Program
@@ -127,4 +130,13 @@ def add_parser(sub: Any) -> None:
         if name == "eval":
             p.add_argument("records", help="JSON lines {nr, arch, args, ip} or 64-byte seccomp_data records")
         p.add_argument("--arch", default=HOST, type=arch_name, help=f"syscall table (default {HOST})")
-        p.set_defaults(func=func)
+        p.set_defaults(func=partial(_reporting, func))
+
+
+def _reporting(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; a file, record or process it cannot use is a one-line error, not a traceback."""
+    try:
+        return func(args)
+    except (OSError, ValueError, KeyError) as error:  # ParseError and ValidationError are ValueErrors
+        print(f"bpfjit seccomp {args.seccomp_command}: {error}", file=sys.stderr)
+        return 1

@@ -65,8 +65,11 @@ def test_eval_json_lines_and_binary_records(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "r.bin").write_bytes(recs)
     assert run(capsys, "seccomp", "eval", str(tmp_path / "f.bpf"), str(tmp_path / "r.bin")) == expected
     (tmp_path / "bad.bin").write_bytes(recs[:-1])
-    with pytest.raises(ValueError, match="64-byte records"):
-        cli.main(["seccomp", "eval", str(tmp_path / "f.bpf"), str(tmp_path / "bad.bin")])
+    assert cli.main(["seccomp", "eval", program, str(tmp_path / "bad.bin")]) == 1
+    assert "255 bytes is not a whole number of 64-byte records" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"nr": "nosuchcall"}\n')
+    assert cli.main(["seccomp", "eval", program, str(tmp_path / "bad.jsonl"), "--arch", "x86_64"]) == 1
+    assert "no syscall 'nosuchcall' on x86_64" in capsys.readouterr().err
 
 
 # -- a running process's filters (root) ------------------------------------------------------------------
@@ -119,3 +122,12 @@ def test_dump_a_process_without_filters(capsys: pytest.CaptureFixture[str]) -> N
     finally:
         child.kill()
         child.wait()
+
+
+def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.bpf").write_bytes(Program([Insn(0x28, 0, 0, 0), Insn(0x06, 0, 0, 0)]).to_bytes())  # ldh
+    assert cli.main(["seccomp", "explain", str(tmp_path / "bad.bpf")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bpfjit seccomp explain: ") and "seccomp" in err and len(err.splitlines()) == 1
+    assert cli.main(["seccomp", "disasm", str(tmp_path / "missing.bpf")]) == 1
+    assert "No such file" in capsys.readouterr().err
