@@ -44,14 +44,15 @@ def read_program(path: str) -> Program:
 
 
 def read_records(path: str, arch: str) -> Any:
-    """DATA_DTYPE records from a binary file of 64-byte records or from JSON lines."""
+    """DATA_DTYPE records from a binary file of 64-byte records or from JSON lines (by a NUL: a
+    record starting with nr 123 would start with `{` too)."""
     import numpy as np
 
     from . import seccomp
 
     with open(path, "rb") as f:
         data = f.read()
-    if data[:1] != b"{" and data.strip()[:1] != b"{":
+    if b"\0" in data:  # binary records hold NULs (arch's and the arguments' bytes); JSON text none
         return np.frombuffer(seccomp._record_bytes(data), dtype=seccomp.DATA_DTYPE)
     lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
     recs = seccomp.records(len(lines), arch=seccomp.AUDIT_ARCH[arch])

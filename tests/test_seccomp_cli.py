@@ -60,13 +60,14 @@ def test_eval_json_lines_and_binary_records(tmp_path: Path, capsys: pytest.Captu
     program = str(tmp_path / "f.bpf")
     assert run(capsys, "seccomp", "eval", program, str(tmp_path / "r.jsonl"), "--arch", "x86_64") == expected
     x86_64, i386 = seccomp.AUDIT_ARCH_X86_64, seccomp.AUDIT_ARCH_I386
-    calls = ((59, x86_64), (101, x86_64), (0, i386), (-1, x86_64))
+    calls = ((59, x86_64), (101, x86_64), (0, i386), (-1, x86_64), (ord("{"), x86_64))
     recs = b"".join(seccomp.record(nr, arch=arch) for nr, arch in calls)
     (tmp_path / "r.bin").write_bytes(recs)
-    assert run(capsys, "seccomp", "eval", str(tmp_path / "f.bpf"), str(tmp_path / "r.bin")) == expected
+    assert run(capsys, "seccomp", "eval", program, str(tmp_path / "r.bin")) == [
+        *expected, "setfsgid (123) arch=0xc000003e: 0x00030002 TRAP(2)"]  # fmt: skip
     (tmp_path / "bad.bin").write_bytes(recs[:-1])
     assert cli.main(["seccomp", "eval", program, str(tmp_path / "bad.bin")]) == 1
-    assert "255 bytes is not a whole number of 64-byte records" in capsys.readouterr().err
+    assert "319 bytes is not a whole number of 64-byte records" in capsys.readouterr().err
     (tmp_path / "bad.jsonl").write_text('{"nr": "nosuchcall"}\n')
     assert cli.main(["seccomp", "eval", program, str(tmp_path / "bad.jsonl"), "--arch", "x86_64"]) == 1
     assert "no syscall 'nosuchcall' on x86_64" in capsys.readouterr().err
