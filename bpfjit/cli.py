@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, seccomp_cli
 
 if TYPE_CHECKING:
     from .program import Program
@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cache = sub.add_parser("cache", help="the disk cache of compiled code: where, how big; empty it")
     p_cache.add_argument("action", choices=("info", "clear"), help="info: where and how big; clear: remove all")
     p_cache.set_defaults(func=cache_command)
+    seccomp_cli.add_parser(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ import platform
 import struct
 import tempfile
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,10 @@ from .filter import Filter
 from .filter import compile as _compile_filter
 from .opcodes import U32_MASK
 from .program import InsnLike, Program
+from .validate import validate
+
+if TYPE_CHECKING:
+    from .seccomp_explain import Explanation
 
 # AUDIT_ARCH_* (linux/audit.h: EM_* | 0x80000000 when 64-bit | 0x40000000 when little-endian).
 AUDIT_ARCH: dict[str, int] = {
@@ -250,6 +254,81 @@ def stack(filters: Iterable[SeccompFilter | Program | Iterable[InsnLike]]) -> St
     return Stack([f if isinstance(f, SeccompFilter) else compile(f) for f in filters])
 
 
+# -- reading programs (bpfjit.seccomp_explain) ----------------------------------------------------
+def disasm(source: Program | Iterable[InsnLike] | bytes, arch: str | int | None = HOST_ARCH) -> str:
+    """One line per instruction in seccomp-tools' notation (`A = sys_number`, `if (A == read) goto 0005`,
+    `return ERRNO(1)`), syscalls named from `arch`'s table; see `seccomp_explain.disasm`."""
+    from .seccomp_explain import disasm as _disasm
+
+    return _disasm(_program(source), arch)
+
+
+def explain(
+    source: SeccompFilter | Program | Iterable[InsnLike] | bytes,
+    arch: str | int = HOST_ARCH or 0,
+    nrs: Iterable[int] | None = None,
+) -> Explanation:
+    """An `seccomp_explain.Explanation`: every syscall number's action under `arch` (all of its
+    table's numbers, or `nrs`), or the argument conditions that decide it."""
+    from .seccomp_explain import explain as _explain
+
+    program = source.program if isinstance(source, SeccompFilter) else _program(source)
+    validate(program, dialect=SECCOMP)  # only programs the kernel accepts: a DAG, aligned loads
+    return _explain(program, arch, nrs)
+
+
+# -- programs of a running process (DIALECTS.md C.5) ------------------------------------------------
+PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH, PTRACE_SECCOMP_GET_FILTER = 0x4206, 0x4207, 17, 0x420C
+_WALL = 0x40000000  # waitpid: any child, the tracee a seized task is
+
+
+def dump_pid(pid: int) -> list[Program]:
+    """The seccomp filters of process `pid`, oldest first (PTRACE_SECCOMP_GET_FILTER's index 0 is the
+    first installed, measured), as the programs were given to the kernel. Needs CAP_SYS_ADMIN (root)
+    and a kernel with CONFIG_CHECKPOINT_RESTORE; the process is stopped only while they are read.
+    An empty list when it has no filters."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+    def ptrace(request: int, index: int = 0, buffer: Any = None) -> int:
+        result = int(libc.ptrace(request, pid, index, buffer))
+        if result == -1 and ctypes.get_errno():
+            code = ctypes.get_errno()
+            raise OSError(code, f"ptrace({request:#x}) on pid {pid}: {os.strerror(code)}")
+        return result
+
+    ctypes.set_errno(0)
+    try:
+        ptrace(PTRACE_SEIZE)
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            raise PermissionError(exc.errno, f"reading pid {pid}'s seccomp filters needs root (CAP_SYS_ADMIN)") from exc
+        raise
+    programs: list[Program] = []
+    try:
+        ptrace(PTRACE_INTERRUPT)
+        os.waitpid(pid, _WALL)  # the tracee stops: only then does the kernel answer
+        for index in range(MAX_STACKED_INSNS):  # a bound: every filter counts at least one instruction
+            ctypes.set_errno(0)
+            try:
+                count = ptrace(PTRACE_SECCOMP_GET_FILTER, index)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT or (exc.errno == errno.EINVAL and index == 0):
+                    break  # past the oldest filter; EINVAL at 0: the process is not in filter mode
+                raise
+            buffer = ctypes.create_string_buffer(count * 8)
+            ptrace(PTRACE_SECCOMP_GET_FILTER, index, buffer)
+            programs.append(Program.from_bytes(buffer.raw))
+    finally:
+        ctypes.set_errno(0)
+        libc.ptrace(PTRACE_DETACH, pid, None, None)  # the tracee runs on as before
+    return programs
+
+
 # -- programs from libseccomp ----------------------------------------------------------------------
 DEBIAN_PYTHON_PATH = "/usr/lib/python3/dist-packages"  # where Debian's python3-seccomp puts its module
 
@@ -295,6 +374,9 @@ __all__ = [
     "Stack",
     "compile",
     "decode",
+    "disasm",
+    "dump_pid",
+    "explain",
     "from_libseccomp",
     "libseccomp",
     "precedence",

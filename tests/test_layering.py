@@ -35,16 +35,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 GROUPS: dict[str, set[str]] = {
     "model": {"errors", "opcodes", "dialects", "program", "text", "validate", "interpret", "analysis", "buffers",
-              "samples", "strategies"},
+              "samples", "strategies", "syscalls"},
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
     "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
-    "runtime": {"filter", "classifier", "batch", "seccomp"},
+    "runtime": {"filter", "classifier", "batch", "seccomp", "seccomp_explain"},
     "peers": {"libpcap", "libpcap_loop"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},
     "integrations": {"adapters", "dask"},
-    "tools": {"__init__", "__main__", "cli", "benchmark", "packetmix"},
+    "tools": {"__init__", "__main__", "cli", "seccomp_cli", "benchmark", "packetmix"},
 }  # fmt: skip
 MAY_IMPORT: dict[str, set[str]] = {
     "model": {"model"},
