@@ -31,6 +31,8 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 # python3-seccomp: libseccomp's own binding, a generator of realistic seccomp filters for the tests
 # (Debian's module is built for Debian's Python 3.11; bpfjit.seccomp loads it through a path entry).
 dpkg -s python3-seccomp >/dev/null 2>&1 || need_apt+=(python3-seccomp)
+# linux-libc-dev: the kernel's unistd headers, where bpfjit.syscalls reads the syscall name tables.
+[ -f /usr/include/asm-generic/unistd.h ] || need_apt+=(linux-libc-dev)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
