@@ -199,3 +199,22 @@ def test_a_library_that_does_not_load_is_dropped(tmp_path: Path, monkeypatch: py
     k = codecache.key("test", [b"not a library"])
     codecache.store(k, b"\x7fELF but not really", codecache.SHARED_SUFFIX)  # a whole, verified entry
     assert codecache.load_shared(k) is None and not any(tmp_path.iterdir())
+
+
+def test_every_part_of_a_key_changes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is compiled, and every fact of the environment (bpfjit's version, the code generators'
+    source, llvmlite's version, the CPU), each makes another key: no entry outlives what made it."""
+    base = codecache.key("filter code", [b"\x06\x00\x00\x00\x00\x00\x00\x00", 2, 0])
+    for parts in ([b"\x06\x00\x00\x00\x01\x00\x00\x00", 2, 0], [b"\x06\x00\x00\x00\x00\x00\x00\x00", 3, 0],
+                  [b"\x06\x00\x00\x00\x00\x00\x00\x00", 2, 2]):  # fmt: skip
+        assert codecache.key("filter code", parts).digest != base.digest
+    assert codecache.key("walker", [b"\x06\x00\x00\x00\x00\x00\x00\x00", 2, 0]).digest != base.digest
+    environment = list(codecache._environment_lines())
+    assert [line.split()[0] for line in environment] == ["bpfjit", "source", "llvmlite", "cpu"]
+    for index in range(len(environment)):
+        changed = [*environment]
+        changed[index] += "-other"
+        monkeypatch.setattr(codecache, "_environment", changed)
+        assert codecache.key("filter code", [b"\x06\x00\x00\x00\x00\x00\x00\x00", 2, 0]).digest != base.digest
+    monkeypatch.setattr(codecache, "_environment", [])  # recomputed from the files: the same as before
+    assert codecache.key("filter code", [b"\x06\x00\x00\x00\x00\x00\x00\x00", 2, 0]) == base
