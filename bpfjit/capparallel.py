@@ -220,12 +220,11 @@ class RangeWalker:
         arrays = getattr(self.local, "arrays", None)
         if arrays is None:
             arrays = self.local.arrays = ChunkArrays(self.chunk)
-        capture, chunk = self.capture, arrays.chunk
+        chunk = arrays.chunk
         chunk.stop_at, chunk.limit = stop, limit
         pos = start
         while True:
-            n = self.walk(capture.address, capture.size, pos, self.swapped, capture.record_header,
-                          capture.max_caplen, self.snapshot, arrays.address)  # fmt: skip
+            n = self.walk_from(pos, arrays)
             pos, status = chunk.end, chunk.status
             if n:
                 walked.read += n
@@ -235,6 +234,26 @@ class RangeWalker:
                 return walked
             if limit != U64_MAX:
                 chunk.limit = limit - walked.accepted[0]
+
+    def walk_from(self, pos: int, arrays: ChunkArrays) -> int:
+        """One walker call from `pos` into `arrays`: the records it walked."""
+        capture = self.capture
+        return int(self.walk(capture.address, capture.size, pos, self.swapped, capture.record_header,
+                             capture.max_caplen, self.snapshot, arrays.address))  # fmt: skip
+
+
+def filter_consume(capture: CaptureFile, writing: bool) -> Consume:
+    """A filter's chunk into a Walked: its accepted count and, when writing, its accepted records
+    (a record cut to the snapshot as bytes of its own)."""
+
+    def consume(arrays: ChunkArrays, n: int, walked: Walked, cut: bool) -> None:
+        walked.accepted[0] += arrays.chunk.accepted
+        if writing and (kept := Kept.copy(arrays)) is not None:
+            walked.kept.append((0, kept))
+        if writing and cut and arrays.verdicts[n - 1]:
+            walked.kept.append((0, capture.cut_record(int(arrays.starts[n - 1]))))
+
+    return consume
 
 
 # -- the order check -----------------------------------------------------------------------------------
@@ -384,15 +403,7 @@ def filter_ranges(capture: CaptureFile, walk: Any, writer: Writer | None, worker
                   chunk: int, progress: Callable[[int, int, int], None] | None = None,
                   range_bytes: int | None = None) -> Run:  # fmt: skip
     """`filter_file`'s loop on `workers` threads: the records `walk` (a pcap walker) accepts, to `writer`."""
-
-    def consume(arrays: ChunkArrays, n: int, walked: Walked, cut: bool) -> None:
-        walked.accepted[0] += arrays.chunk.accepted
-        if writer is not None and (kept := Kept.copy(arrays)) is not None:
-            walked.kept.append((0, kept))
-        if writer is not None and cut and arrays.verdicts[n - 1]:
-            walked.kept.append((0, capture.cut_record(int(arrays.starts[n - 1]))))
-
-    walker = RangeWalker(capture, walk, chunk, consume, 1)
+    walker = RangeWalker(capture, walk, chunk, filter_consume(capture, writer is not None), 1)
     return _run(capture, walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
 
 
@@ -479,41 +490,24 @@ def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces:
     return None
 
 
-class _PcapngWalker:
+class _PcapngWalker(RangeWalker):
     """Walks ranges of a pcapng file in one context (byte order, interface snap lengths and link-type
     slots, copied: the calling thread may change the live section meanwhile)."""
 
     def __init__(self, capture: CaptureFile, walk: Any, chunk: int, section: Section, writing: bool):
-        self.capture, self.walk, self.chunk, self.writing = capture, walk, chunk, writing
+        # (not RangeWalker.__init__: a pcapng file has no single snaplen; these are the context's)
+        self.capture, self.walk, self.chunk, self.outputs = capture, walk, chunk, 1
+        self.consume = filter_consume(capture, writing)
+        self.local = threading.local()
         self.swapped = int(section.order != HOST_ORDER)
         self.snaplens = (ctypes.c_uint32 * len(section.snaplens))(*section.snaplens)
         self.slots = (ctypes.c_uint32 * len(section.slots))(*section.slots)
         self.interfaces = len(section.interfaces)
-        self.local = threading.local()
 
-    def __call__(self, start: int | None, stop: int, limit: int = U64_MAX) -> Walked:
-        walked = Walked(start, limit)
-        walked.accepted = [0]
-        if start is None:
-            return walked
-        arrays = getattr(self.local, "arrays", None)
-        if arrays is None:
-            arrays = self.local.arrays = ChunkArrays(self.chunk)
-        capture, chunk = self.capture, arrays.chunk
-        chunk.stop_at, chunk.limit = stop, U64_MAX
-        pos = start
-        while True:
-            n = self.walk(capture.address, capture.size, pos, self.swapped, ctypes.addressof(self.snaplens),
-                          ctypes.addressof(self.slots), self.interfaces, arrays.address)  # fmt: skip
-            pos, status = chunk.end, chunk.status
-            if n:
-                walked.read += n
-                walked.accepted[0] += chunk.accepted
-                if self.writing and (kept := Kept.copy(arrays)) is not None:
-                    walked.kept.append((0, kept))
-            if status != Status.FULL:
-                walked.end, walked.status = pos, Status(status)
-                return walked
+    def walk_from(self, pos: int, arrays: ChunkArrays) -> int:
+        capture = self.capture
+        return int(self.walk(capture.address, capture.size, pos, self.swapped, ctypes.addressof(self.snaplens),
+                             ctypes.addressof(self.slots), self.interfaces, arrays.address))  # fmt: skip
 
 
 def filter_ranges_pcapng(capture: CaptureFile, filters: LinkTypeFilters, writer: Writer | None, workers: int, *,
