@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 try:
@@ -226,23 +226,27 @@ def _filter_whole(source: Input, filter: capfile.FilterSpec, output: str, linkty
     partial = _partial(output)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(partial)  # a dead worker's half
-    try:
+
+    def run() -> capfile.FileStats:
         with _local_copy(source) as path:
-            stats = capfile.filter_file(path, partial, filter, linktype=linktype, workers=1)
-    except CaptureFileError as error:
-        named = _named(error, source)
-        written = _publish(partial, output)
-        if errors == "raise":
-            raise named from None
-        return FileResult(source.url, written, None, named)
-    return FileResult(source.url, _publish(partial, output), stats, None)
+            return capfile.filter_file(path, partial, filter, linktype=linktype, workers=1)
+
+    return _filter_result(source, partial, output, errors, run)
 
 
 def _filter_assemble(source: Input, walked: list[PartResult], filter: capfile.FilterSpec, output: str,
                      linktype: int | str | None, errors: str) -> FileResult:  # fmt: skip
     partial = _partial(output)
+    return _filter_result(source, partial, output, errors,
+                          lambda: capparts.assemble_filter(walked, partial, filter, linktype=linktype))
+
+
+def _filter_result(source: Input, partial: str, output: str, errors: str,
+                   run: Callable[[], capfile.FileStats]) -> FileResult:  # fmt: skip
+    """`run()` writing `partial`, published as `output` whether it succeeds or stops at a bad record
+    (the records before it are written); the error reported or raised as `errors` says."""
     try:
-        stats = capparts.assemble_filter(walked, partial, filter, linktype=linktype)
+        stats = run()
     except CaptureFileError as error:
         named = _named(error, source)
         written = _publish(partial, output)
