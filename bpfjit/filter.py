@@ -310,6 +310,17 @@ class Filter(_FilterBase):
         """
         batch = packets if isinstance(packets, Batch) else Batch.from_packets(packets)
         n = len(batch)
+        out = self._prepare_run(n, out)
+        if n:
+            self._batch(
+                batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
+                batch.wirelens.ctypes.data, n, out.ctypes.data,
+            )  # fmt: skip
+        return out
+
+    def _prepare_run(self, n: int, out: npt.NDArray[np.uint32] | None) -> npt.NDArray[np.uint32]:
+        """The output array for `n` results (checked when the caller gave one); count the packets
+        towards the tier-up, and adopt the optimised tier another Filter of this program made."""
         if out is None:
             out = np.empty(n, dtype=np.uint32)
         elif out.dtype != np.uint32 or out.shape != (n,) or not out.flags.c_contiguous or not out.flags.writeable:
@@ -317,12 +328,7 @@ class Filter(_FilterBase):
         if self._packets <= TIER_UP_PACKETS:
             self._count(n)
         if self._tier is not self._code.current and self._packets != NO_COUNTDOWN:
-            self._adopt(self._code.current)  # another Filter of this program tiered up
-        if n:
-            self._batch(
-                batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
-                batch.wirelens.ctypes.data, n, out.ctypes.data,
-            )  # fmt: skip
+            self._adopt(self._code.current)
         return out
 
     def run_records(
@@ -335,14 +341,7 @@ class Filter(_FilterBase):
         if size <= 0 or len(view) % size:
             raise ValueError(f"a buffer of {len(view)} bytes is not a whole number of {size}-byte records")
         n = len(view) // size
-        if out is None:
-            out = np.empty(n, dtype=np.uint32)
-        elif out.dtype != np.uint32 or out.shape != (n,) or not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError(f"out must be a writable C-contiguous uint32 array of shape ({n},)")
-        if self._packets <= TIER_UP_PACKETS:
-            self._count(n)
-        if self._tier is not self._code.current and self._packets != NO_COUNTDOWN:
-            self._adopt(self._code.current)
+        out = self._prepare_run(n, out)
         if n:
             offsets, lengths = _record_layout(n, size)
             address, keep = buffer_address(view)
