@@ -34,7 +34,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bpfjit"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 GROUPS: dict[str, set[str]] = {
-    "model": {"errors", "opcodes", "dialects", "program", "text", "validate", "interpret", "analysis", "buffers",
+    "model": {"errors", "opcodes", "dialects", "linux", "program", "text", "validate", "interpret", "analysis", "buffers",
               "samples", "strategies", "syscalls"},
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
