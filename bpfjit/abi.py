@@ -138,13 +138,16 @@ def args(fn: ir.Function) -> dict[str, ir.Argument]:
 
 # -- generated code ----------------------------------------------------------------------------------
 # The packets of a Batch: packet i is base[offsets[i] : offsets[i] + caplens[i]], wirelens[i] long on
-# the wire, for i < n. Every batch-shaped function starts with these.
+# the wire, for i < n; `meta` is NULL or n 64-byte metadata records (`linux.META_OFFSETS`), which only
+# linux-dialect programs read (a NULL record reads as `linux.Meta()`'s defaults). Every batch-shaped
+# function starts with these.
 PACKETS = (
     Param("base", "u8*"),
     Param("offsets", "u64*", ("captures(none)",)),
     Param("caplens", "u32*", ("captures(none)",)),
     Param("wirelens", "u32*", ("captures(none)",)),
     Param("n", "u64"),
+    Param("meta", "u8*", ("captures(none)",)),
 )
 # One packet, as a filter body sees it.
 PACKET = (Param("P", "u8*", ("noalias", "captures(none)")), Param("caplen", "u32"), Param("wirelen", "u32"))
@@ -162,6 +165,16 @@ CLASSIFY_BITMASK_BATCH = Signature(
     "void", (*PACKETS, Param("out", "u64*"), Param("values", "u32*")), ("nounwind",)
 )
 CLASSIFY_FIRST_BATCH = Signature("void", (*PACKETS, Param("out", "i32*"), Param("values", "u32*")), ("nounwind",))
+# The linux dialect's computed ancillary loads (bpfjit.lower_linux), called by the filters that use
+# them: SKF_AD_PAY_OFFSET, and SKF_AD_NLATTR / NLATTR_NEST (`nest` 1) for A = `a`, X = `x`.
+PAY_OFFSET = Signature(
+    "u32", (Param("P", "u8*", ("noalias", "captures(none)")), Param("caplen", "u32"), Param("protocol", "u32"),
+            Param("net_offset", "u32")), ("nounwind",),
+)  # fmt: skip
+NLATTR = Signature(
+    "u32", (Param("P", "u8*", ("noalias", "captures(none)")), Param("caplen", "u32"), Param("a", "u32"),
+            Param("x", "u32"), Param("nest", "u32")), ("nounwind",),
+)  # fmt: skip
 # Capture-file walkers (bpfjit.walkers): records from `pos` into a Chunk; returns the records walked.
 WALK_PCAP = Signature(
     "u64",
@@ -216,6 +229,7 @@ C_API: dict[str, Signature] = {
 GENERATED: dict[str, Signature] = {
     "FILTER": FILTER, "BATCH": BATCH, "CLASSIFY_BITMASK": CLASSIFY_BITMASK, "CLASSIFY_FIRST": CLASSIFY_FIRST,
     "CLASSIFY_BITMASK_BATCH": CLASSIFY_BITMASK_BATCH, "CLASSIFY_FIRST_BATCH": CLASSIFY_FIRST_BATCH,
+    "PAY_OFFSET": PAY_OFFSET, "NLATTR": NLATTR,
     "WALK_PCAP": WALK_PCAP, "WALK_PCAPNG": WALK_PCAPNG, "GATHER": GATHER, "ACCEPTED_INDICES": ACCEPTED_INDICES,
     "ENTRY": ENTRY,
 }  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .dialects import PCAP, Dialect
 from .opcodes import OPCODES
 from .program import Program
 from .validate import jump_targets
@@ -43,11 +44,17 @@ def leaders(program: Program) -> list[int]:
     return sorted(starts)
 
 
-def static_requirement(program: Program, index: int) -> int:
-    """Bytes a load needs whatever X is (`[x + k]` needs at least k + width: X >= 0, no wrap); 0 if none."""
+def static_requirement(program: Program, index: int, dialect: Dialect = PCAP) -> int:
+    """Bytes a load needs whatever X is (`[x + k]` needs at least k + width: X >= 0, no wrap); 0 if none.
+    With signed offsets (linux) only `[k]` for k < 2^31 has one: X + k may wrap, and a negative k
+    reads metadata or from a header whose offset is known at run time only."""
     insn = program[index]
     info = OPCODES[insn.code]
-    return insn.k + info.width if info.width else 0
+    if not info.width:
+        return 0
+    if dialect.offsets == "signed" and (info.kind == "ld_ind" or insn.k >= 0x80000000):
+        return 0
+    return insn.k + info.width
 
 
 class BoundsPlan(NamedTuple):
@@ -58,8 +65,8 @@ class BoundsPlan(NamedTuple):
     known_caplen: int  # what the caller proved before the program runs (0: nothing)
 
 
-def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
-    """Static checks for `program`, given that the caller already proved caplen >= known_caplen."""
+def bounds_plan(program: Program, known_caplen: int = 0, dialect: Dialect = PCAP) -> BoundsPlan:
+    """Static checks for `program` in `dialect`, given that the caller already proved caplen >= known_caplen."""
     n = len(program)
     need = [0] * n
     for index in range(n - 1, -1, -1):  # jumps go forward, so one backward sweep is a fixpoint
@@ -71,14 +78,14 @@ def bounds_plan(program: Program, known_caplen: int = 0) -> BoundsPlan:
             need[index] = 0
         else:
             after = min(need[s] for s in successors(program, index))
-            need[index] = max(after, static_requirement(program, index))
+            need[index] = max(after, static_requirement(program, index, dialect))
     # Forward: the caplen every path to i has already proven; emit a check only where a load needs more.
     known_in = [REJECTS_ANY_LENGTH] * n
     known_in[0] = known_caplen
     checks: dict[int, int] = {}
     for index in range(n):
         known = known_in[index]
-        required = static_requirement(program, index)
+        required = static_requirement(program, index, dialect)
         if required and known < required:
             if OPCODES[program[index].code].kind == "ld_ind" and need[index] <= required:
                 # [x + k]'s own runtime check proves caplen >= k + width; a static one adds nothing
@@ -98,6 +105,6 @@ class Analysis(NamedTuple):
     bounds: BoundsPlan
 
 
-def analyse(program: Program, known_caplen: int = 0) -> Analysis:
+def analyse(program: Program, known_caplen: int = 0, dialect: Dialect = PCAP) -> Analysis:
     """Basic blocks and bounds checks of a VALIDATED program (`known_caplen`: see `bounds_plan`)."""
-    return Analysis(leaders(program), bounds_plan(program, known_caplen))
+    return Analysis(leaders(program), bounds_plan(program, known_caplen, dialect))

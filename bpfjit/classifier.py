@@ -88,7 +88,8 @@ class Classifier:
     def _call_batch(self, batch: Batch, out: npt.NDArray[Any], values: npt.NDArray[np.uint32] | None) -> None:
         self._batch(
             batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
-            batch.wirelens.ctypes.data, len(batch), out.ctypes.data, None if values is None else values.ctypes.data,
+            batch.wirelens.ctypes.data, len(batch), None, out.ctypes.data,
+            None if values is None else values.ctypes.data,
         )  # fmt: skip
 
     @property

@@ -11,13 +11,17 @@ One immutable record per dialect; every stage asks it rather than testing the di
   libpcap); seccomp: `mask` (shift by X & 31, as the kernel's converted eBPF).
 - `fixed_length` (interpret's and lower's `ld_len`/`ldx_len`): None reads wirelen; seccomp: 64
   (the kernel rewrites `ld len` to `ld #64`).
+- `offsets` (interpret's loads, lower's loads, analysis's bounds plan): how a load's offset is read.
+  pcap/seccomp: `unsigned` (k and X + k are plain offsets, X + k does not wrap); linux: `signed` (the
+  kernel's: `ld [k]` at k >= SKF_AD_OFF reads metadata, X + k wraps modulo 2^32, and a negative
+  offset reads relative to the network or link-layer header; see `bpfjit.linux`).
 - `name`: part of every cache key of validated programs and compiled code (memory and disk).
 
 Dialects differ only in facts listed here; `DIALECTS.md` (section C for seccomp) is the source.
 Every field has the pcap value as its default, so a new fact is a new field whose default keeps the
 other dialects as they are: the "linux" dialect (ancillary loads, negative offsets, packet
-metadata) adds such fields (an ancillary table for `ld_abs`, signed `[x + k]` offsets) and its own
-rules (`unknown-ancillary`) without reshaping these. Division by X == 0 returns 0 in every dialect
+metadata) is `offsets="signed"` (the ancillary table lives in `bpfjit.linux`) with its own rule
+(`unknown-ancillary`). Division by X == 0 returns 0 in every dialect
 (for seccomp that 0 is SECCOMP_RET_KILL_THREAD), so it is not a field.
 """
 
@@ -27,6 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
+from .linux import SKF_AD_OFF, ancillary
 from .opcodes import BPF_ABS, BPF_LD, BPF_W, OpInfo
 from .program import Insn
 
@@ -46,6 +51,7 @@ class Dialect(NamedTuple):
     byte_order: Literal["big", "little"] = "big"  # of multi-byte loads
     shift_x: Literal["zero", "mask"] = "zero"  # lsh/rsh x with X >= 32: 0, or shift by X & 31
     fixed_length: int | None = None  # the input's length when the dialect fixes it: `ld len` reads it
+    offsets: Literal["unsigned", "signed"] = "unsigned"  # signed: the kernel's ancillary and negative offsets
     doc: str = ""
 
     @property
@@ -80,6 +86,14 @@ def _seccomp_offset(insn: Insn, info: OpInfo) -> str | None:
     return None
 
 
+# -- linux (DIALECTS.md A) -----------------------------------------------------------------------
+def _unknown_ancillary(insn: Insn, info: OpInfo) -> str | None:
+    """bpf_anc_helper: an `ld [k]` (any size) in the ancillary window must name one of SKF_AD_*."""
+    if info.kind == "ld_abs" and insn.k >= SKF_AD_OFF and ancillary(insn.k) is None:
+        return f"k = 0x{insn.k:08x} is SKF_AD_OFF + {insn.k - SKF_AD_OFF}, which names no ancillary load"
+    return None
+
+
 PCAP = Dialect("pcap", doc="libpcap's interpreter with Linux's validator (SEMANTICS.md); the default")
 SECCOMP = Dialect(
     "seccomp",
@@ -89,7 +103,14 @@ SECCOMP = Dialect(
     fixed_length=SECCOMP_DATA_SIZE,
     doc="seccomp filters over struct seccomp_data (DIALECTS.md C): the kernel's rules and runtime",
 )
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (PCAP, SECCOMP)}
+LINUX = Dialect(
+    "linux",
+    rules=(Rule("unknown-ancillary", _unknown_ancillary),),
+    shift_x="mask",
+    offsets="signed",
+    doc="Linux socket filters (DIALECTS.md A): ancillary loads, negative offsets, packet metadata",
+)
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (PCAP, SECCOMP, LINUX)}
 DialectLike = Dialect | str
 
 
@@ -103,4 +124,3 @@ def dialect_of(dialect: DialectLike) -> Dialect:
     if found is None:
         raise ValueError(f"unknown dialect {dialect!r} (known: {', '.join(DIALECTS)})")
     return found
-

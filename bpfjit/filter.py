@@ -17,17 +17,18 @@ import ctypes
 import itertools
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from . import abi, codecache, cpython, native, pipeline, pyentry
+from . import abi, codecache, cpython, metadata, native, pipeline, pyentry
 from .batch import Batch, buffer_address
 from .buffers import check_lengths, packet_view
 from .caches import CodeCache
 from .dialects import PCAP, Dialect, DialectLike, dialect_of
+from .linux import Meta
 from .opcodes import BPF_K, BPF_RET
 from .program import DEFAULT_SNAPLEN, InsnLike, Program
 from .validate import validate
@@ -175,7 +176,7 @@ def _new_scratch() -> tuple[Any, ...]:
     offset, lengths, out = ctypes.c_uint64(0), (ctypes.c_uint32 * 2)(), ctypes.c_uint32()
     # plain addresses: ctypes converts ints to pointers far faster than byref() objects
     at = ctypes.addressof
-    tail = (at(offset), at(lengths), at(lengths) + 4, 1, at(out))
+    tail = (at(offset), at(lengths), at(lengths) + 4, 1, None, at(out))
     _scratch.arrays = (lengths, out, tail, offset)
     return _scratch.arrays
 
@@ -271,50 +272,72 @@ class Filter(_FilterBase):
         """Whether this filter runs the optimising tier (see the module's docstring)."""
         return self._tier.codegen_level == self.opt_level
 
-    def call(self, packet: object, wirelen: int | None = None) -> int:
-        """Run the filter through ctypes, with every argument checked (the fallback call path)."""
+    def call(self, packet: object, wirelen: int | None = None, *, meta: Meta | Mapping[str, int] | None = None) -> int:
+        """Run the filter through ctypes, with every argument checked (the fallback call path).
+        `meta`: what the kernel knows about the packet (`linux.Meta`), for linux-dialect filters."""
         if self._packets <= TIER_UP_PACKETS:
             self._count(1)
+        record = None
+        if meta is not None:
+            record = self._meta_record(meta, packet)
         if isinstance(packet, bytes):
             caplen = len(packet)
-            return self._run_one(packet, caplen, check_lengths(caplen, wirelen))
+            return self._run_one(packet, caplen, check_lengths(caplen, wirelen), record)
         view = packet_view(packet)
         caplen = len(view)
         wire = check_lengths(caplen, wirelen)
         if caplen == 0:
-            return self._run_one(None, 0, wire)
+            return self._run_one(None, 0, wire, record)
         address, keep = buffer_address(view)
-        result = self._run_one(address, caplen, wire)
+        result = self._run_one(address, caplen, wire, record)
         del keep
         return result
 
-    def _run_one(self, data: bytes | int | None, caplen: int, wirelen: int) -> int:
+    def _meta_record(self, meta: Meta | Mapping[str, int], packet: object) -> npt.NDArray[Any]:
+        if self.dialect.offsets != "signed":
+            raise ValueError(f"packet metadata is read by linux-dialect filters only, not {self.dialect.name!r} ones")
+        return metadata.meta_record(meta, packet_view(packet))
+
+    def _run_one(
+        self, data: bytes | int | None, caplen: int, wirelen: int, meta: npt.NDArray[Any] | None = None
+    ) -> int:
         """One packet as a batch of one, through ctypes (each thread has its own argument arrays)."""
         scratch = _scratch.__dict__.get("arrays") or _new_scratch()
         lengths, out, tail = scratch[:3]
         lengths[0] = caplen
         lengths[1] = wirelen
-        self._batch(data, *tail)
+        if meta is None:
+            self._batch(data, *tail)
+        else:
+            self._batch(data, *tail[:4], meta.ctypes.data, tail[5])
         return int(out.value)
 
     if not FAST_ENTRY:
         __call__ = call
 
     def run_batch(
-        self, packets: Batch | Sequence[Any], out: npt.NDArray[np.uint32] | None = None
+        self, packets: Batch | Sequence[Any], out: npt.NDArray[np.uint32] | None = None, *, meta: Any = None
     ) -> npt.NDArray[np.uint32]:
         """The filter's result for every packet, in one native call (the GIL is released meanwhile).
 
         `packets` is a `Batch` or a sequence of bytes-like packets (copied into a Batch first).
         `out`, if given, is a C-contiguous uint32 array of the batch's length to write into.
+        `meta` (linux-dialect filters): one `metadata.META_DTYPE` record per packet (`meta_array`);
+        without it every packet has `linux.Meta()`'s defaults.
         """
         batch = packets if isinstance(packets, Batch) else Batch.from_packets(packets)
         n = len(batch)
+        if meta is not None:
+            if self.dialect.offsets != "signed":
+                raise ValueError(
+                    f"packet metadata is read by linux-dialect filters only, not {self.dialect.name!r} ones"
+                )
+            meta = metadata.check_meta_array(meta, n)
         out = self._prepare_run(n, out)
         if n:
             self._batch(
                 batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
-                batch.wirelens.ctypes.data, n, out.ctypes.data,
+                batch.wirelens.ctypes.data, n, None if meta is None else meta.ctypes.data, out.ctypes.data,
             )  # fmt: skip
         return out
 
@@ -345,7 +368,8 @@ class Filter(_FilterBase):
         if n:
             offsets, lengths = _record_layout(n, size)
             address, keep = buffer_address(view)
-            self._batch(address, offsets.ctypes.data, lengths.ctypes.data, lengths.ctypes.data, n, out.ctypes.data)
+            self._batch(address, offsets.ctypes.data, lengths.ctypes.data, lengths.ctypes.data, n, None,
+                        out.ctypes.data)  # fmt: skip
             del keep
         return out
 
@@ -366,7 +390,8 @@ class Filter(_FilterBase):
     @property
     def address(self) -> int:
         """Address of the filter's native code: `void batch(const u8 *base, const u64 *offsets,
-        const u32 *caplens, const u32 *wirelens, u64 n, u32 *out)` (`out[i]` = result for packet i).
+        const u32 *caplens, const u32 *wirelens, u64 n, const u8 *meta, u32 *out)` (`out[i]` = result for
+        packet i; `meta` NULL, or one 64-byte `metadata.META_DTYPE` record per packet for linux-dialect filters).
         The code of the tier the filter runs; it stays valid while the filter lives."""
         return self._code.batch_address(self._tier)
 
@@ -415,7 +440,9 @@ def compile(
 
     A `str` is a pcap-filter expression compiled by libpcap for `linktype` (`linktype`, `snaplen`,
     `optimize` and `netmask` are `pcap_compile`'s); programs are validated (`ValidationError`) in
-    `dialect` ("pcap", SEMANTICS.md, or "seccomp": see `bpfjit.dialects`), whose semantics the code runs.
+    `dialect` ("pcap", SEMANTICS.md; "linux", the kernel's socket filters with ancillary data and
+    negative offsets, see `bpfjit.linux`; or "seccomp": see `bpfjit.dialects`), whose semantics the
+    code runs.
     An expression is compiled for a live capture, or with `savefile=True` (and `swapped`) as
     `tcpdump -r` compiles it for a capture file (`Program.from_expr`). `filter_file` and the other
     file operations compile a Filter's expression again for each file they read, as tcpdump does.

@@ -6,8 +6,10 @@ kind and returns the index of the next instruction, or STOP after setting `vm.re
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 
+from . import linux
 from .buffers import check_lengths, packet_view
 from .dialects import PCAP, Dialect, DialectLike, dialect_of
 from .opcodes import BPF_MEMWORDS, OPCODES, u32
@@ -20,9 +22,9 @@ STOP = -1
 class Machine:
     """Registers and input of one run: A, X, M[], the packet P and its wire length, in a dialect."""
 
-    __slots__ = ("a", "caplen", "dialect", "m", "packet", "result", "wirelen", "x")
+    __slots__ = ("a", "caplen", "dialect", "m", "meta", "packet", "result", "wirelen", "x")
 
-    def __init__(self, packet: memoryview, wirelen: int, dialect: Dialect = PCAP):
+    def __init__(self, packet: memoryview, wirelen: int, dialect: Dialect = PCAP, meta: linux.Meta | None = None):
         self.a = 0
         self.x = 0
         # Validation guarantees every word is written before it is read, so this 0 is never seen.
@@ -32,14 +34,36 @@ class Machine:
         # `ld len`: the wire length, or the length the dialect fixes (seccomp_data's 64)
         self.wirelen = wirelen if dialect.fixed_length is None else dialect.fixed_length
         self.dialect = dialect
+        self.meta = linux.resolved(meta, packet)  # read by the linux dialect only
         self.result = 0
 
-    def load(self, offset: int, width: int) -> int | None:
+    def load(self, offset: int | None, width: int) -> int | None:
         """P[offset:width] in the dialect's byte order (big-endian for packets), or None when any
-        byte lies past caplen (offset may exceed 2^32)."""
-        if offset > self.caplen or width > self.caplen - offset:
+        byte lies past caplen (offset may exceed 2^32) or the offset is None."""
+        if offset is None or offset > self.caplen or width > self.caplen - offset:
             return None
         return int.from_bytes(self.packet[offset : offset + width], self.dialect.byte_order)
+
+    def offset(self, offset: int) -> int | None:
+        """Where a load at `offset` reads: itself, or in the linux dialect (`signed` offsets) the data
+        offset of a 32-bit offset read as signed (`linux.data_offset`; None: nowhere)."""
+        if self.dialect.offsets == "unsigned":
+            return offset
+        return linux.data_offset(u32(offset), self.meta.net_offset)
+
+    def ancillary(self, row: linux.Ancillary) -> int:
+        """A linux-dialect ancillary load: a metadata word, or what the kernel computes for it."""
+        if row.source == "xor_x":
+            return self.a ^ self.x
+        if row.source == "nlattr":
+            return linux.nlattr(self.packet, self.a, self.x, sys.byteorder)
+        if row.source == "nlattr_nest":
+            return linux.nlattr_nest(self.packet, self.a, self.x, sys.byteorder)
+        if row.source == "pay_offset":
+            protocol = self.meta.protocol
+            assert protocol is not None  # resolved
+            return linux.pay_offset(self.packet, protocol, self.meta.net_offset)
+        return u32(getattr(self.meta, row.source))
 
 
 Handler = Callable[[Machine, Insn, int], int]
@@ -69,8 +93,13 @@ def ld_mem(vm: Machine, insn: Insn, pc: int) -> int:
 
 
 def ld_abs(vm: Machine, insn: Insn, pc: int) -> int:
-    """BPF_LD+BPF_ABS: A <- P[k:width]"""
-    value = vm.load(insn.k, OPCODES[insn.code].width)
+    """BPF_LD+BPF_ABS: A <- P[k:width] (linux: k >= SKF_AD_OFF is an ancillary load, whatever its size)"""
+    if vm.dialect.offsets == "signed" and insn.k >= linux.SKF_AD_OFF:
+        row = linux.ancillary(insn.k)
+        assert row is not None  # validated: unknown-ancillary
+        vm.a = vm.ancillary(row)
+        return pc + 1
+    value = vm.load(vm.offset(insn.k), OPCODES[insn.code].width)
     if value is None:
         return _abort(vm)
     vm.a = value
@@ -78,8 +107,9 @@ def ld_abs(vm: Machine, insn: Insn, pc: int) -> int:
 
 
 def ld_ind(vm: Machine, insn: Insn, pc: int) -> int:
-    """BPF_LD+BPF_IND: A <- P[X+k:width]; X+k past 2^32 is out of bounds, it does not wrap"""
-    value = vm.load(vm.x + insn.k, OPCODES[insn.code].width)
+    """BPF_LD+BPF_IND: A <- P[X+k:width]; X+k past 2^32 is out of bounds, it does not wrap (linux:
+    it wraps, and the 32-bit sum is a signed offset)"""
+    value = vm.load(vm.offset(vm.x + insn.k), OPCODES[insn.code].width)
     if value is None:
         return _abort(vm)
     vm.a = value
@@ -105,8 +135,8 @@ def ldx_mem(vm: Machine, insn: Insn, pc: int) -> int:
 
 
 def ldx_msh(vm: Machine, insn: Insn, pc: int) -> int:
-    """BPF_LDX+BPF_B+BPF_MSH: X <- 4*(P[k:1]&0xf)"""
-    value = vm.load(insn.k, 1)
+    """BPF_LDX+BPF_B+BPF_MSH: X <- 4*(P[k:1]&0xf) (linux: k is a signed offset, never ancillary)"""
+    value = vm.load(vm.offset(insn.k), 1)
     if value is None:
         return _abort(vm)
     vm.x = 4 * (value & 0xF)
@@ -213,14 +243,23 @@ def _plan(program: Program) -> list[tuple[Handler, Insn]]:
 
 
 def interpret(
-    program: Program | Iterable[InsnLike], packet: object, wirelen: int | None = None, *, dialect: DialectLike = PCAP
+    program: Program | Iterable[InsnLike],
+    packet: object,
+    wirelen: int | None = None,
+    *,
+    dialect: DialectLike = PCAP,
+    meta: linux.Meta | None = None,
 ) -> int:
     """Run `program` on `packet` and return the BPF result (0 = drop). Validates the program first
-    (in `dialect`, whose semantics it runs: a seccomp "packet" is a 64-byte struct seccomp_data)."""
+    (in `dialect`, whose semantics it runs: a seccomp "packet" is a 64-byte struct seccomp_data). In
+    the linux dialect `meta` is what the kernel knows about the packet (`linux.Meta`; default: an
+    Ethernet frame for this host)."""
     record = dialect_of(dialect)
     program = validate(program, record)
     view = packet_view(packet)
-    vm = Machine(view, check_lengths(len(view), wirelen), record)
+    if meta is not None and not isinstance(meta, linux.Meta):
+        raise TypeError(f"meta must be a bpfjit.linux.Meta, not {type(meta).__name__}")
+    vm = Machine(view, check_lengths(len(view), wirelen), record, meta)
     steps = _plan(program)
     pc = 0
     while pc != STOP:

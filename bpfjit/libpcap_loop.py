@@ -63,5 +63,5 @@ class LibpcapLoop:
     def run_batch(self, batch: Batch, out: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
         if len(batch):
             self._run(batch.data.ctypes.data, batch.offsets.ctypes.data, batch.caplens.ctypes.data,
-                      batch.wirelens.ctypes.data, len(batch), out.ctypes.data)  # fmt: skip
+                      batch.wirelens.ctypes.data, len(batch), None, out.ctypes.data)  # fmt: skip
         return out

@@ -24,9 +24,10 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from . import abi
+from . import abi, lower_linux
 from .analysis import Analysis
 from .dialects import PCAP, Dialect
+from .linux import META_SIZE
 from .opcodes import OPCODES, U32_MASK
 from .program import Insn, Program
 
@@ -44,7 +45,8 @@ class Lowering:
     The filter is emitted at `builder`'s position inside `function`, reading `packet`, `caplen`
     and `wirelen`; each way out (`ret`, a failed check) ends its block with `finish(builder, value)`
     (a `ret` in a filter function, a branch to the next packet in a batch loop). The emitters ask
-    `dialect` what loads, shifts by X and `ld len` mean."""
+    `dialect` what loads, shifts by X and `ld len` mean; `meta` is the packet's metadata record
+    (or NULL), which only the linux dialect's loads read (`lower_linux`)."""
 
     def __init__(
         self,
@@ -55,9 +57,11 @@ class Lowering:
         args: tuple[ir.Value, ir.Value, ir.Value],
         finish: Finish,
         dialect: Dialect = PCAP,
+        meta: ir.Value = lower_linux.NULL,
     ):
         self.program = program
         self.dialect = dialect
+        self.meta = meta
         self.function = function
         self.builder = b = builder
         self.packet, self.caplen, self.wirelen = args
@@ -200,11 +204,17 @@ def ld_mem(lo: Lowering, insn: Insn, index: int) -> None:
 
 def ld_abs(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- P[k:width] (the static check before it covers k + width)"""
+    if lo.dialect.offsets == "signed" and insn.k >= lower_linux.SIGNED:
+        lower_linux.ld_abs(lo, insn)  # ancillary data, or relative to a header
+        return
     lo.write(lo.a, lo.load_abs(insn.k, OPCODES[insn.code].width))
 
 
 def ld_ind(lo: Lowering, insn: Insn, index: int) -> None:
     """A <- P[X+k:width], X + k + width <= caplen computed in 64 bits"""
+    if lo.dialect.offsets == "signed":
+        lower_linux.ld_ind(lo, insn)  # X + k wraps to a signed 32-bit offset
+        return
     b = lo.builder
     width = OPCODES[insn.code].width
     offset = b.add(b.zext(lo.read(lo.x), I64), ir.Constant(I64, insn.k), name="off")
@@ -230,6 +240,9 @@ def ldx_mem(lo: Lowering, insn: Insn, index: int) -> None:
 
 def ldx_msh(lo: Lowering, insn: Insn, index: int) -> None:
     """X <- 4*(P[k:1]&0xf)"""
+    if lo.dialect.offsets == "signed" and insn.k >= lower_linux.SIGNED:
+        lower_linux.ldx_msh(lo, insn)
+        return
     b = lo.builder
     byte = lo.load_abs(insn.k, 1)
     lo.write(lo.x, b.shl(b.and_(byte, ir.Constant(I32, 0xF)), ir.Constant(I32, 2)))
@@ -359,12 +372,12 @@ def new_module(name: str) -> ir.Module:
     return ir.Module(name=name)
 
 
-PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value], None]
+PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value, ir.Value], None]
 
 
 def emit_packet_loop(fn: ir.Function, visit: PacketVisitor) -> None:
     """The body of a batch-shaped function (its arguments start with `abi.PACKETS`): for i < n,
-    visit(builder, i, base + offsets[i], caplens[i], wirelens[i])."""
+    visit(builder, i, base + offsets[i], caplens[i], wirelens[i], meta record i or NULL)."""
     arg = abi.args(fn)
     entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
     b = ir.IRBuilder(entry)
@@ -379,7 +392,9 @@ def emit_packet_loop(fn: ir.Function, visit: PacketVisitor) -> None:
     packet = b.gep(arg["base"], [offset], inbounds=True, name="packet")
     caplen = b.load(b.gep(arg["caplens"], [i]), name="caplen")
     wirelen = b.load(b.gep(arg["wirelens"], [i]), name="wirelen")
-    visit(b, i, packet, caplen, wirelen)
+    # NULL stays NULL (no inbounds): code that reads metadata tests the record first, others drop this
+    meta = b.gep(arg["meta"], [b.mul(i, ir.Constant(I64, META_SIZE))], name="meta")
+    visit(b, i, packet, caplen, wirelen, meta)
     b.store(b.add(i, ir.Constant(I64, 1)), counter)
     b.branch(head)
     b.position_at_end(done)
@@ -391,7 +406,8 @@ def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Func
     fn = abi.BATCH.declare(module, name)
     out = abi.args(fn)["out"]
 
-    def run_filter(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
+    def run_filter(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value,
+                   meta: ir.Value) -> None:  # fmt: skip
         b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
 
     emit_packet_loop(fn, run_filter)
@@ -406,7 +422,8 @@ def lower_program_batch(
     fn = abi.BATCH.declare(module, name)
     out = abi.args(fn)["out"]
 
-    def run_program(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
+    def run_program(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value,
+                    meta: ir.Value) -> None:  # fmt: skip
         done = fn.append_basic_block("result")
         results: list[tuple[ir.Value, ir.Block]] = []
 
@@ -414,7 +431,7 @@ def lower_program_batch(
             results.append((value, builder.block))
             builder.branch(done)
 
-        Lowering(program, analysis, fn, b, (packet, caplen, wirelen), finish, dialect).run()
+        Lowering(program, analysis, fn, b, (packet, caplen, wirelen), finish, dialect, meta).run()
         b.position_at_end(done)
         result = b.phi(I32, name="result")
         for value, block in results:

@@ -102,7 +102,8 @@ def lower_classifier_batch(module: ir.Module, classifier: ir.Function, name: str
     arg = abi.args(fn)
     out, values = arg["out"], arg["values"]
 
-    def classify(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value) -> None:
+    def classify(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value,
+                 meta: ir.Value) -> None:  # fmt: skip
         if mode == "bitmask":
             slot = b.gep(out, [b.mul(i, ir.Constant(I64, words_for(count)))])
             b.call(classifier, [packet, caplen, wirelen, slot])

@@ -59,7 +59,7 @@ def validate_stage(c: Compilation) -> None:
 
 
 def analyse_stage(c: Compilation) -> None:
-    c.analysis = analyse(c.program)
+    c.analysis = analyse(c.program, dialect=c.dialect)
 
 
 def lower_stage(c: Compilation) -> None:

@@ -148,7 +148,8 @@ def lower_entry(module: ir.Module, layout: Layout) -> ir.Function:
     b.store(ir.Constant(I64, 0), offset_arg)
     b.store(b.trunc(length, I32), caplen_arg)
     b.store(b.trunc(wire64, I32), wirelen_arg)
-    b.call(batch_fn, [b.load(data_slot), offset_arg, caplen_arg, wirelen_arg, ir.Constant(I64, 1), result_arg])
+    no_meta = ir.Constant(ir.IntType(8).as_pointer(), None)  # single-packet calls: the default metadata
+    b.call(batch_fn, [b.load(data_slot), offset_arg, caplen_arg, wirelen_arg, ir.Constant(I64, 1), no_meta, result_arg])
     result = b.load(result_arg, name="result")
     done = fn.append_basic_block("done")
     b.branch(done)

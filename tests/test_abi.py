@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from llvmlite import ir
 
-from bpfjit import Program, abi, lower, lower_classifier, pyentry, walkers
+from bpfjit import Program, abi, lower, lower_classifier, lower_linux, pyentry, walkers
 from bpfjit.analysis import analyse
 from bpfjit.cpython import Layout
 
@@ -49,6 +49,8 @@ def _generated() -> dict[str, list[ir.Function]]:
     functions["GATHER"] = [module.get_global(walkers.PREFIX + "gather")]
     functions["ACCEPTED_INDICES"] = [module.get_global(walkers.PREFIX + "accepted_indices")]
     functions["ENTRY"] = [pyentry.lower_entry(module, Layout(8, 16, 32, 24, 32, 40))]
+    functions["PAY_OFFSET"] = [lower_linux.emit_pay_offset(module)]
+    functions["NLATTR"] = [lower_linux.emit_nlattr(module)]
     return functions
 
 
@@ -95,7 +97,7 @@ def test_chunk_struct_and_its_ir_type_have_the_same_fields() -> None:
 
 
 # Where a function type may still be written outside abi.py: declarations of LLVM's own intrinsics.
-INTRINSIC_DECLARERS = {"lower.py": "llvm.bswap", "walkers.py": "llvm."}
+INTRINSIC_DECLARERS = {"lower.py": "llvm.bswap", "lower_linux.py": "llvm.bswap", "walkers.py": "llvm."}
 
 
 def test_no_signature_is_written_outside_the_table() -> None:

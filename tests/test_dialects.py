@@ -31,13 +31,14 @@ def data(nr: int = 0, arch: int = 0xC000003E, ip: int = 0, args: tuple[int, ...]
 def test_pcap_is_the_default_and_keeps_semantics_md() -> None:
     assert PCAP.rules == () and PCAP.byte_order == "big" and PCAP.shift_x == "zero" and PCAP.fixed_length is None
     assert dialect_of("pcap") is PCAP and dialect_of(SECCOMP) is SECCOMP
-    assert set(DIALECTS) == {"pcap", "seccomp"}
+    assert set(DIALECTS) == {"pcap", "seccomp", "linux"}
+    assert PCAP.offsets == "unsigned"
 
 
 def test_unknown_dialects_are_refused_everywhere() -> None:
     program = Program([c.ret_k(1)])
     calls: list[Callable[[], object]] = [
-        lambda: bpfjit.validate(program, "linux"),
+        lambda: bpfjit.validate(program, "bsd"),
         lambda: bpfjit.interpret(program, b"", dialect="bogus"),
         lambda: bpfjit.compile(program, dialect="seccomp2"),
     ]
@@ -195,4 +196,3 @@ def test_a_second_process_loads_seccomp_code_from_the_disk_cache(tmp_path: objec
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert first.stdout.split() == second.stdout.split() == ["2", "0"]
-

@@ -289,7 +289,7 @@ def test_compile_gives_the_baseline_tier_and_tier_up_switches() -> None:
     run = bpfjit.filter.BATCH_PROTOTYPE(baseline_address)
     out = ctypes.c_uint32(7)
     offset, caplen = ctypes.c_uint64(0), ctypes.c_uint32(len(IPV4_FRAME))
-    run(IPV4_FRAME, ctypes.byref(offset), ctypes.byref(caplen), ctypes.byref(caplen), 1, ctypes.byref(out))
+    run(IPV4_FRAME, ctypes.byref(offset), ctypes.byref(caplen), ctypes.byref(caplen), 1, None, ctypes.byref(out))
     assert out.value == 262144
 
 

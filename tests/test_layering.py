@@ -34,12 +34,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bpfjit"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 GROUPS: dict[str, set[str]] = {
-    "model": {"errors", "opcodes", "dialects", "linux", "program", "text", "validate", "interpret", "analysis", "buffers",
-              "samples", "strategies", "syscalls"},
+    "model": {"errors", "opcodes", "dialects", "linux", "program", "text", "validate", "interpret", "analysis",
+              "buffers", "samples", "strategies", "syscalls"},
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
-    "codegen": {"lower", "lower_classifier", "pyentry", "pipeline"},
-    "runtime": {"filter", "classifier", "batch", "seccomp", "seccomp_explain"},
+    "codegen": {"lower", "lower_linux", "lower_classifier", "pyentry", "pipeline"},
+    "runtime": {"filter", "classifier", "batch", "metadata", "seccomp", "seccomp_explain"},
     "peers": {"libpcap", "libpcap_loop"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},
@@ -154,7 +154,7 @@ def test_module_level_imports_have_no_cycle() -> None:
 
     def visit(module: str, path: list[str]) -> None:
         if module in path:
-            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module):], module]))
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module) :], module]))
         if module in done:
             return
         for imported in sorted(graph[module]):
@@ -179,7 +179,7 @@ def test_examples_use_only_the_public_api(example: str) -> None:
 
 def test_the_readme_lists_every_module_in_its_layer() -> None:
     readme = (PACKAGE.parent / "README.md").read_text()
-    section = readme[readme.index("## How it is built"):]
+    section = readme[readme.index("## How it is built") :]
     section = section[: section.index("\n## ", 1)]
     listed: dict[str, str] = {}
     for row in section.splitlines():
