@@ -392,8 +392,11 @@ def emit_packet_loop(fn: ir.Function, visit: PacketVisitor) -> None:
     packet = b.gep(arg["base"], [offset], inbounds=True, name="packet")
     caplen = b.load(b.gep(arg["caplens"], [i]), name="caplen")
     wirelen = b.load(b.gep(arg["wirelens"], [i]), name="wirelen")
-    # NULL stays NULL (no inbounds): code that reads metadata tests the record first, others drop this
-    meta = b.gep(arg["meta"], [b.mul(i, ir.Constant(I64, META_SIZE))], name="meta")
+    # record i, or NULL for every packet when there are none: code that reads metadata tests the
+    # record first (a program that reads none never uses this, and LLVM drops it)
+    record = b.gep(arg["meta"], [b.mul(i, ir.Constant(I64, META_SIZE))], name="record")
+    no_meta = b.icmp_unsigned("==", arg["meta"], lower_linux.NULL, name="no_meta")
+    meta = b.select(no_meta, lower_linux.NULL, record, name="meta")
     visit(b, i, packet, caplen, wirelen, meta)
     b.store(b.add(i, ir.Constant(I64, 1)), counter)
     b.branch(head)

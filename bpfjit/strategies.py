@@ -9,7 +9,9 @@
 `programs()` builds VALID programs by construction (every jump in range, scratch words written
 before they are read as Linux's checker wants, no constant division by 0 or shift >= 32), so no
 example is wasted on the validator; `programs(dialect="seccomp")` keeps to seccomp's instructions
-(`syscalls()` draws inputs for them). `any_programs()` builds anything, for testing rejection.
+(`syscalls()` draws inputs for them); `programs(dialect="linux")` draws ancillary loads and offsets
+in the kernel's negative windows (`metas()` draws the packets' metadata). `any_programs()` builds
+anything, for testing rejection.
 Requires the `hypothesis` package (`pip install bpfjit[test]`).
 """
 
@@ -19,7 +21,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from .dialects import PCAP, SECCOMP, SECCOMP_DATA_SIZE, Dialect, DialectLike, dialect_of
+from .dialects import LINUX, PCAP, SECCOMP, SECCOMP_DATA_SIZE, Dialect, DialectLike, dialect_of
+from .linux import ANCILLARY, SKF_LL_OFF, SKF_NET_OFF, Meta
 from .opcodes import BPF_MAXINSNS, BPF_MEMWORDS, OPCODES, U32_MASK
 from .program import Insn, Program
 
@@ -40,6 +43,19 @@ offsets = st.one_of(
     st.integers(0, U32_MASK),
 )
 """Packet offsets: mostly inside a small packet, some near 2^32."""
+
+_NET, _LL = SKF_NET_OFF & U32_MASK, SKF_LL_OFF & U32_MASK
+linux_offsets = st.one_of(
+    st.integers(0, 80),
+    st.sampled_from([row.k for row in ANCILLARY]),
+    st.integers(_NET, _NET + 60),
+    st.integers(_LL, _LL + 60),
+    st.sampled_from((0x7FFFFFFF, 0x80000000, _NET - 1, _LL - 1, 0xFFFFEFFF)),
+)
+"""`ld [k]` offsets of the linux dialect: in the packet, every ancillary load, the network- and
+link-relative windows and their edges (none in the ancillary window that names no load)."""
+linux_x = st.one_of(st.integers(0, 64), st.sampled_from((_NET, _LL, _NET - 4, 0xFFFFF000, 0xFFFFFFFF, 0x80000000)))
+"""X values that make `[x + k]` wrap into the negative windows."""
 
 # Kinds drawn for the body of a program, weighted toward loads, ALU and jumps.
 _BODY_KINDS = (
@@ -78,6 +94,10 @@ def _immediate(draw: Any, code: int, dialect: Dialect = PCAP) -> int:
             return draw(st.sampled_from(_SECCOMP_WORDS))
         if info.kind == "ret_k":
             return draw(seccomp_returns)
+    if dialect is LINUX and info.kind == "ld_abs":
+        return draw(linux_offsets)
+    if dialect is LINUX and info.kind == "ldx_imm":
+        return draw(linux_x)
     if info.kind in ("ld_abs", "ld_ind", "ldx_msh"):
         return draw(offsets)
     if info.alu is not None and info.kind == "alu_k":
@@ -143,6 +163,22 @@ syscall_args = st.one_of(st.sampled_from(U64_EDGES), st.integers(0, 1 << 12), st
 syscall_numbers = st.one_of(st.integers(0, 460), st.sampled_from((0x40000000, 0x40000001, 0x7FFFFFFF, 0x80000000,
                             0xFFFFFFFE, 0xFFFFFFFF)), st.integers(0, U32_MASK))  # fmt: skip
 """nr as the u32 the filter reads: real syscall numbers mostly, x32's bit, -1 and -2."""
+
+
+@st.composite
+def metas(draw: Any) -> Meta:
+    """`linux.Meta` for one packet: VLAN tags with PCP/DEI bits, packet types, header offsets."""
+    words = st.one_of(st.sampled_from((0, 1, 0xFFFF, U32_MASK)), st.integers(0, U32_MASK))
+    return Meta(
+        protocol=draw(st.one_of(st.none(), st.sampled_from((0x0800, 0x86DD, 0x8100, 0x88A8, 0x0806, 0)), words)),
+        pkttype=draw(st.integers(0, 7)),
+        ifindex=draw(st.one_of(st.integers(0, 8), words)),
+        net_offset=draw(st.one_of(st.sampled_from((14, 18, 0)), st.integers(0, 100))),
+        mark=draw(words), queue=draw(st.integers(0, 0xFFFF)), hatype=draw(st.sampled_from((1, 772, 65534))),
+        rxhash=draw(words), cpu=draw(st.integers(0, 63)), random=draw(words),
+        vlan_tci=draw(st.one_of(st.just(0), st.integers(0, 0xFFFF))), vlan_present=draw(st.integers(0, 1)),
+        vlan_tpid=draw(st.sampled_from((0, 0x8100, 0x88A8))),
+    )  # fmt: skip
 
 
 def syscalls() -> st.SearchStrategy[tuple[int, tuple[int, ...]]]:
