@@ -431,7 +431,7 @@ def _spellings(row: Ancillary) -> str:
 
 
 def _read_operand(cur: _Cursor) -> tuple[str, int]:
-    """One operand: its syntax (`imm`, `len`, `abs`, `ind`, `mem`, `msh`, `x`, `a`, `number`) and k."""
+    """One operand: its syntax (`imm`, `len`, `abs`, `ind`, `mem`, `msh`, `x`, `a`, `number`, `anc`) and k."""
     token = cur.peek()
     if token.text == "#":
         cur.take()
