@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .opcodes import OPCODES
 from .program import DEFAULT_SNAPLEN, Insn, InsnLike, Program
+from .sockfilter import attach_filter
 from .validate import validate
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ PACKET_RESERVE = 12
 TPACKET_V3 = 2
 PACKET_OUTGOING = 4
 ETH_P_ALL = 0x0003
-SO_ATTACH_FILTER = 26
 SIOCGIFHWADDR = 0x8927
 
 TP_STATUS_KERNEL = 0
@@ -340,19 +340,16 @@ class Capture:
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
 
     def _attach(self, program: Program) -> None:
-        """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter} (the kernel copies it)."""
+        """Attach the program in the kernel (SO_ATTACH_FILTER), or fall back to user space."""
         assert self._sock is not None
-        code = ctypes.create_string_buffer(program.to_bytes(), len(program) * 8)
-        fprog = struct.pack("@HP", len(program), ctypes.addressof(code))
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            attach_filter(self._sock, program)
         except OSError as exc:
             # bpfjit validated the program, so these are kernel limits, not errors: ENOMEM when it is
             # bigger than net.core.optmem_max, EINVAL when its eBPF translation overflows a jump.
             if exc.errno not in (errno.ENOMEM, errno.EINVAL):
                 raise
             self.in_kernel = False  # __init__ compiles the filter for user space
-        del code
 
     @property
     def filter(self) -> Filter | None:

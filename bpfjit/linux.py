@@ -32,7 +32,7 @@ class Ancillary(NamedTuple):
     offset: int
     name: str  # SKF_AD_<name>
     tcpdump: str  # `ld [<tcpdump>]` in tcpdump -d (libpcap's bpf_image.c)
-    asm: str  # `ld #<asm>` in the kernel's bpf_asm (tools/bpf/bpf_exp.l)
+    asm: str  # `ld #<asm>` in the kernel's bpf_asm (tools/bpf/bpf_exp.l); "" where it has none
     source: str
 
     @property
@@ -51,7 +51,7 @@ ANCILLARY: tuple[Ancillary, ...] = (
     Ancillary(28, "HATYPE", "hatype", "hatype", "hatype"),
     Ancillary(32, "RXHASH", "rxhash", "rxhash", "rxhash"),
     Ancillary(36, "CPU", "cpu", "cpu", "cpu"),
-    Ancillary(40, "ALU_XOR_X", "xor_x", "xor_x", "xor_x"),
+    Ancillary(40, "ALU_XOR_X", "xor_x", "", "xor_x"),  # bpf_asm has no keyword for it
     Ancillary(44, "VLAN_TAG", "vlan_tci", "vlan_tci", "vlan_tci"),
     Ancillary(48, "VLAN_TAG_PRESENT", "vlanp", "vlan_pr", "vlan_present"),
     Ancillary(52, "PAY_OFFSET", "poff", "poff", "pay_offset"),

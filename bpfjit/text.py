@@ -3,6 +3,10 @@
 `dump` writes them; `parse` reads any of them, telling which by the text's shape. Every spelling is
 derived from the one opcode table (`OPCODES`): the writers print `OpInfo.mnemonic` and
 `OpInfo.operand`, the readers look `(mnemonic, operand syntax)` up in a reverse map built from it.
+Linux's ancillary loads (`ld [SKF_AD_OFF + n]`) are spelt from the one table of them
+(`linux.ANCILLARY`): `ldb [vlanp]` as tcpdump -d prints them, `ldb #vlan_pr` in bpf_asm. Names are
+written and read whatever the dialect (libpcap's printer does not know one either): the text is only
+the instruction, whether a dialect runs it is `validate`'s business.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
 from .errors import ParseError
+from .linux import ANCILLARY, Ancillary, ancillary
 from .opcodes import BPF_JA, BPF_JMP, OPCODES, U32_MASK, OpInfo, u32
 from .program import Insn, Program
 
@@ -46,12 +51,19 @@ def _tcpdump_number(k: int, form: str) -> str:
 
 
 def _operand(insn: Insn, index: int) -> str:
-    """The operand as libpcap's bpf_image prints it."""
+    """The operand as libpcap's bpf_image prints it.
+
+    An absolute load (`ld`, `ldh` or `ldb`) of one of Linux's 16 ancillary offsets prints its name
+    (`[vlanp]`); any other k, the rest of the ancillary window included, prints as `[%d]` of the
+    u32 (`[-4094]` for SKF_AD_OFF + 2). `[x + k]` and `4*([k]&0xf)` never print names.
+    """
     form = OPCODES[insn.code].operand
     if form == "len":
         return "#pktlen"
     if form == "target":
         return str(_signed((index + 1 + insn.k) & 0xFFFFFFFF))
+    if form == "abs" and (row := ancillary(insn.k)) is not None:
+        return f"[{row.tcpdump}]"
     return _shaped(form, insn.k, _tcpdump_number)
 
 
@@ -132,6 +144,8 @@ def _asm_operand(info: OpInfo, k: int) -> str:
         return "#len"
     if info.kind == "ret_a":
         return "a"  # bpf_asm has no operand-less `ret`
+    if info.operand == "abs" and (row := ancillary(k)) is not None and row.asm:
+        return f"#{row.asm}"  # `ldb #vlan_pr`; ALU_XOR_X has no keyword: `ld [0xfffff028]`
     return _shaped(info.operand, k, _asm_number)  # `target`: ja's label comes from _asm_edges
 
 
@@ -208,6 +222,7 @@ _SYNTAX_OF_FORM = {
 _SYNTAX_TEXT = {
     "imm": "#k", "len": "#len", "abs": "[k]", "ind": "[x + k]", "mem": "M[k]", "msh": "4*([k]&0xf)",
     "x": "x", "a": "a", "target": "a jump target", "none": "no operand", "number": "a bare number",
+    "anc": "an ancillary name (#proto, ...)",
 }  # fmt: skip
 
 
@@ -232,6 +247,8 @@ _ALIASES: dict[tuple[str, str], tuple[str, str]] = {
     ("ldxi", "number"): ("ldx", "imm"),
     ("ldx", "msh"): ("ldxb", "msh"),
     ("ret", "a"): ("ret", "none"),
+    # bpf_asm's `ld #proto`, `ldh #proto`, `ldb #proto`: an absolute load at SKF_AD_OFF + n, any width
+    **{(info.mnemonic, "anc"): (info.mnemonic, "abs") for info in OPCODES.values() if info.kind == "ld_abs"},
 }
 
 
@@ -250,11 +267,13 @@ _JA_MNEMONICS = frozenset(m for m, syntaxes in _SYNTAXES.items() if "target" in 
 _CONDITIONAL_MNEMONICS = frozenset(info.mnemonic for info in OPCODES.values() if info.is_conditional)
 _OPERANDLESS = frozenset(m for m, syntaxes in _SYNTAXES.items() if syntaxes == {"none"})
 _LEN_WORDS = frozenset({"len", "pktlen"})  # bpf_asm's `#len`/`len`, tcpdump's `#pktlen`
-# bpf_asm's Linux ancillary loads (SKF_AD_OFF + n): out of bounds in bpfjit's libpcap dialect.
-_ANCILLARY = frozenset({
-    "proto", "type", "poff", "ifidx", "nla", "nlan", "mark", "queue", "hatype", "rxhash", "cpu",
-    "vlan_tci", "vlan_pr", "vlan_avail", "vlan_tpid", "rand",
-})  # fmt: skip
+# Linux's ancillary loads by name: tcpdump's in brackets (`ldb [vlanp]`), bpf_asm's after an optional
+# `#` (`ldb #vlan_pr`, `ld rand`), where bpf_exp.l also spells VLAN_TAG_PRESENT `vlan_avail`.
+_ANCILLARY_OF_TCPDUMP: dict[str, Ancillary] = {row.tcpdump: row for row in ANCILLARY}
+_ANCILLARY_OF_ASM: dict[str, Ancillary] = {
+    **{row.asm: row for row in ANCILLARY if row.asm},
+    "vlan_avail": next(row for row in ANCILLARY if row.asm == "vlan_pr"),
+}
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -382,20 +401,37 @@ def _read_number(cur: _Cursor) -> int:
 
 
 def _named_operand(token: _Token) -> tuple[str, int]:
+    """`#len` / `len` / `#pktlen`, or a bpf_asm ancillary name (`#proto`, `rand`): ("anc", its k)."""
     name = token.text.lower()
     if name in _LEN_WORDS:
         return "len", 0
-    if name in _ANCILLARY:
-        raise ParseError(
-            f"Linux ancillary load {token.text!r} is not supported: bpfjit follows libpcap, where "
-            "offsets at SKF_AD_OFF are out of bounds",
-            token.line,
-        )
+    if (row := _ANCILLARY_OF_ASM.get(name)) is not None:
+        return "anc", row.k
+    if (row := _ANCILLARY_OF_TCPDUMP.get(name)) is not None:
+        raise ParseError(f"{token} is tcpdump's name for SKF_AD_{row.name}: {_spellings(row)}", token.line)
     raise ParseError(f"expected an operand, found {token}", token.line)
 
 
+def _ancillary_in_brackets(cur: _Cursor) -> int:
+    """k of tcpdump's `[vlanp]`, after the `[`, through the `]`."""
+    token = cur.take()
+    name = token.text.lower()
+    if (row := _ANCILLARY_OF_TCPDUMP.get(name)) is None:
+        if (row := _ANCILLARY_OF_ASM.get(name)) is not None:
+            message = f"[{token.text}] is not tcpdump's name for SKF_AD_{row.name}: {_spellings(row)}"
+            raise ParseError(message, token.line)
+        raise ParseError(f"expected an offset or an ancillary name in [...], found {token}", token.line)
+    cur.expect("]")
+    return row.k
+
+
+def _spellings(row: Ancillary) -> str:
+    asm = f" or bpf_asm's #{row.asm}" if row.asm else " (bpf_asm has no keyword for it)"
+    return f"write [{row.tcpdump}]{asm}, or [{_signed(row.k)}]"
+
+
 def _read_operand(cur: _Cursor) -> tuple[str, int]:
-    """One operand: its syntax (`imm`, `len`, `abs`, `ind`, `mem`, `msh`, `x`, `a`, `number`) and k."""
+    """One operand: its syntax (`imm`, `len`, `abs`, `ind`, `mem`, `msh`, `x`, `a`, `number`, `anc`) and k."""
     token = cur.peek()
     if token.text == "#":
         cur.take()
@@ -422,6 +458,8 @@ def _read_operand(cur: _Cursor) -> tuple[str, int]:
         return _named_operand(cur.take())
     if token.text == "[":
         cur.take()
+        if cur.peek().kind == "word" and cur.peek().text.lower() != "x":
+            return "abs", _ancillary_in_brackets(cur)
         indexed = cur.take_x()
         if indexed:
             cur.expect("+")
@@ -686,10 +724,11 @@ def _parse_asm(text: str) -> Program:
     Free-form like bpf_asm (line breaks are whitespace), case-insensitive mnemonics, `;` and
     `/* */` comments and `#` lines. Accepted beyond bpf_asm: tcpdump's spellings `ld #pktlen` and a
     `ret` alone on its line (`ret a`), `[x+k]` without spaces, a signed hex number, several labels
-    on one instruction, and two-label forms of the negated jumps (`jne #k, Lt, Lf` is
-    `jeq #k, Lf, Lt`). Rejected, though bpf_asm takes them: `ret x` (opcode 0x0e, which bpfjit
-    does not run) and Linux ancillary loads (`ld #proto`, ...). Labels are `[A-Za-z_][A-Za-z0-9_]+`
-    and case-sensitive; jumps go to labels only, forward only, with jt/jf offsets of at most 255.
+    on one instruction, two-label forms of the negated jumps (`jne #k, Lt, Lf` is
+    `jeq #k, Lf, Lt`) and tcpdump's ancillary names (`ldb [vlanp]`, beside bpf_asm's `ldb #vlan_pr`
+    or `ldb vlan_pr`). Rejected, though bpf_asm takes it: `ret x` (opcode 0x0e, which bpfjit does
+    not run). Labels are `[A-Za-z_][A-Za-z0-9_]+` and case-sensitive; jumps go to labels only,
+    forward only, with jt/jf offsets of at most 255.
     """
     cur = _Cursor(_tokenize(text, hash_comments=True))
     labels: dict[str, int] = {}

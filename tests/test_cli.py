@@ -64,6 +64,20 @@ def test_filter_file_forms(
         assert run_cli(capsys, command, f"-{style}", "-F", str(source)) == (0, expected.dump(style), "")
 
 
+@pytest.mark.parametrize("source_style", ["dd", "ddd", "asm"])
+@pytest.mark.parametrize("command", ["compile", "filter"])
+def test_filter_file_with_ancillary_loads_prints_as_tcpdump(
+    source_style: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live program (`tcpdump -i lo vlan 100`: ancillary loads) read from -F prints as tcpdump printed it."""
+    listings = {style: (FIXTURES / f"live_vlan_100.{style}").read_text() for style in ("d", "dd", "ddd")}
+    source = tmp_path / "vlan.filter"
+    program = text.parse(listings["dd"])
+    source.write_text(text.dump_asm(program) if source_style == "asm" else listings[source_style])
+    for style, listing in listings.items():
+        assert run_cli(capsys, command, f"-{style}", "-F", str(source)) == (0, listing, "")
+
+
 def test_filter_file_filters_a_capture_alike_in_every_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "mix.pcap"
     packetmix.write_pcap(src, packetmix.generate(2000, seed=4))

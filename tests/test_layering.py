@@ -11,7 +11,7 @@ import only from the groups it lists (imports at any depth count, function-level
 | native | the only user of `llvmlite.binding` | support (the disk cache of its code) |
 | codegen | IR emitters and the compile stages | model, support, native |
 | runtime | `compile()`/`Filter`, the classifier, `Batch` | model, support, codegen, native |
-| peers | libpcap through ctypes, its native loop | model, support, codegen, native, runtime |
+| peers | libpcap and the kernel's socket filters through ctypes | model, support, codegen, native, runtime |
 | files | capture-file formats, walkers, readers, writers | everything above |
 | live | live capture (AF_PACKET) | everything above but files |
 | integrations | adapters for scapy/dpkt | the public API only (`bpfjit` and PUBLIC modules) |
@@ -40,7 +40,7 @@ GROUPS: dict[str, set[str]] = {
     "native": {"native"},
     "codegen": {"lower", "lower_linux", "lower_classifier", "pyentry", "pipeline"},
     "runtime": {"filter", "classifier", "batch", "metadata", "seccomp", "seccomp_explain"},
-    "peers": {"libpcap", "libpcap_loop"},
+    "peers": {"libpcap", "libpcap_loop", "sockfilter"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},
     "integrations": {"adapters", "dask"},

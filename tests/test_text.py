@@ -1,14 +1,18 @@
 """bpfjit.text: the `tcpdump -d/-dd/-ddd` listings, the comma form and bpf_asm, written and read.
 
-The oracles: libpcap's own `bpf_image` (every opcode's -d spelling), tcpdump's output (fixtures under
-tests/fixtures, and tcpdump itself when installed) and Linux's `bpf_asm` (its output for the sources
-under tests/fixtures/asm). Round trips run on hypothesis programs, valid and invalid.
+The oracles: libpcap's own `bpf_image` (every opcode's -d spelling, Linux's ancillary names), tcpdump's
+output (fixtures under tests/fixtures, and tcpdump itself when installed: `-y EN10MB` listings, and
+`-i lo` listings of live programs with ancillary loads when run as root) and Linux's `bpf_asm` (its
+output for the sources under tests/fixtures/asm; its ancillary keywords as tools/bpf/bpf_exp.l and
+bpf_exp.y define them). Round trips run on hypothesis programs, valid and invalid.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from hypothesis import given
 from needs import require, tcpdump_path
 
 from bpfjit import Insn, ParseError, Program
+from bpfjit.linux import ANCILLARY, SKF_AD_MAX, SKF_AD_OFF, SKF_LL_OFF, SKF_NET_OFF, Ancillary
 from bpfjit.opcodes import OPCODES
 from bpfjit.strategies import any_programs, programs
 from bpfjit.text import Style, dump, dump_asm, format_insn, parse, read_source
@@ -33,6 +38,16 @@ FILTERS = {
     "tcp_syn": "tcp[tcpflags] & tcp-syn != 0",
     "arith_scratch": "len > 100 and ip[2:2] * 2 - 1 > ip[0] & 0xf",
 }
+# Fixture name -> the expression tcpdump compiled for a live Linux interface (`tcpdump -i lo`, as
+# root): libpcap's live-handle code reads VLAN tags, direction and interface as ancillary loads.
+LIVE_FILTERS = {
+    "live_vlan_100": "vlan 100",
+    "live_vlan_100_and_ip": "vlan 100 and ip",
+    "live_vlan_and_vlan_200": "vlan and vlan 200",
+    "live_inbound": "inbound",
+    "live_ifindex_1": "ifindex 1",
+}
+FIXTURES_OF_TCPDUMP = [*FILTERS, *LIVE_FILTERS]
 STYLES: tuple[Style, ...] = ("d", "dd", "ddd")
 
 
@@ -174,7 +189,7 @@ def test_d_matches_libpcap_bpf_image_for_every_code() -> None:
 # ================================================================================================
 
 
-@pytest.mark.parametrize("name", FILTERS)
+@pytest.mark.parametrize("name", FIXTURES_OF_TCPDUMP)
 def test_fixture_styles_agree(name: str) -> None:
     """-dd and -ddd carry every field; -d drops the unused ones (tcpdump leaves `tax` k = 7)."""
     d, dd, ddd = (parse(fixture(f"{name}.{style}")) for style in STYLES)
@@ -184,14 +199,14 @@ def test_fixture_styles_agree(name: str) -> None:
 
 
 @pytest.mark.parametrize("style", STYLES)
-@pytest.mark.parametrize("name", FILTERS)
+@pytest.mark.parametrize("name", FIXTURES_OF_TCPDUMP)
 def test_fixture_dump_reproduces_tcpdump(name: str, style: Style) -> None:
     text = fixture(f"{name}.{style}")
     assert parse(text).dump(style) == text
     assert parse(fixture(f"{name}.dd")).dump(style) == text
 
 
-@pytest.mark.parametrize("name", FILTERS)
+@pytest.mark.parametrize("name", FIXTURES_OF_TCPDUMP)
 def test_fixture_asm_round_trip(name: str) -> None:
     program = parse(fixture(f"{name}.dd"))
     assert parse(dump_asm(program)) == canonical(program)
@@ -220,6 +235,139 @@ def test_tcpdump_live(name: str) -> None:
     assert parse(texts["d"]) == canonical(program)
     for style, text in texts.items():
         assert program.dump(style) == text
+
+
+# ================================================================================================
+# Linux's ancillary loads: tcpdump's names, bpf_asm's keywords, live programs
+# ================================================================================================
+
+ABS_LOADS = {"ld": 0x20, "ldh": 0x28, "ldb": 0x30}  # the load size is ignored by Linux; named at each
+# bpf_asm's extension keywords (tools/bpf/bpf_exp.l) -> SKF_AD_* offset, read from the kernel's lexer
+# by hand: `"#"?("name")`, caseless, so `ld #proto` = `ld proto` = `ld #PROTO`; no keyword for XOR_X.
+ASM_KEYWORDS = {
+    "proto": 0, "type": 4, "poff": 52, "ifidx": 8, "nla": 12, "nlan": 16, "mark": 20, "queue": 24,
+    "hatype": 28, "rxhash": 32, "cpu": 36, "vlan_tci": 44, "vlan_pr": 48, "vlan_avail": 48,
+    "vlan_tpid": 60, "rand": 56,
+}  # fmt: skip
+
+
+def test_the_ancillary_table_spells_as_bpf_asm() -> None:
+    assert {row.asm: row.offset for row in ANCILLARY if row.asm} == {
+        name: off for name, off in ASM_KEYWORDS.items() if name != "vlan_avail"
+    }
+    assert [row.name for row in ANCILLARY if not row.asm] == ["ALU_XOR_X"]
+
+
+@pytest.mark.parametrize("row", ANCILLARY, ids=[row.name for row in ANCILLARY])
+@pytest.mark.parametrize("mnemonic", ABS_LOADS)
+def test_ancillary_spellings(mnemonic: str, row: Ancillary) -> None:
+    """Every ancillary load at every width: tcpdump's `-d` name and bpf_asm's keyword, both ways."""
+    insn = Insn(ABS_LOADS[mnemonic], k=row.k)
+    d = f"{mnemonic:<8} [{row.tcpdump}]"
+    assert format_insn(insn) == d
+    assert parse(f"(000) {d}\n") == Program([insn])
+    asm = dump_asm(Program([insn]))
+    expected = f"#{row.asm}" if row.asm else f"[0x{row.k:x}]"
+    assert asm == f"{mnemonic:<5}{expected}\n"
+    assert parse(asm) == Program([insn])
+    assert parse(f"{mnemonic} [{row.tcpdump}]\n") == Program([insn])  # tcpdump's name in bpf_asm source too
+
+
+@pytest.mark.parametrize("mnemonic", ABS_LOADS)
+def test_asm_reads_every_bpf_asm_keyword(mnemonic: str) -> None:
+    """`#name` or bare `name`, any case, for ld/ldh/ldb: an absolute load at SKF_AD_OFF + n (bpf_exp.y)."""
+    for name, offset in ASM_KEYWORDS.items():
+        expected = Program([Insn(ABS_LOADS[mnemonic], k=SKF_AD_OFF + offset), Insn(0x16)])
+        for spelt in (f"#{name}", name, f"#{name.upper()}"):
+            assert parse(f"{mnemonic} {spelt}\nret a\n") == expected, spelt
+
+
+def test_d_ancillary_names_match_libpcap_bpf_image() -> None:
+    """libpcap names an absolute load of any width in [SKF_AD_OFF, SKF_AD_OFF + SKF_AD_MAX) that has a
+    name, and prints every other k, the rest of that window included, as `[%d]`; indexed and msh
+    loads never get a name."""
+    name = ctypes.util.find_library("pcap")
+    require(name is not None, "libpcap (apt install libpcap0.8)")
+    bpf_image = ctypes.CDLL(name).bpf_image
+    bpf_image.restype = ctypes.c_char_p
+    bpf_image.argtypes = [ctypes.POINTER(_BpfInsn), ctypes.c_int]
+    ks = [*range(SKF_AD_OFF - 8, SKF_AD_OFF + SKF_AD_MAX + 8), SKF_NET_OFF & 0xFFFFFFFF, SKF_LL_OFF & 0xFFFFFFFF,
+          0xFFFFFFFF, 0xFFFFFFFC, 0x80000000, 0x7FFFFFFF]  # fmt: skip
+    named = 0
+    for code in (0x20, 0x28, 0x30, 0x40, 0x48, 0x50, 0xB1):
+        for k in ks:
+            theirs = bpf_image(ctypes.byref(_BpfInsn(code, 0, 0, k)), 0).decode()
+            assert f"(000) {format_insn(Insn(code, k=k))}" == theirs
+            named += re.search(r"\[[a-z_]+\]", theirs) is not None
+    assert named == 3 * len(ANCILLARY)  # this libpcap knows all 16 names (built with Linux's filter.h)
+
+
+def test_d_ancillary_window_without_a_name_prints_signed() -> None:
+    assert format_insn(Insn(0x20, k=SKF_AD_OFF + 2)) == "ld       [-4094]"
+    assert format_insn(Insn(0x30, k=SKF_AD_OFF + SKF_AD_MAX)) == "ldb      [-4032]"
+    assert format_insn(Insn(0x28, k=SKF_NET_OFF & 0xFFFFFFFF)) == "ldh      [-1048576]"
+    assert format_insn(Insn(0x30, k=SKF_AD_OFF + 48 + 1)) == "ldb      [-4047]"
+    assert format_insn(Insn(0x50, k=SKF_AD_OFF + 48)) == "ldb      [x + -4048]"
+    assert parse("(000) ld       [-4094]\n") == Program([Insn(0x20, k=SKF_AD_OFF + 2)])
+
+
+def test_dd_and_ddd_of_ancillary_loads_are_numeric() -> None:
+    program = Program([Insn(0x30, k=SKF_AD_OFF + 48), Insn(0x16)])
+    assert program.dump("dd") == "{ 0x30, 0, 0, 0xfffff030 },\n{ 0x16, 0, 0, 0x00000000 },\n"
+    assert program.dump("ddd") == "2\n48 0 0 4294963248\n22 0 0 0\n"
+
+
+def test_dump_asm_of_a_live_vlan_program() -> None:
+    assert dump_asm(parse(fixture("live_vlan_100.dd"))) == (
+        "      ldb  #vlan_pr\n"
+        "      jeq  #0x1, l006\n"
+        "      ldh  [12]\n"
+        "      jeq  #0x8100, l006\n"
+        "      jeq  #0x88a8, l006\n"
+        "      jne  #0x9100, l014\n"
+        "l006: ldb  #vlan_pr\n"
+        "      jne  #0x1, l010\n"
+        "      ldb  #vlan_tci\n"
+        "      jmp  l011\n"
+        "l010: ldh  [14]\n"
+        "l011: and  #0xfff\n"
+        "      jne  #0x64, l014\n"
+        "      ret  #262144\n"
+        "l014: ret  #0\n"
+    )
+
+
+def test_ancillary_programs_parse_to_plain_instructions() -> None:
+    """Whether a dialect runs `ld [SKF_AD_OFF + n]` is validate's business: the text is only read."""
+    assert parse("ld #proto\nret a\n") == Program([Insn(0x20, k=0xFFFFF000), Insn(0x16)])
+    assert parse("(000) ld       [xor_x]\n(001) ret      \n") == Program([Insn(0x20, k=0xFFFFF028), Insn(0x16)])
+
+
+# Expressions whose live program (libpcap's code for an activated Linux handle) has ancillary loads.
+LIVE_EXPRESSIONS = [*LIVE_FILTERS.values(), "vlan", "outbound", "vlan and udp", "vlan 100 or vlan 200", "not vlan"]
+
+
+@pytest.mark.parametrize("expression", LIVE_EXPRESSIONS)
+def test_tcpdump_live_interface(expression: str) -> None:
+    """`tcpdump -i lo -d/-dd/-ddd EXPR`: the program tcpdump attaches, ancillary loads and all, read and
+    printed back byte for byte in each style."""
+    tcpdump = tcpdump_path()
+    require(tcpdump is not None, "tcpdump (apt install tcpdump)")
+    require(os.geteuid() == 0, "root (tcpdump -i lo opens the interface to compile a live program)")
+    assert tcpdump is not None
+    texts = {
+        style: subprocess.run(
+            [tcpdump, "-i", "lo", f"-{style}", expression], capture_output=True, text=True, check=True
+        ).stdout
+        for style in STYLES
+    }
+    program = parse(texts["dd"])
+    assert any(0x20 <= code <= 0x30 and k >= SKF_AD_OFF for code, _, _, k in program), "no ancillary load"
+    assert parse(texts["ddd"]) == program
+    assert parse(texts["d"]) == canonical(program)
+    for style, text in texts.items():
+        assert program.dump(style) == text
+    assert parse(dump_asm(program)) == canonical(program)
 
 
 # ================================================================================================
@@ -476,8 +624,15 @@ ASM_ERRORS = [
     ("st #1\n", 1, "st does not take #k"),
     ("jmp 3\n", 1, "expected a label"),
     ("ret #0\n/* never\nclosed\n", 2, "comment '/*' is never closed"),
-    ("ld #proto\n", 1, "Linux ancillary load 'proto'"),
-    ("ld vlan_tci\n", 1, "Linux ancillary load"),
+    ("ld #random\n", 1, "'random' is tcpdump's name for SKF_AD_RANDOM: write [random] or bpf_asm's #rand"),
+    ("ld #xor_x\n", 1, "write [xor_x] (bpf_asm has no keyword for it), or [-4056]"),
+    ("ld [rand]\n", 1, "[rand] is not tcpdump's name for SKF_AD_RANDOM: write [random]"),
+    ("ld [protocol]\n", 1, "expected an offset or an ancillary name in [...], found 'protocol'"),
+    ("ret #0\nldx #proto\n", 2, "ldx does not take an ancillary name"),
+    ("ldi #ifidx\n", 1, "ldi does not take an ancillary name"),
+    ("jeq #proto, aa\naa: ret #0\n", 1, "jeq takes #k or x, not an ancillary name"),
+    ("ld [x + proto]\n", 1, "expected a number, found 'proto'"),
+    ("ldxb 4*([proto]&0xf)\n", 1, "expected a number, found 'proto'"),
     ("ldxb 2*([14]&0xf)\n", 1, "only 4*([k]&0xf)"),
     ("ldxb 4*([14]&0xff)\n", 1, "only 4*([k]&0xf)"),
     ("L: ret #0\n", 1, "too short"),
@@ -510,7 +665,8 @@ ASM_SPELLINGS = [
     (Insn(0x80, k=9), "ld   #len"),
     (Insn(0x20, k=12), "ld   [12]"),
     (Insn(0x28, k=12), "ldh  [12]"),
-    (Insn(0x30, k=0xFFFFF000), "ldb  [0xfffff000]"),
+    (Insn(0x30, k=0xFFFFF004), "ldb  #type"),  # SKF_AD_OFF + SKF_AD_PKTTYPE, by its bpf_asm keyword
+    (Insn(0x30, k=0xFFFFF002), "ldb  [0xfffff002]"),  # in the ancillary window, no name
     (Insn(0x40, k=0xFFFFFFFF), "ld   [x + 0xffffffff]"),
     (Insn(0x48, k=14), "ldh  [x + 14]"),
     (Insn(0x50, k=0), "ldb  [x + 0]"),
