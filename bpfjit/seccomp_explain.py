@@ -287,6 +287,12 @@ class _Cond:
     text: str
     test: Callable[[Words], bool]
     about: str | None = None  # the expression a range fact (==, >, ...) bounds, None for the others
+    of: Callable[[Words], int] | None = field(default=None, compare=False, repr=False)  # computes `about`
+
+
+def _equal(about: str, of: Callable[[Words], int], value: int) -> _Cond:
+    """`about == value`: what a range narrowed to one value says (all the earlier bounds on it too)."""
+    return _Cond(f"{about} == {_num(value)}", lambda w: of(w) == value, about, of)
 
 
 @dataclass
@@ -303,8 +309,10 @@ class _State:
         conditions, facts = self.conditions, self.facts
         if condition is not None and condition.about is not None and fact is not None:
             facts = {**facts, condition.about: fact}
-            if fact[0] == fact[1]:  # a known value says all the earlier bounds on it said
+            if fact[0] == fact[1]:  # a known value says all the earlier bounds on it said, and only it does
                 conditions = tuple(c for c in conditions if c.about != condition.about)
+                if condition.of is not None:  # (`hi != 1` after `hi <= 1` is `hi == 0`, not `hi != 1` alone)
+                    condition = _equal(condition.about, condition.of, fact[0])
         if condition is not None:
             conditions = (*conditions, condition)
         return _State(pc, self.a, self.x, self.mem, conditions, facts)
@@ -408,8 +416,9 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
                 fa, fb, jump = _evaluator(s.a), _evaluator(operand), info.jmp.test
                 ranged = isinstance(s.a, Sym) and isinstance(operand, int) and info.jmp.name != "jset"
                 about = s.a.expr if isinstance(s.a, Sym) and ranged else None
-                yes_cond = _Cond(true_text, _jump_test(jump, fa, fb, True), about)
-                no_cond = _Cond(false_text, _jump_test(jump, fa, fb, False), about)
+                of = fa if about is not None else None
+                yes_cond = _Cond(true_text, _jump_test(jump, fa, fb, True), about, of)
+                no_cond = _Cond(false_text, _jump_test(jump, fa, fb, False), about, of)
                 if isinstance(s.a, Sym) and isinstance(operand, int):
                     fact = s.facts.get(s.a.expr, _FULL)
                     decided, on_true, on_false = _decide(info.jmp.name, s.a, operand, fact)
