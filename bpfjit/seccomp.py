@@ -264,14 +264,18 @@ def disasm(source: Program | Iterable[InsnLike] | bytes, arch: str | int | None 
 
 
 def explain(
-    source: SeccompFilter | Program | Iterable[InsnLike] | bytes,
+    source: SeccompFilter | Stack | Program | Iterable[InsnLike] | bytes,
     arch: str | int = HOST_ARCH or 0,
     nrs: Iterable[int] | None = None,
 ) -> Explanation:
     """An `seccomp_explain.Explanation`: every syscall number's action under `arch` (all of its
-    table's numbers, or `nrs`), or the argument conditions that decide it."""
+    table's numbers, or `nrs`), or the argument conditions that decide it. For a `Stack`, what the
+    stack returns under the kernel's precedence (lowest action wins, ties to the newest filter)."""
     from .seccomp_explain import explain as _explain
+    from .seccomp_explain import explain_stack
 
+    if isinstance(source, Stack):
+        return explain_stack([f.program for f in source.filters], arch, nrs)
     program = source.program if isinstance(source, SeccompFilter) else _program(source)
     validate(program, dialect=SECCOMP)  # only programs the kernel accepts: a DAG, aligned loads
     return _explain(program, arch, nrs)
