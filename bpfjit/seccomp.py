@@ -19,7 +19,7 @@ import os
 import platform
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -368,6 +368,20 @@ def from_libseccomp(syscall_filter: Any) -> Program:
         return Program.from_bytes(out.read())
 
 
+def from_oci(
+    profile: str | bytes | Mapping[str, Any] | os.PathLike[str],
+    arch: str = "x86_64",
+    caps: Iterable[str] = frozenset(),
+    kernel_version: str | tuple[int, int] | None = None,
+) -> Program:
+    """The program runc installs for an OCI/Docker seccomp profile (a path, JSON text or its dict)
+    on an `arch` host, for a container with bounding set `caps` on kernel `kernel_version` (None:
+    this machine's); compiled by libseccomp as runc compiles it. See `seccomp_oci.from_oci`."""
+    from .seccomp_oci import from_oci as _from_oci
+
+    return _from_oci(profile, arch, caps, kernel_version)
+
+
 __all__ = [
     "AUDIT_ARCH",
     "DATA_DTYPE",
@@ -382,6 +396,7 @@ __all__ = [
     "dump_pid",
     "explain",
     "from_libseccomp",
+    "from_oci",
     "libseccomp",
     "precedence",
     "record",
