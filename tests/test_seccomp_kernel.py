@@ -266,3 +266,35 @@ def test_explain_a_stack_says_what_the_kernel_does(kernel: Oracle) -> None:
             assert observed == _predicted(case.action), (nr, args, case)
             probes += 1
     FIGURES["stack probes"] = FIGURES.get("stack probes", 0) + probes
+
+
+# -- the benchmark's hand-written filter -----------------------------------------------------------------
+def _bench() -> Any:
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for bench/
+    from bench import seccomp_bench
+
+    return seccomp_bench
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_the_benchmarks_hand_written_filter_runs_as_in_the_kernel(kernel: Oracle, data: Any) -> None:
+    bench = _bench()
+    program = bench.hand_program()
+    numbers = bench.syscall_numbers()
+    named = sorted({numbers[name] for name, _, _ in bench.HAND_RULES})
+    values = (0, 1, 2, 3, 4, 7, 0xF, 0x5412, 0xFFFFFFFF, 1 << 32, (1 << 32) + 1, 1 << 40, (1 << 40) + 1, (1 << 64) - 1)
+    arg = st.one_of(st.sampled_from(values), st.integers(0, (1 << 64) - 1))
+    nr = st.one_of(st.sampled_from(named), st.sampled_from((2, 500, 0x40000000)))
+    calls = data.draw(st.lists(st.tuples(nr, st.tuples(*[arg] * 6)), min_size=60, max_size=60))
+    ip, kernel_values = kernel.run(_insns(program), [[nr, *args] for nr, args in calls])
+    sf = seccomp.compile(program)
+    recs = seccomp.records(len(calls), arch=seccomp.AUDIT_ARCH_X86_64)
+    for i, (nr, args) in enumerate(calls):
+        recs[i]["nr"], recs[i]["args"], recs[i]["ip"] = nr, args, ip
+    assert sf.evaluate(recs).tolist() == kernel_values
+    e = seccomp.explain(program, "x86_64", nrs=named)
+    conditional = {name for name, _, conditions in bench.HAND_RULES if conditions}
+    assert {p.name for p in e.depends()} == conditional  # every rule with conditions leaves its syscall open
