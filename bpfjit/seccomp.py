@@ -19,7 +19,7 @@ import os
 import platform
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -264,14 +264,18 @@ def disasm(source: Program | Iterable[InsnLike] | bytes, arch: str | int | None 
 
 
 def explain(
-    source: SeccompFilter | Program | Iterable[InsnLike] | bytes,
+    source: SeccompFilter | Stack | Program | Iterable[InsnLike] | bytes,
     arch: str | int = HOST_ARCH or 0,
     nrs: Iterable[int] | None = None,
 ) -> Explanation:
     """An `seccomp_explain.Explanation`: every syscall number's action under `arch` (all of its
-    table's numbers, or `nrs`), or the argument conditions that decide it."""
+    table's numbers, or `nrs`), or the argument conditions that decide it. For a `Stack`, what the
+    stack returns under the kernel's precedence (lowest action wins, ties to the newest filter)."""
     from .seccomp_explain import explain as _explain
+    from .seccomp_explain import explain_stack
 
+    if isinstance(source, Stack):
+        return explain_stack([f.program for f in source.filters], arch, nrs)
     program = source.program if isinstance(source, SeccompFilter) else _program(source)
     validate(program, dialect=SECCOMP)  # only programs the kernel accepts: a DAG, aligned loads
     return _explain(program, arch, nrs)
@@ -364,6 +368,20 @@ def from_libseccomp(syscall_filter: Any) -> Program:
         return Program.from_bytes(out.read())
 
 
+def from_oci(
+    profile: str | bytes | Mapping[str, Any] | os.PathLike[str],
+    arch: str = "x86_64",
+    caps: Iterable[str] = frozenset(),
+    kernel_version: str | tuple[int, int] | None = None,
+) -> Program:
+    """The program runc installs for an OCI/Docker seccomp profile (a path, JSON text or its dict)
+    on an `arch` host, for a container with bounding set `caps` on kernel `kernel_version` (None:
+    this machine's); compiled by libseccomp as runc compiles it. See `seccomp_oci.from_oci`."""
+    from .seccomp_oci import from_oci as _from_oci
+
+    return _from_oci(profile, arch, caps, kernel_version)
+
+
 __all__ = [
     "AUDIT_ARCH",
     "DATA_DTYPE",
@@ -378,6 +396,7 @@ __all__ = [
     "dump_pid",
     "explain",
     "from_libseccomp",
+    "from_oci",
     "libseccomp",
     "precedence",
     "record",

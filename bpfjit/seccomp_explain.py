@@ -5,6 +5,7 @@
     e.syscalls[257].cases                      # (Case(ALLOW, ('args[2].lo & 0x3 == 0',)), ...)
     e.allowed()                                # the numbers every argument vector may run
     case.holds(record_words(args, ip))         # does this record take that case's path; .returns(): value
+    explain_stack([older, newer], "x86_64")    # filters stacked in one thread, under the kernel's precedence
 
 `explain` runs the program once per syscall number of the architecture's table (and every number in
 between) with `nr` and `arch` known and the instruction pointer and arguments symbolic: loads of
@@ -14,6 +15,11 @@ a range (and excluded values), so contradictory paths are cut. The program is a 
 the walk ends; a budget of paths per number guards against exponential programs. Every expression
 and condition also keeps the function that computes it, so a case can be checked on a record: the
 tests hold each case that holds for a record to the JIT's return for it.
+
+A stack (DIALECTS.md C.2) is explained the way the kernel runs it: every filter runs, newest first,
+and the return kept is the lowest action (`(s32)(ret & 0xffff0000)`), a tie keeping the newest
+filter's (its data: ERRNO(2) over an older ERRNO(1)). Each filter's walk starts from the conditions
+and facts of a path through the newer ones, so a case is one path through all of them.
 """
 
 from __future__ import annotations
@@ -287,6 +293,12 @@ class _Cond:
     text: str
     test: Callable[[Words], bool]
     about: str | None = None  # the expression a range fact (==, >, ...) bounds, None for the others
+    of: Callable[[Words], int] | None = field(default=None, compare=False, repr=False)  # computes `about`
+
+
+def _equal(about: str, of: Callable[[Words], int], value: int) -> _Cond:
+    """`about == value`: what a range narrowed to one value says (all the earlier bounds on it too)."""
+    return _Cond(f"{about} == {_num(value)}", lambda w: of(w) == value, about, of)
 
 
 @dataclass
@@ -303,8 +315,10 @@ class _State:
         conditions, facts = self.conditions, self.facts
         if condition is not None and condition.about is not None and fact is not None:
             facts = {**facts, condition.about: fact}
-            if fact[0] == fact[1]:  # a known value says all the earlier bounds on it said
+            if fact[0] == fact[1]:  # a known value says all the earlier bounds on it said, and only it does
                 conditions = tuple(c for c in conditions if c.about != condition.about)
+                if condition.of is not None:  # (`hi != 1` after `hi <= 1` is `hi == 0`, not `hi != 1` alone)
+                    condition = _equal(condition.about, condition.of, fact[0])
         if condition is not None:
             conditions = (*conditions, condition)
         return _State(pc, self.a, self.x, self.mem, conditions, facts)
@@ -334,10 +348,22 @@ def _decide(name: str, a: Sym, k: int, fact: tuple[int, int, frozenset[int]]) ->
     return None, fact, fact
 
 
+def _start(after: _State | None = None) -> _State:
+    """A filter's first state: A, X and M[] zero; the conditions and facts of `after` (the path
+    through the filters that ran before, in a stack) or none."""
+    return _State(0, 0, 0, (0,) * 16, after.conditions if after else (), after.facts if after else {})
+
+
 def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[Case]:
     """Every way `program` ends for syscall `nr`, the arguments and instruction pointer unknown."""
+    return (state.end(value) for state, value in _ends(program, nr, audit_arch, budget, _start()))
+
+
+def _ends(program: Program, nr: int, audit_arch: int, budget: int, start: _State) -> Iterator[tuple[_State, Value]]:
+    """Every way `program` ends for syscall `nr` from `start`: the state at the return (its
+    conditions and facts) and the value returned."""
     insns = list(program)
-    todo = [_State(0, 0, 0, (0,) * 16, (), {})]
+    todo = [start]
     walked = 0
     while todo:
         s = todo.pop()
@@ -346,13 +372,13 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
             if walked > budget:
                 raise PathBudgetError(f"syscall {nr}: more than {budget} steps through the program's paths")
             if s.pc == len(insns):  # the division fork's end: the program returned 0
-                yield s.end(0)
+                yield s, 0
                 break
             insn = insns[s.pc]
             info = OPCODES[insn.code]
             kind = info.kind
             if kind in ("ret_k", "ret_a"):
-                yield s.end(insn.k if kind == "ret_k" else s.a)
+                yield s, insn.k if kind == "ret_k" else s.a
                 break
             if kind == "ld_abs":
                 field = FIELDS[insn.k][1]
@@ -383,7 +409,7 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
                     s = s.fork(s.pc, _Cond(f"{operand.expr} != 0", _jump_test(nonzero, fx, zero, True)))
                 result = _alu(info.alu.name, s.a, operand)
                 if result is None:
-                    yield s.end(0)
+                    yield s, 0
                     break
                 s.a = result
             if kind == "ja":
@@ -408,8 +434,9 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
                 fa, fb, jump = _evaluator(s.a), _evaluator(operand), info.jmp.test
                 ranged = isinstance(s.a, Sym) and isinstance(operand, int) and info.jmp.name != "jset"
                 about = s.a.expr if isinstance(s.a, Sym) and ranged else None
-                yes_cond = _Cond(true_text, _jump_test(jump, fa, fb, True), about)
-                no_cond = _Cond(false_text, _jump_test(jump, fa, fb, False), about)
+                of = fa if about is not None else None
+                yes_cond = _Cond(true_text, _jump_test(jump, fa, fb, True), about, of)
+                no_cond = _Cond(false_text, _jump_test(jump, fa, fb, False), about, of)
                 if isinstance(s.a, Sym) and isinstance(operand, int):
                     fact = s.facts.get(s.a.expr, _FULL)
                     decided, on_true, on_false = _decide(info.jmp.name, s.a, operand, fact)
@@ -427,11 +454,12 @@ def _paths(program: Program, nr: int, audit_arch: int, budget: int) -> Iterator[
 
 @dataclass(frozen=True)
 class Explanation:
-    """What a program does to every syscall number of one architecture."""
+    """What a program (or a stack of `filters` programs) does to every syscall number of one architecture."""
 
     arch: str
     audit_arch: int
     syscalls: dict[int, SyscallPolicy]
+    filters: int = 1  # more: a stack's, under the kernel's precedence
 
     def allowed(self) -> set[int]:
         """The numbers whose only action is ALLOW."""
@@ -464,8 +492,9 @@ class Explanation:
         return " ".join(parts)
 
     def __str__(self) -> str:
+        stacked = f", {self.filters} filters stacked" if self.filters > 1 else ""
         lines = [f"arch {self.arch} ({ARCH_NAMES.get(self.audit_arch, hex(self.audit_arch))}), "
-                 f"{len(self.syscalls)} syscall numbers"]  # fmt: skip
+                 f"{len(self.syscalls)} syscall numbers{stacked}"]  # fmt: skip
         for action, nrs in self.by_action().items():
             lines.append(f"{action if isinstance(action, str) else action.name} ({len(nrs)}): {self._labels(nrs)}")
         deps = self.depends()
@@ -484,22 +513,83 @@ def numbers(arch: str | int) -> list[int]:
     return found + (list(range(X32_SYSCALL_BIT, max(x32) + 1)) if x32 else [])
 
 
+def _rank(value: int) -> int:
+    """The kernel's order of returns, `(s32)(ret & SECCOMP_RET_ACTION_FULL)`: lower wins."""
+    action = value & 0xFFFF0000
+    return action - (1 << 32) if action & 0x80000000 else action
+
+
+def stack_winner(values: Iterable[int]) -> int:
+    """What a stack returns when its filters return `values`, newest first (`seccomp_run_filters`):
+    from ALLOW, a value replaces the one kept only by a strictly lower rank, so ties keep the newest's."""
+    best = 0x7FFF0000
+    for value in values:
+        if _rank(value) < _rank(best):
+            best = value
+    return best
+
+
+def _stacked(state: _State, values: tuple[Value, ...]) -> Case:
+    """The case of one path through every filter of a stack (`values` newest first)."""
+    texts, tests = tuple(c.text for c in state.conditions), tuple(c.test for c in state.conditions)
+    if all(isinstance(v, int) for v in values):
+        winner = stack_winner(v for v in values if isinstance(v, int))
+        return Case(decode(winner), texts, tests, _evaluator(winner))
+    evaluators = [_evaluator(v) for v in values]
+    parts = [f"return {v.expr}" if isinstance(v, Sym) else decode(v).name for v in values]
+    return Case(f"the lowest of {', '.join(parts)} (newest first)", texts, tests,
+                lambda w: stack_winner(f(w) for f in evaluators))  # fmt: skip
+
+
+def _stack_paths(programs: Sequence[Program], nr: int, audit_arch: int, budget: int) -> Iterator[Case]:
+    """Every way a stack (oldest first) ends for `nr`: each filter runs on from the conditions and
+    facts of a path through the newer ones, so contradictions between filters are cut too."""
+    paths: list[tuple[_State | None, tuple[Value, ...]]] = [(None, ())]
+    for program in reversed(programs):  # newest first, as the kernel runs them
+        longer: list[tuple[_State | None, tuple[Value, ...]]] = []
+        for state, values in paths:
+            for end, value in _ends(program, nr, audit_arch, budget, _start(state)):
+                longer.append((end, (*values, value)))
+                if len(longer) > budget:
+                    raise PathBudgetError(f"syscall {nr}: more than {budget} paths through the stack")
+        paths = longer
+    for state, values in paths:
+        assert state is not None
+        yield _stacked(state, values)
+
+
 def explain(program: Program, arch: str | int, nrs: Iterable[int] | None = None, budget: int = 1 << 16) -> Explanation:
     """The cases of every syscall number (`numbers(arch)`, or `nrs`) under `arch` (a name or
     AUDIT_ARCH value). Cases with the same action and conditions are merged; `PathBudgetError` past
     `budget` steps for one number."""
+    return _explain(lambda nr, audit_arch: _paths(program, nr, audit_arch, budget), arch, nrs, 1)
+
+
+def explain_stack(programs: Sequence[Program], arch: str | int, nrs: Iterable[int] | None = None,
+                  budget: int = 1 << 16) -> Explanation:  # fmt: skip
+    """`explain` for filters stacked in one thread, given oldest first: every filter runs, the lowest
+    action wins, a tie keeps the newest filter's (its data). A case's conditions are those of its
+    path through all of them. `PathBudgetError` past `budget` steps in one filter or paths in all."""
+    if not programs:
+        raise ValueError("a stack needs at least one filter")
+    return _explain(lambda nr, audit_arch: _stack_paths(programs, nr, audit_arch, budget), arch, nrs, len(programs))
+
+
+def _explain(paths: Callable[[int, int], Iterable[Case]], arch: str | int, nrs: Iterable[int] | None,
+             filters: int) -> Explanation:  # fmt: skip
     name = arch_name(arch)
     if name not in AUDIT_ARCH:
         raise ValueError(f"{name} runs under another AUDIT_ARCH (x32: explain x86_64)")
     audit_arch = AUDIT_ARCH[name]
     found: dict[int, SyscallPolicy] = {}
     for nr in numbers(name) if nrs is None else sorted({nr & U32_MASK for nr in nrs}):
-        cases = tuple(dict.fromkeys(_paths(program, nr, audit_arch, budget)))
+        cases = tuple(dict.fromkeys(paths(nr, audit_arch)))
         if len({c.action for c in cases}) == 1:
             # every path ends the same: the conditions do not matter
             cases = (Case(cases[0].action, (), (), cases[0].result),)
         found[nr] = SyscallPolicy(nr, syscall_name(nr, name), cases)
-    return Explanation(name, audit_arch, found)
+    return Explanation(name, audit_arch, found, filters)
 
 
-__all__ = ["Case", "Explanation", "PathBudgetError", "SyscallPolicy", "disasm", "explain", "numbers", "record_words"]
+__all__ = ["Case", "Explanation", "PathBudgetError", "SyscallPolicy", "disasm", "explain", "explain_stack", "numbers",
+           "record_words", "stack_winner"]

@@ -39,7 +39,7 @@ GROUPS: dict[str, set[str]] = {
     "support": {"abi", "cpython", "caches", "codecache"},
     "native": {"native"},
     "codegen": {"lower", "lower_linux", "lower_classifier", "pyentry", "pipeline"},
-    "runtime": {"filter", "classifier", "batch", "metadata", "seccomp", "seccomp_explain"},
+    "runtime": {"filter", "classifier", "batch", "metadata", "seccomp", "seccomp_explain", "seccomp_oci"},
     "peers": {"libpcap", "libpcap_loop", "sockfilter"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
     "live": {"capture"},

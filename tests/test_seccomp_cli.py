@@ -132,3 +132,25 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err.startswith("bpfjit seccomp explain: ") and "seccomp" in err and len(err.splitlines()) == 1
     assert cli.main(["seccomp", "disasm", str(tmp_path / "missing.bpf")]) == 1
     assert "No such file" in capsys.readouterr().err
+
+
+def test_explain_and_eval_a_stack_oldest_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    older = Program([Insn(0x20, 0, 0, 0), Insn(0x15, 0, 1, 39), Insn(0x06, 0, 0, RET["ERRNO"] | 1),
+                     Insn(0x06, 0, 0, RET["ALLOW"])])  # fmt: skip
+    newer = Program([Insn(0x20, 0, 0, 0), Insn(0x15, 0, 1, 39), Insn(0x06, 0, 0, RET["ERRNO"] | 2),
+                     Insn(0x06, 0, 0, RET["LOG"])])  # fmt: skip
+    (tmp_path / "a.bpf").write_bytes(older.to_bytes())
+    (tmp_path / "b.bpf").write_bytes(newer.to_bytes())
+    a, b = str(tmp_path / "a.bpf"), str(tmp_path / "b.bpf")
+    out = run(capsys, "seccomp", "explain", a, b, "--arch", "x86_64")
+    assert out[0] == "arch x86_64 (ARCH_X86_64), 999 syscall numbers, 2 filters stacked"
+    assert out[1].startswith("LOG (998): read write ") and out[2] == "ERRNO(2) (1): getpid"  # a tie: the newest's
+    assert run(capsys, "seccomp", "explain", b, a, "--arch", "x86_64")[2] == "ERRNO(1) (1): getpid"
+    (tmp_path / "r.jsonl").write_text('{"nr": "getpid"}\n{"nr": "read"}\n')
+    assert run(capsys, "seccomp", "eval", a, b, str(tmp_path / "r.jsonl"), "--arch", "x86_64") == [
+        "getpid (39) arch=0xc000003e: 0x00050002 ERRNO(2)", "read (0) arch=0xc000003e: 0x7ffc0000 LOG"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main(["seccomp", "explain", "--help"])
+    assert "OLDEST FIRST" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["seccomp", "disasm", a, b])  # one program only

@@ -112,6 +112,22 @@ def test_explain_tracks_argument_conditions_and_cuts_contradictions() -> None:
     check_against_jit(program, "x86_64")
 
 
+def test_a_range_narrowed_to_one_value_is_said_as_that_value() -> None:
+    """libseccomp's 64-bit `>` on a high word: `hi > 1`, `hi == 1` (then the low word), else `hi == 0`.
+    The last path is `hi <= 1 and hi != 1`: written `hi == 0` (a bare `hi != 1` would hold for hi = 5)."""
+    program = Program([
+        Insn(0x20, 0, 0, HI), Insn(0x25, 3, 0, 1), Insn(0x15, 0, 3, 1),   # hi > 1: ALLOW; hi != 1: ERRNO(1)
+        Insn(0x20, 0, 0, LO), Insn(0x25, 0, 1, 0),                         # hi == 1: lo > 0 ALLOW, else ERRNO(1)
+        Insn(0x06, 0, 0, RET["ALLOW"]), Insn(0x06, 0, 0, RET["ERRNO"] | 1),
+    ])  # fmt: skip
+    cases = seccomp.explain(program, "x86_64", nrs=[0]).syscalls[0].cases
+    assert [str(c) for c in cases] == ["ALLOW if args[0].hi > 1", "ALLOW if args[0].hi == 1 and args[0].lo > 0",
+                                       "ERRNO(1) if args[0].hi == 1 and args[0].lo == 0",
+                                       "ERRNO(1) if args[0].hi == 0"]  # fmt: skip
+    assert [c.holds(record_words([5 << 32])) for c in cases] == [True, False, False, False]
+    check_against_jit(program, "x86_64")
+
+
 def test_explain_gives_up_on_exponential_programs() -> None:
     insns = [Insn(0x20, 0, 0, LO + 8 * (i % 5)) if j == 0 else Insn(0x45, 0, 0, 1 << (i % 31))
              for i in range(40) for j in range(2)]  # fmt: skip
@@ -219,8 +235,8 @@ def test_disasm_prints_programs_the_kernel_would_refuse() -> None:
 def test_explain_predicts_what_the_jit_returns_on_random_programs(
     program: Program, calls: list[tuple[int, tuple[int, ...]]], ip: int
 ) -> None:
-    """For every record some case's conditions hold, and every case that holds returns what the JIT
-    does (its action: the one explain names when it says the arguments do not matter)."""
+    """For every record exactly one case's conditions hold (the path it takes), and that case returns
+    what the JIT does (its action: the one explain names when it says the arguments do not matter)."""
     try:
         e = seccomp.explain(program, "x86_64", nrs=[nr for nr, _ in calls])
     except PathBudgetError:
@@ -229,7 +245,7 @@ def test_explain_predicts_what_the_jit_returns_on_random_programs(
     for nr, args in calls:
         value, policy, words = sf(nr, args, arch=X86_64, ip=ip), e.syscalls[nr], record_words(args, ip)
         holding = [case for case in policy.cases if case.holds(words)]
-        assert holding and all(case.returns(words) == value for case in holding), (hex(nr), args, policy)
+        assert len(holding) == 1 and holding[0].returns(words) == value, (hex(nr), args, policy)
         if policy.action is not None and not isinstance(policy.action, str):
             assert decode(value) == policy.action
 
@@ -287,3 +303,56 @@ def test_disasm_and_explain_a_libseccomp_filter_exactly() -> None:
         "depends on arguments (1):",
         "  openat (257): ALLOW if args[2].lo & 0x3 == 0; ERRNO(1) if args[2].lo & 0x3 != 0",
     ]
+
+
+# -- stacks ------------------------------------------------------------------------------------------
+OLDER = Program([Insn(0x20, 0, 0, 0), Insn(0x15, 0, 1, 39), Insn(0x06, 0, 0, RET["ERRNO"] | 1),
+                 Insn(0x15, 0, 1, 1), Insn(0x06, 0, 0, RET["TRAP"] | 3), Insn(0x06, 0, 0, RET["ALLOW"])])  # fmt: skip
+NEWER = Program([Insn(0x20, 0, 0, 0), Insn(0x15, 3, 0, 0), Insn(0x20, 0, 0, LO), Insn(0x25, 0, 1, 10),
+                 Insn(0x06, 0, 0, RET["ERRNO"] | 2), Insn(0x06, 0, 0, RET["LOG"])])  # fmt: skip
+
+
+def test_explain_a_stack_by_the_kernels_precedence() -> None:
+    e = seccomp.explain(seccomp.stack([OLDER, NEWER]), "x86_64", nrs=[0, 1, 39, 60])
+    lo = "args[0].lo" if sys.byteorder == "little" else "args[0].hi"
+    assert str(e).splitlines() == [
+        "arch x86_64 (ARCH_X86_64), 4 syscall numbers, 2 filters stacked",
+        "LOG (1): read",  # the newer LOG beats the older ALLOW
+        "TRAP(3) (1): write",  # the older TRAP beats either ERRNO(2) or LOG
+        "depends on arguments (2):",
+        f"  getpid (39): ERRNO(2) if {lo} > 0xa; ERRNO(1) if {lo} <= 0xa",  # a tie: the newest filter's data
+        f"  exit (60): ERRNO(2) if {lo} > 0xa; LOG if {lo} <= 0xa",
+    ]
+    assert seccomp.explain(seccomp.stack([NEWER, OLDER]), "x86_64", nrs=[39]).syscalls[39].cases[0].conditions == ()
+    assert seccomp.explain(seccomp.stack([NEWER, OLDER]), "x86_64", nrs=[39]).syscalls[39].action == decode(
+        RET["ERRNO"] | 1)  # fmt: skip
+    alone = seccomp.explain(seccomp.stack([OLDER]), "x86_64", nrs=[1, 39])
+    assert str(alone).splitlines()[0] == "arch x86_64 (ARCH_X86_64), 2 syscall numbers"
+    assert alone.syscalls == seccomp.explain(OLDER, "x86_64", nrs=[1, 39]).syscalls
+
+
+def test_explain_a_stack_cuts_paths_the_filters_contradict() -> None:
+    """Facts learnt in the newer filter hold in the older: `args[0].lo > 10` there, `== 3` here cannot both be."""
+    older = Program([Insn(0x20, 0, 0, LO), Insn(0x15, 0, 1, 3), Insn(0x06, 0, 0, RET["KILL_PROCESS"]),
+                     Insn(0x06, 0, 0, RET["ALLOW"])])  # fmt: skip
+    policy = seccomp.explain(seccomp.stack([older, NEWER]), "x86_64", nrs=[60]).syscalls[60]
+    assert [str(c.action) for c in policy.cases] == ["ERRNO(2)", "KILL_PROCESS", "LOG"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(programs(max_insns=20, dialect="seccomp"), min_size=2, max_size=3),
+       st.lists(syscalls(), min_size=1, max_size=8), st.integers(0, (1 << 64) - 1))  # fmt: skip
+def test_explain_a_stack_predicts_what_the_stack_returns(
+    filters: list[Program], calls: list[tuple[int, tuple[int, ...]]], ip: int
+) -> None:
+    stacked = seccomp.stack(filters)
+    try:
+        e = seccomp.explain(stacked, "x86_64", nrs=[nr for nr, _ in calls])
+    except PathBudgetError:
+        assume(False)
+    for nr, args in calls:
+        value, policy, words = stacked(nr, args, arch=X86_64, ip=ip), e.syscalls[nr], record_words(args, ip)
+        holding = [case for case in policy.cases if case.holds(words)]
+        assert len(holding) == 1 and holding[0].returns(words) == value, (hex(nr), args, policy)
+        if policy.action is not None and not isinstance(policy.action, str):
+            assert decode(value) == policy.action

@@ -222,3 +222,79 @@ def test_a_libseccomp_filter_runs_as_in_the_kernel(kernel: Oracle, calls: list[A
         recs[i]["nr"], recs[i]["args"], recs[i]["ip"] = nr, args, ip
     assert sf.evaluate(recs).tolist() == kernel_values
     FIGURES["libseccomp records"] = FIGURES.get("libseccomp records", 0) + len(calls)
+
+
+# -- explaining a stack: what two installed filters make the kernel do ----------------------------------
+def _two_libseccomp_filters() -> list[Program]:
+    """Two filters a process might stack, argument-dependent on harmless syscalls (ALLOW runs them)."""
+    from test_seccomp_names import lsc_module
+
+    lsc = lsc_module()
+    older = lsc.SyscallFilter(lsc.ALLOW)
+    older.add_rule(lsc.ERRNO(5), "getpid", lsc.Arg(0, lsc.EQ, 1))
+    older.add_rule(lsc.TRAP, "getpid", lsc.Arg(0, lsc.EQ, 2))
+    older.add_rule(lsc.LOG, "getppid")
+    older.add_rule(lsc.ERRNO(7), "gettid", lsc.Arg(1, lsc.GT, 1 << 32))
+    newer = lsc.SyscallFilter(lsc.LOG)
+    newer.add_rule(lsc.ERRNO(6), "getpid", lsc.Arg(1, lsc.MASKED_EQ, 1, 1))
+    newer.add_rule(lsc.ERRNO(9), "getppid", lsc.Arg(0, lsc.GE, 100))
+    newer.add_rule(lsc.KILL_PROCESS, "gettid", lsc.Arg(2, lsc.EQ, 3))
+    newer.add_rule(lsc.TRACE(4), "gettid", lsc.Arg(2, lsc.EQ, 4))
+    return [seccomp.from_libseccomp(older), seccomp.from_libseccomp(newer)]
+
+
+def test_explain_a_stack_says_what_the_kernel_does(kernel: Oracle) -> None:
+    """Two filters installed in a child (oldest first); every probe's outcome is the action of the
+    case explain gives for its arguments, and what seccomp.stack returns."""
+    from bpfjit.seccomp_explain import record_words
+
+    filters = _two_libseccomp_filters()
+    stacked = seccomp.stack(filters)
+    nrs = {"getpid": 39, "getppid": 110, "gettid": 186}
+    e = seccomp.explain(stacked, "x86_64", nrs=nrs.values())
+    assert {p.name for p in e.depends()} == set(nrs)
+    probes = 0
+    for nr in nrs.values():
+        for args in ((0, 0, 0), (1, 0, 0), (2, 1, 0), (1, 3, 0), (100, 0, 3), (7, 1 << 33, 4), (0, 1 << 33, 3),
+                     (101, 1, 4), (2, (1 << 32) + 1, 5)):  # fmt: skip
+            value = stacked(nr, args, arch=seccomp.AUDIT_ARCH_X86_64)
+            (case,) = [c for c in e.syscalls[nr].cases if c.holds(record_words(args))]
+            assert isinstance(case.action, seccomp.Action) and case.action == seccomp.decode(value)
+            got = kernel.probe([list(map(tuple, f)) for f in filters], nr, args)
+            observed = (("killed", int(got["signal"])) if "signal" in got else ("trapped", 0) if got["trapped"]
+                        else ("allowed", 0) if got["allowed"] else ("returned", int(got["return"])))  # fmt: skip
+            assert observed == _predicted(case.action), (nr, args, case)
+            probes += 1
+    FIGURES["stack probes"] = FIGURES.get("stack probes", 0) + probes
+
+
+# -- the benchmark's hand-written filter -----------------------------------------------------------------
+def _bench() -> Any:
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for bench/
+    from bench import seccomp_bench
+
+    return seccomp_bench
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_the_benchmarks_hand_written_filter_runs_as_in_the_kernel(kernel: Oracle, data: Any) -> None:
+    bench = _bench()
+    program = bench.hand_program()
+    numbers = bench.syscall_numbers()
+    named = sorted({numbers[name] for name, _, _ in bench.HAND_RULES})
+    values = (0, 1, 2, 3, 4, 7, 0xF, 0x5412, 0xFFFFFFFF, 1 << 32, (1 << 32) + 1, 1 << 40, (1 << 40) + 1, (1 << 64) - 1)
+    arg = st.one_of(st.sampled_from(values), st.integers(0, (1 << 64) - 1))
+    nr = st.one_of(st.sampled_from(named), st.sampled_from((2, 500, 0x40000000)))
+    calls = data.draw(st.lists(st.tuples(nr, st.tuples(*[arg] * 6)), min_size=60, max_size=60))
+    ip, kernel_values = kernel.run(_insns(program), [[nr, *args] for nr, args in calls])
+    sf = seccomp.compile(program)
+    recs = seccomp.records(len(calls), arch=seccomp.AUDIT_ARCH_X86_64)
+    for i, (nr, args) in enumerate(calls):
+        recs[i]["nr"], recs[i]["args"], recs[i]["ip"] = nr, args, ip
+    assert sf.evaluate(recs).tolist() == kernel_values
+    e = seccomp.explain(program, "x86_64", nrs=named)
+    conditional = {name for name, _, conditions in bench.HAND_RULES if conditions}
+    assert {p.name for p in e.depends()} == conditional  # every rule with conditions leaves its syscall open
