@@ -423,42 +423,47 @@ def read_batches(
     wirelen is below its caplen (a broken writer) gets wirelen = caplen.
     """
     _check_chunk(chunk)
+    with CaptureFile(path) as capture:
+        filters = LinkTypeFilters(filter, capture, linktype)
+        arrays = ChunkArrays(chunk)  # reused: what a PacketBatch holds is copied out of it (fancy indexing)
+        yield from packet_batches(capture, capture.events(filters, lambda: arrays))
+
+
+def packet_batches(capture: CaptureFile, events: Iterable[Records | Block]) -> Iterator[PacketBatch]:
+    """`read_batches`' batches from `capture.events(...)` (a whole file, or a part of one: `capparts`)."""
     import numpy as np
 
     from .batch import Batch
 
-    with CaptureFile(path) as capture:
-        filters = LinkTypeFilters(filter, capture, linktype)
-        data = np.frombuffer(capture.map, dtype=np.uint8)
-        arrays = ChunkArrays(chunk)  # reused: what a PacketBatch holds is copied out of it (fancy indexing)
-        for event in capture.events(filters, lambda: arrays):
-            if isinstance(event, Block):
-                continue
-            arr, n = event.arrays, event.n
-            starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n)
-            offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
-            caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
-            wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
-            if event.section is None:
-                slots = np.zeros(n, dtype=np.uint32)
-                units = np.full(n, capture.interfaces[0].ts_units, dtype=np.float64)
-                shift = np.zeros(n, dtype=np.float64)
-            else:
-                ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
-                section = event.section
-                slots = np.frombuffer(memoryview(section.slots), dtype=np.uint32)[ifaces]
-                units = np.array([i.ts_units for i in section.interfaces], dtype=np.float64)[ifaces]
-                shift = np.array([i.ts_offset for i in section.interfaces], dtype=np.float64)[ifaces]
-            timestamps = _timestamps(data, starts, event.section, capture) / units + shift
-            keep = np.ones(n, dtype=bool)
-            if event.filtered:
-                keep = np.frombuffer(memoryview(arr.verdicts), dtype=np.uint32, count=n) != 0
-            cuts = np.flatnonzero(np.diff(slots)) + 1
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
-                chosen = np.flatnonzero(keep[lo:hi]) + lo
-                if len(chosen):
-                    batch = Batch(capture.map, offsets[chosen], caplens[chosen], wirelens[chosen])
-                    yield PacketBatch(batch, timestamps[chosen], capture.linktypes[int(slots[lo])])
+    data = np.frombuffer(capture.map, dtype=np.uint8)
+    for event in events:
+        if isinstance(event, Block):
+            continue
+        arr, n = event.arrays, event.n
+        starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n)
+        offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
+        caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
+        wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
+        if event.section is None:
+            slots = np.zeros(n, dtype=np.uint32)
+            units = np.full(n, capture.interfaces[0].ts_units, dtype=np.float64)
+            shift = np.zeros(n, dtype=np.float64)
+        else:
+            ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
+            section = event.section
+            slots = np.frombuffer(memoryview(section.slots), dtype=np.uint32)[ifaces]
+            units = np.array([i.ts_units for i in section.interfaces], dtype=np.float64)[ifaces]
+            shift = np.array([i.ts_offset for i in section.interfaces], dtype=np.float64)[ifaces]
+        timestamps = _timestamps(data, starts, event.section, capture) / units + shift
+        keep = np.ones(n, dtype=bool)
+        if event.filtered:
+            keep = np.frombuffer(memoryview(arr.verdicts), dtype=np.uint32, count=n) != 0
+        cuts = np.flatnonzero(np.diff(slots)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+            chosen = np.flatnonzero(keep[lo:hi]) + lo
+            if len(chosen):
+                batch = Batch(capture.map, offsets[chosen], caplens[chosen], wirelens[chosen])
+                yield PacketBatch(batch, timestamps[chosen], capture.linktypes[int(slots[lo])])
 
 
 def _timestamps(data: Any, starts: Any, section: Section | None, capture: CaptureFile) -> Any:

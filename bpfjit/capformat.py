@@ -298,24 +298,32 @@ class CaptureFile:
 
     # -- walking -----------------------------------------------------------------------------------
     def events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
-               section: Section | None = None) -> Iterator[Records | Block]:  # fmt: skip
+               section: Section | None = None, stop: int = U64_MAX,
+               context_stop: bool = False) -> Iterator[Records | Block]:  # fmt: skip
         """The file as events in file order: packet records a chunk at a time, and bytes to copy.
 
         Raises `CaptureFileError` at a truncated or corrupt spot, after yielding everything before it.
-        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones). pcapng:
-        from the block at `start` in `section` (capparallel goes on from where its ranges stopped).
+        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones). From
+        the record (pcap) or block (pcapng, in `section`) at `start` if not 0 (capparallel and
+        capparts go on from where a range starts); up to the first record or block at or after
+        `stop` (then the last arrays' `chunk.status` is `Status.STOP`, `chunk.end` where it stopped).
+        pcapng with `context_stop`: also before a section or interface block (status
+        `Status.OTHER_BLOCK`), whose new context a walk in parts must not read into.
         """
         if self.format == "pcap":
-            return self._pcap_events(filters, arrays)
-        return self._pcapng_events(filters, arrays, start, section)
+            return self._pcap_events(filters, arrays, start, stop)
+        return self._pcapng_events(filters, arrays, start, section, stop, context_stop)
 
-    def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+    def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
+                     stop: int = U64_MAX) -> Iterator[Records | Block]:  # fmt: skip
         walk, filtered = filters.walker()
         swapped = int(self.order != HOST_ORDER)
-        yield Block(0, PCAP_HEADER_LEN)
-        pos = PCAP_HEADER_LEN
+        if start == 0:
+            yield Block(0, PCAP_HEADER_LEN)
+        pos = start or PCAP_HEADER_LEN
         while True:
             arr = arrays()
+            arr.chunk.stop_at = stop
             n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen,
                      min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
             pos, status = arr.chunk.end, arr.chunk.status
@@ -323,7 +331,7 @@ class CaptureFile:
                 yield Records(arr, n, None, filtered, status == Status.CUT)
             if status in (Status.FULL, Status.CUT):
                 continue
-            if status in (Status.END, Status.LIMIT):
+            if status in (Status.END, Status.LIMIT, Status.STOP):
                 return
             raise self._pcap_error(pos, status)
 
@@ -346,22 +354,35 @@ class CaptureFile:
         return bytes(header) + self.map[data : data + self.snaplen]
 
     def _pcapng_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], pos: int = 0,
-                       section: Section | None = None) -> Iterator[Records | Block]:  # fmt: skip
+                       section: Section | None = None, stop: int = U64_MAX,
+                       context_stop: bool = False) -> Iterator[Records | Block]:  # fmt: skip
         walk, filtered = filters.walker()
+        arr = None
+
+        def stopped(status: Status) -> None:  # where and why, for a caller walking a range
+            nonlocal arr
+            arr = arr or arrays()
+            arr.chunk.end, arr.chunk.status = pos, status
+
         while True:
             left = self.size - pos
-            if left == 0:
+            if left == 0 or pos >= stop:
+                stopped(Status.END if left == 0 else Status.STOP)
                 return
             if left < 8:
                 raise self._error(pos, f"truncated block header: {left} of 8 bytes")
             order = section.order if section is not None else "<"
             btype = struct.unpack_from(order + "I", self.map, pos)[0]
             if section is None or btype not in PACKET_BLOCKS:
+                if context_stop and btype in (BT_SHB, BT_IDB):
+                    stopped(Status.OTHER_BLOCK)
+                    return
                 block, section = self._pcapng_block(pos, section)
                 yield block
                 pos = block.end
                 continue
             arr = arrays()
+            arr.chunk.stop_at = stop
             n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
                      ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
             pos, status = arr.chunk.end, arr.chunk.status
@@ -372,9 +393,23 @@ class CaptureFile:
                 continue
             if status in (Status.FULL, Status.OTHER_BLOCK):
                 continue
-            if status in (Status.END, Status.LIMIT):
+            if status in (Status.END, Status.LIMIT, Status.STOP):
                 return
             raise self._pcapng_error(pos, status, section)
+
+    def read_lead(self) -> tuple[list[Block], Section | None, int]:
+        """pcapng: the blocks before the first packet block (checked and read, as `events` reads
+        them), the section they leave (its interfaces: the context packets are read in) and where
+        the first packet block (or the end of the file) is."""
+        pos, section, blocks = 0, None, []
+        while pos < self.size:
+            btype = struct.unpack_from((section.order if section else "<") + "I", self.map, pos)[0]
+            if section is not None and btype in PACKET_BLOCKS:
+                break
+            block, section = self._pcapng_block(pos, section)
+            blocks.append(block)
+            pos = block.end
+        return blocks, section, pos
 
     def _pcapng_error(self, pos: int, status: int, section: Section) -> CaptureFileError:
         if self.size - pos < 8:
