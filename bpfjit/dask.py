@@ -51,14 +51,14 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
 from . import capfile, capparts
 from .batch import Batch
 from .capfile import FileCounts, FileStats
-from .capparts import DEFAULT_PART_BYTES, Part, PartResult
+from .capparts import DEFAULT_PART_BYTES, Part, PartResult, Span
 from .errors import CaptureFileError
 from .filter import Filter
 from .libpcap import dlt_from_linktype, linktype_value
 from .program import Program
 
-__all__ = ["CollectionCounts", "Counts", "FileResult", "Input", "SplitResult", "count", "decode", "filter_files",
-           "inputs", "split_files", "to_dataframe"]  # fmt: skip
+__all__ = ["CollectionCounts", "Counts", "FileResult", "Input", "Piece", "SplitResult", "count", "decode",
+           "filter_files", "inputs", "split_files", "to_dataframe"]  # fmt: skip
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 REDUCE_FANOUT = 32  # per-file counts summed 32 at a time on the cluster
@@ -462,8 +462,9 @@ _DTYPES = {"time": "float64", "caplen": "int64", "wirelen": "int64", "linktype":
 
 def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Sequence[str] | None = None,
                  classify: Mapping[str, str | Program] | None = None, linktype: int | str | None = None,
-                 errors: str = "report") -> Any:  # fmt: skip
-    """A Dask DataFrame of the packets `filter` accepts, one row per packet and one partition per input.
+                 errors: str = "report", part_bytes: int = DEFAULT_PART_BYTES, retries: int = 1) -> Any:  # fmt: skip
+    """A Dask DataFrame of the packets `filter` accepts, one row per packet and one partition per input
+    (or, for a local uncompressed file larger than `part_bytes`, per verified byte-range part).
 
     Columns (`fields`, default: the record fields and the `classify` names): `time` (float64 seconds
     since the epoch, as `read_file` gives it; `dd.to_datetime(df.time, unit="s")` for datetimes),
@@ -476,6 +477,13 @@ def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Seq
     out (`fields`, or a projection like `df[["time", "src"]]`, which Dask pushes into the read) is
     never computed. With `errors="report"` a corrupt file gives its rows before the bad spot (`count`
     names such files); `errors="raise"` fails the computation with its `CaptureFileError`.
+
+    A partition's rows must come from records one unbroken walk from the file's start reaches, and
+    Dask computes partitions independently, so the parts' starts are verified before the DataFrame
+    exists: this call runs `capparts.walk_part` on every part of the large files on the cluster (the
+    native walk alone, no filter and no rows: a fraction of what reading the rows costs) and
+    `capparts.spans` checks them in order, walking a part whose guess was wrong again from the offset
+    its predecessor reported; each partition then reads one verified span (`capparts.read_span`).
     """
     import dask.dataframe as dd
     import pandas as pd
@@ -488,10 +496,30 @@ def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Seq
     columns = list(fields) if fields is not None else [*RECORD_FIELDS, *names]
     if unknown := [c for c in columns if c not in known and c not in names]:
         raise ValueError(f"unknown fields {unknown}: choose from {known + names}")
-    sources = inputs(paths)
+    pieces = _pieces(inputs(paths), part_bytes, retries)
     read = _ReadPartition(columns, filter, dict(classify or {}), linktype, errors)
     meta = pd.DataFrame({c: pd.Series(dtype="bool" if c in names else _DTYPES[c]) for c in columns})
-    return dd.from_map(read, sources, meta=meta, label="bpfjit-packets", enforce_metadata=False)
+    return dd.from_map(read, pieces, meta=meta, label="bpfjit-packets", enforce_metadata=False)
+
+
+class Piece(NamedTuple):
+    """What one partition of `to_dataframe` reads: an input, whole (`span` None) or one verified span."""
+
+    source: Input
+    span: Span | None = None
+
+
+def _pieces(sources: list[Input], part_bytes: int, retries: int) -> list[Piece]:
+    """One piece per input, or per verified span of an input that has parts (verified on the cluster)."""
+    planned = [(source, _plan(source, part_bytes)) for source in sources]
+    checks = [dask.delayed(capparts.spans)([dask.delayed(capparts.walk_part)(part, dask_key_name=_key("walk"))
+                                            for part in parts], dask_key_name=_key("spans"))
+              for _, parts in planned if parts is not None]  # fmt: skip
+    verified = iter(_compute(checks, retries))
+    pieces: list[Piece] = []
+    for source, parts in planned:
+        pieces += [Piece(source)] if parts is None else [Piece(source, span) for span in next(verified)]
+    return pieces
 
 
 class _ReadPartition:
@@ -510,9 +538,10 @@ class _ReadPartition:
     def project_columns(self, columns: Sequence[str]) -> _ReadPartition:
         return _ReadPartition(list(columns), self.filter, self.classify, self.linktype, self.errors)
 
-    def __call__(self, source: Input, columns: Sequence[str] | None = None) -> Any:
+    def __call__(self, piece: Piece, columns: Sequence[str] | None = None) -> Any:
         if columns is not None and list(columns) != self._columns:
-            return self.project_columns(columns)(source)
+            return self.project_columns(columns)(piece)
+        source = piece.source
         import numpy as np
         import pandas as pd
 
@@ -523,8 +552,13 @@ class _ReadPartition:
         missing: dict[str, list[Any]] = {c: [] for c in decoded}  # True: not applicable (<NA>)
         rows = 0
         try:
-            with _local_copy(source) as path:
-                for packet_batch in capfile.read_batches(path, self.filter, linktype=self.linktype):
+            with contextlib.ExitStack() as stack:
+                if piece.span is None:
+                    path = stack.enter_context(_local_copy(source))
+                    batches = capfile.read_batches(path, self.filter, linktype=self.linktype)
+                else:
+                    batches = capparts.read_span(piece.span, self.filter, linktype=self.linktype)
+                for packet_batch in batches:
                     batch, n = packet_batch.batch, len(packet_batch.batch)
                     rows += n
                     row = {"time": packet_batch.timestamps, "caplen": batch.caplens, "wirelen": batch.wirelens,
