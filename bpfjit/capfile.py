@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import capparallel, walkers
 from .capfilters import LinkTypeFilters
-from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Records, Section
+from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Records, Section, Stream
 from .capwriter import Writer
 from .errors import CaptureFileError
 from .program import Program
@@ -37,11 +37,11 @@ if TYPE_CHECKING:
 
     from .batch import Batch
     from .capfilters import FilterSpec
-    from .capformat import Source
+    from .capformat import Output, Source
     from .classifier import Classifier
 
-__all__ = ["CaptureFileError", "FileCounts", "FileStats", "PacketBatch", "count_file", "filter_file", "read_batches",
-           "read_file", "split_file"]
+__all__ = ["CaptureFileError", "FileCounts", "FileStats", "PacketBatch", "Stream", "count_file", "filter_file",
+           "read_batches", "read_file", "split_file"]
 
 DEFAULT_CHUNK = 1 << 12  # records per walker call: the chunk (~1.5 MB of file) is still in cache when written
 
@@ -70,7 +70,7 @@ def _check_chunk(chunk: int) -> None:
 
 def filter_file(
     src: Source,
-    dst: Source | None,
+    dst: Output | None,
     filter: FilterSpec = None,
     *,
     count: int | None = None,
@@ -125,7 +125,7 @@ def filter_file(
 
 def split_file(
     src: Source,
-    dsts: Sequence[Source],
+    dsts: Sequence[Output],
     filters: Sequence[str | Program],
     *,
     linktype: int | str | None = None,
@@ -171,6 +171,7 @@ def split_file(
                         continue
                     n = event.n
                     read += n
+                    data = _data(capture, data)
                     starts, _, verdicts = _classified(event, data, classifier, len(filters))
                     lengths = starts[1:] - starts[:-1]
                     for index, writer in enumerate(writers):
@@ -196,6 +197,14 @@ def split_file(
             for writer in writers:
                 writer.close()
         return [FileStats(read, accepted, writer.written) for (accepted, _), writer in zip(stats, writers, strict=True)]
+
+
+def _data(capture: CaptureFile, data: Any) -> Any:
+    """`data` (numpy bytes over `capture.map`), or a new view if the map is not the same object (a
+    streamed capture's window grew)."""
+    import numpy as np
+
+    return data if data.base is capture.map else np.frombuffer(capture.map, dtype=np.uint8)
 
 
 def _classified(event: Records, data: Any, classifier: Callable[[int], Classifier],
@@ -268,6 +277,7 @@ def count_file(
                 if isinstance(event, Block):
                     continue
                 read += event.n
+                data = _data(capture, data)
                 _, wirelens, verdicts = _classified(event, data, classifier, len(filters))
                 packets += verdicts.sum(axis=0)
                 nbytes += wirelens.astype(np.uint64) @ verdicts.astype(np.uint64)
@@ -337,10 +347,11 @@ def read_file(
     truncated or corrupt file raises `CaptureFileError` after the packets before the bad spot.
     """
     _check_chunk(chunk)
-    with CaptureFile(path) as capture, memoryview(capture.map) as view:
+    with CaptureFile(path) as capture:
         for start, iface, section, offset, caplen, wirelen in _accepted(capture, filter, linktype, chunk, _Counts()):
             ticks, interface = capture.timestamp_ticks(start, iface, section)
-            yield ticks / interface.ts_units + interface.ts_offset, bytes(view[offset : offset + caplen]), wirelen
+            packet = bytes(capture.map[offset : offset + caplen])  # (a streamed window moves on)
+            yield ticks / interface.ts_units + interface.ts_offset, packet, wirelen
 
 
 def packet_lines(
@@ -439,6 +450,7 @@ def packet_batches(capture: CaptureFile, events: Iterable[Records | Block]) -> I
     for event in events:
         if isinstance(event, Block):
             continue
+        data = _data(capture, data)
         arr, n = event.arrays, event.n
         starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n)
         offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
@@ -463,6 +475,8 @@ def packet_batches(capture: CaptureFile, events: Iterable[Records | Block]) -> I
             chosen = np.flatnonzero(keep[lo:hi]) + lo
             if len(chosen):
                 batch = Batch(capture.map, offsets[chosen], caplens[chosen], wirelens[chosen])
+                if capture.streamed:  # the window moves on: the packets' bytes, compacted
+                    batch = Batch(*batch.__reduce__()[1])
                 yield PacketBatch(batch, timestamps[chosen], capture.linktypes[int(slots[lo])])
 
 

@@ -87,7 +87,7 @@ def workers_for(capture: CaptureFile, workers: int | None, count: int | None = N
     pcapng in ranges (`pcapng`: filter_file without -c; see the module doc)."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be positive, not {workers}")
-    if count == 0 or (capture.format != "pcap" and not (pcapng and count is None)):
+    if count == 0 or capture.streamed or (capture.format != "pcap" and not (pcapng and count is None)):
         return 1
     return default_workers(capture.size) if workers is None else workers
 

@@ -10,20 +10,21 @@
     df = bpfjit_dask.to_dataframe("day/*.pcap", "ip", fields=["time", "wirelen", "src", "dport"])
 
 Paths are fsspec URLs or lists of them (local globs, `s3://...`, anything fsspec opens). Each input
-is a task (or, for a classic pcap file larger than `part_bytes`, one task per byte-range part and
-one that checks and assembles them: `capparts`); the functions build Dask's graph and call
-`dask.compute`, so the active `distributed.Client` runs it, with its dashboard, retries and
-rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker compiles
-each filter for each file it reads as `filter_file` does, through the disk code cache (a load after
-the first compile on that machine).
+is a task (or, for a local uncompressed pcap or pcapng file larger than `part_bytes`, one task per
+byte-range part and one that checks and assembles them: `capparts`); the functions build Dask's
+graph and call `dask.compute`, so the active `distributed.Client` runs it, with its dashboard, retries
+and rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker
+compiles each filter for each file it reads as `filter_file` does, through the disk code cache (a
+load after the first compile on that machine).
 
-bpfjit walks mapped files, so an input that is not a local uncompressed file (a `.gz`/`.bz2`/`.xz`/
-`.zst` file, an object-store URL) is first copied, decompressed, to a temporary file on the worker
-(Dask's `temporary-directory`, else the system's): for a gzip file that copy (zlib's ~300-500 MB/s per
-core) costs more than filtering it; such a file is one task, never parts. Outputs go to `out_dir`, a
-local or shared directory every worker writes: `out_dir/NAME` for an input named NAME(.gz), written
-as `.NAME.partial` and renamed when complete, so a task run again (its worker died) never leaves a
-half or doubled file; two inputs with the same name are refused.
+A local uncompressed file is mapped in place; any other input (a `.gz`/`.bz2`/`.xz`/`.zst` file, an
+object-store URL) is streamed: fsspec's decompressor is read chunk by chunk into a window the walkers
+walk (`capfile.Stream`), a record cut by the window's end carried over, no temporary file. Such a
+file is one task, never parts (its decompression, one core at zlib's few hundred MB/s, bounds it).
+
+Outputs go to `out_dir`, a local or shared directory every worker writes: `out_dir/NAME` for an
+input named NAME(.gz), written as `.NAME.partial` and renamed when complete, so a task run again (its
+worker died) never leaves a half or doubled file; two inputs with the same name are refused.
 
 Errors: with `errors="report"` (the default) a truncated or corrupt file fails only its own result
 (`FileResult.error`, a `CaptureFileError` naming the file and byte offset; what precedes the bad spot
@@ -34,8 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -134,17 +133,14 @@ def inputs(paths: Paths) -> list[Input]:
 
 
 @contextlib.contextmanager
-def _local_copy(source: Input) -> Iterator[str]:
-    """A local, uncompressed path of `source`: its own, or a temporary decompressed copy."""
+def _opened(source: Input) -> Iterator[str | capfile.Stream]:
+    """What the capfile operations read for `source`: its local path (mapped in place), or a stream
+    (decompressed, or fetched, as it is read: `capfile.Stream`, no temporary file)."""
     if source.local is not None:
         yield source.local
         return
-    directory = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-    with tempfile.NamedTemporaryFile(dir=directory, prefix="bpfjit-", suffix=".pcap") as copy:
-        with fsspec.open(source.url, "rb", compression=source.compression) as stream:
-            shutil.copyfileobj(stream, copy, 1 << 20)
-        copy.flush()
-        yield copy.name
+    with fsspec.open(source.url, "rb", compression=source.compression) as stream:
+        yield capfile.Stream(stream, source.url)
 
 
 def _named(error: CaptureFileError, source: Input) -> CaptureFileError:
@@ -228,7 +224,7 @@ def _filter_whole(source: Input, filter: capfile.FilterSpec, output: str, linkty
         os.unlink(partial)  # a dead worker's half
 
     def run() -> capfile.FileStats:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             return capfile.filter_file(path, partial, filter, linktype=linktype, workers=1)
 
     return _filter_result(source, partial, output, errors, run)
@@ -285,7 +281,7 @@ def _split_one(source: Input, filters: Mapping[str, str | Program], outputs: lis
             os.unlink(partial)
     names = list(filters)
     try:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             stats = capfile.split_file(path, partials, list(filters.values()), linktype=linktype, workers=1)
     except CaptureFileError as error:
         named = _named(error, source)
@@ -371,7 +367,7 @@ def _sum(items: list[FileCounts | Total], filters: int) -> Total:
 
 def _count_whole(source: Input, specs: list[capfile.FilterSpec], linktype: int | str | None, errors: str) -> FileCounts:
     try:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             counted = capfile.count_file(path, specs, linktype=linktype, errors=errors)
     except CaptureFileError as error:  # errors="raise", or a file that fails at its header
         if errors == "raise":
@@ -401,7 +397,7 @@ def _bucket_total(source: Input, specs: list[capfile.FilterSpec], linktype: int 
     failures: list[CaptureFileError] = []
     classify = _Classifiers(specs, linktype)
     try:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             for packet_batch in capfile.read_batches(path, linktype=linktype):
                 read += len(packet_batch.batch)
                 verdicts = classify(packet_batch).astype(np.int64)
@@ -554,7 +550,7 @@ class _ReadPartition:
         try:
             with contextlib.ExitStack() as stack:
                 if piece.span is None:
-                    path = stack.enter_context(_local_copy(source))
+                    path = stack.enter_context(_opened(source))
                     batches = capfile.read_batches(path, self.filter, linktype=self.linktype)
                 else:
                     batches = capparts.read_span(piece.span, self.filter, linktype=self.linktype)
