@@ -11,8 +11,12 @@ interleaved so that every way sees the same machine:
 - count: the 16 real filters of `bpfjit.benchmark` over every file: `bpfjit.dask.count` on 1 and 2
   workers; a plain loop of `count_file` (one classifier pass per file); and a loop of `filter_file`
   without output per filter (16 passes per file: what counting without the classifier costs);
-- filter: 'tcp port 80' to one output per file: `bpfjit.dask.filter_files` on 1 and 2 workers; a plain
-  loop over `filter_file`; and `tcpdump -r IN -w OUT` per file, two at a time (`xargs -P 2`).
+- filter: 'tcp port 80' to one output per file: `bpfjit.dask.filter_files` on 1 and 2 workers and on
+  Dask's threads (`LocalCluster(processes=False)`, 2 threads); a plain loop over `filter_file`, on one
+  thread and on bpfjit's own two threads (`workers=2`); and `tcpdump -r IN -w OUT` per file, two at a
+  time (`xargs -P 2`);
+- gzip: the first file gzipped (`gzip -6`): `zcat > /dev/null` against `count_file` (16 filters) and
+  `filter_file` reading it streamed (`capfile.Stream(gzip.open(...))`, no temporary file).
 
 Every output and count is checked against the loop's first. Reports medians (wall time) and the ratios
 of the same run: on a shared machine only ratios from one run mean anything.
@@ -21,6 +25,7 @@ of the same run: on a shared machine only ratios from one run mean anything.
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shutil
 import statistics
@@ -90,7 +95,12 @@ def main() -> None:
 
     clusters = {n: distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
                 for n in (1, 2)}  # fmt: skip
+    clusters[0] = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
     clients = {n: distributed.Client(cluster, set_as_default=False) for n, cluster in clusters.items()}
+    packed = paths[0].with_name(paths[0].name + ".gz")
+    if not packed.exists():
+        subprocess.run(f"gzip -6 -c {paths[0]} > {packed}", shell=True, check=True)
+    packed.read_bytes()
     out = args.workdir / "out"
     expected_counts = None
 
@@ -115,6 +125,22 @@ def main() -> None:
             results = bpfjit_dask.filter_files(glob, EXPRESSION, fresh(out / f"dask{n}"))
         return [r.stats.accepted for r in results if r.stats is not None]
 
+    def loop_filter_threads() -> object:
+        target = fresh(out / "threads")
+        return [capfile.filter_file(p, target / p.name, EXPRESSION, workers=2).accepted for p in paths]
+
+    def zcat() -> object:
+        subprocess.run(f"zcat {packed} > /dev/null", shell=True, check=True)
+        return None
+
+    def gz_count() -> object:
+        with gzip.open(packed) as stream:
+            return capfile.count_file(capfile.Stream(stream, packed.name), list(filters.values())).packets
+
+    def gz_filter() -> object:
+        with gzip.open(packed) as stream:
+            return capfile.filter_file(capfile.Stream(stream, packed.name), out / "gz.pcap", EXPRESSION).accepted
+
     def tcpdump_filter() -> object:
         target = fresh(out / "tcpdump")
         names = "".join(f"{p}\n" for p in paths)
@@ -130,8 +156,16 @@ def main() -> None:
         "filter: loop of filter_file": loop_filter,
         "filter: dask, 1 worker": lambda: dask_filter(1),
         "filter: dask, 2 workers": lambda: dask_filter(2),
+        "filter: dask, 2 threads (no procs)": lambda: dask_filter(0),
+        "filter: loop, workers=2 threads": loop_filter_threads,
         "filter: tcpdump, xargs -P 2": tcpdump_filter,
     }
+    gz_ways: dict[str, Callable[[], object]] = {
+        "gz: zcat > /dev/null": zcat,
+        "gz: count_file, streamed": gz_count,
+        "gz: filter_file, streamed": gz_filter,
+    }
+    ways.update(gz_ways)
     times: dict[str, list[float]] = {name: [] for name in ways}
     try:
         for name in ways:  # warm-up: compiles (or loads) every walker and classifier in every process
@@ -140,9 +174,10 @@ def main() -> None:
                 expected_counts = result
             elif name.startswith("count"):
                 assert result == expected_counts, (name, result, expected_counts)
-        for name in ("dask1", "dask2", "tcpdump"):  # same bytes as the loop's
+        for name in ("dask1", "dask2", "dask0", "threads", "tcpdump"):  # same bytes as the loop's
             for path in paths:
                 assert (out / name / path.name).read_bytes() == (out / "loop" / path.name).read_bytes(), (name, path)
+        assert (out / "gz.pcap").read_bytes() == (out / "loop" / paths[0].name).read_bytes()
         for _ in range(args.rounds):
             for name, run in ways.items():
                 elapsed, _ = timed(run)
@@ -156,7 +191,8 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{'way':36} {'median s':>9} {'MB/s':>7}")
     for name, seconds in median.items():
-        print(f"{name:36} {seconds:9.3f} {size / 1e6 / seconds:7.0f}")
+        nbytes = paths[0].stat().st_size if name in gz_ways else size  # gz: MB/s of the decompressed file
+        print(f"{name:36} {seconds:9.3f} {nbytes / 1e6 / seconds:7.0f}")
     print("\nratios (same run):")
     ratios = [
         ("count: dask 2 workers vs 1", "count: dask, 1 worker", "count: dask, 2 workers"),
@@ -167,6 +203,10 @@ def main() -> None:
         ("filter: dask 1 worker vs loop", "filter: loop of filter_file", "filter: dask, 1 worker"),
         ("filter: dask 2 workers vs 2 tcpdumps", "filter: tcpdump, xargs -P 2", "filter: dask, 2 workers"),
         ("filter: loop vs 2 tcpdumps", "filter: tcpdump, xargs -P 2", "filter: loop of filter_file"),
+        ("filter: dask threads vs loop workers=2", "filter: loop, workers=2 threads",
+         "filter: dask, 2 threads (no procs)"),
+        ("gz: count_file streamed vs zcat (time ratio)", "gz: count_file, streamed", "gz: zcat > /dev/null"),
+        ("gz: filter_file streamed vs zcat (time ratio)", "gz: filter_file, streamed", "gz: zcat > /dev/null"),
     ]
     for label, slow, fast in ratios:
         print(f"  {label:44} {median[slow] / median[fast]:5.2f}x")

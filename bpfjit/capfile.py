@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import capparallel, walkers
 from .capfilters import LinkTypeFilters
-from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Records, Section
+from .capformat import U64_MAX, Block, CaptureFile, ChunkArrays, Records, Section, Stream
 from .capwriter import Writer
 from .errors import CaptureFileError
 from .program import Program
@@ -37,11 +37,11 @@ if TYPE_CHECKING:
 
     from .batch import Batch
     from .capfilters import FilterSpec
-    from .capformat import Source
+    from .capformat import Output, Source
     from .classifier import Classifier
 
-__all__ = ["CaptureFileError", "FileCounts", "FileStats", "PacketBatch", "count_file", "filter_file", "read_batches",
-           "read_file", "split_file"]
+__all__ = ["CaptureFileError", "FileCounts", "FileStats", "PacketBatch", "Stream", "count_file", "filter_file",
+           "read_batches", "read_file", "split_file"]
 
 DEFAULT_CHUNK = 1 << 12  # records per walker call: the chunk (~1.5 MB of file) is still in cache when written
 
@@ -70,7 +70,7 @@ def _check_chunk(chunk: int) -> None:
 
 def filter_file(
     src: Source,
-    dst: Source | None,
+    dst: Output | None,
     filter: FilterSpec = None,
     *,
     count: int | None = None,
@@ -125,7 +125,7 @@ def filter_file(
 
 def split_file(
     src: Source,
-    dsts: Sequence[Source],
+    dsts: Sequence[Output],
     filters: Sequence[str | Program],
     *,
     linktype: int | str | None = None,
@@ -171,6 +171,7 @@ def split_file(
                         continue
                     n = event.n
                     read += n
+                    data = _data(capture, data)
                     starts, _, verdicts = _classified(event, data, classifier, len(filters))
                     lengths = starts[1:] - starts[:-1]
                     for index, writer in enumerate(writers):
@@ -196,6 +197,14 @@ def split_file(
             for writer in writers:
                 writer.close()
         return [FileStats(read, accepted, writer.written) for (accepted, _), writer in zip(stats, writers, strict=True)]
+
+
+def _data(capture: CaptureFile, data: Any) -> Any:
+    """`data` (numpy bytes over `capture.map`), or a new view if the map is not the same object (a
+    streamed capture's window grew)."""
+    import numpy as np
+
+    return data if data.base is capture.map else np.frombuffer(capture.map, dtype=np.uint8)
 
 
 def _classified(event: Records, data: Any, classifier: Callable[[int], Classifier],
@@ -268,6 +277,7 @@ def count_file(
                 if isinstance(event, Block):
                     continue
                 read += event.n
+                data = _data(capture, data)
                 _, wirelens, verdicts = _classified(event, data, classifier, len(filters))
                 packets += verdicts.sum(axis=0)
                 nbytes += wirelens.astype(np.uint64) @ verdicts.astype(np.uint64)
@@ -337,10 +347,11 @@ def read_file(
     truncated or corrupt file raises `CaptureFileError` after the packets before the bad spot.
     """
     _check_chunk(chunk)
-    with CaptureFile(path) as capture, memoryview(capture.map) as view:
+    with CaptureFile(path) as capture:
         for start, iface, section, offset, caplen, wirelen in _accepted(capture, filter, linktype, chunk, _Counts()):
             ticks, interface = capture.timestamp_ticks(start, iface, section)
-            yield ticks / interface.ts_units + interface.ts_offset, bytes(view[offset : offset + caplen]), wirelen
+            packet = bytes(capture.map[offset : offset + caplen])  # (a streamed window moves on)
+            yield ticks / interface.ts_units + interface.ts_offset, packet, wirelen
 
 
 def packet_lines(
@@ -423,42 +434,50 @@ def read_batches(
     wirelen is below its caplen (a broken writer) gets wirelen = caplen.
     """
     _check_chunk(chunk)
+    with CaptureFile(path) as capture:
+        filters = LinkTypeFilters(filter, capture, linktype)
+        arrays = ChunkArrays(chunk)  # reused: what a PacketBatch holds is copied out of it (fancy indexing)
+        yield from packet_batches(capture, capture.events(filters, lambda: arrays))
+
+
+def packet_batches(capture: CaptureFile, events: Iterable[Records | Block]) -> Iterator[PacketBatch]:
+    """`read_batches`' batches from `capture.events(...)` (a whole file, or a part of one: `capparts`)."""
     import numpy as np
 
     from .batch import Batch
 
-    with CaptureFile(path) as capture:
-        filters = LinkTypeFilters(filter, capture, linktype)
-        data = np.frombuffer(capture.map, dtype=np.uint8)
-        arrays = ChunkArrays(chunk)  # reused: what a PacketBatch holds is copied out of it (fancy indexing)
-        for event in capture.events(filters, lambda: arrays):
-            if isinstance(event, Block):
-                continue
-            arr, n = event.arrays, event.n
-            starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n)
-            offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
-            caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
-            wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
-            if event.section is None:
-                slots = np.zeros(n, dtype=np.uint32)
-                units = np.full(n, capture.interfaces[0].ts_units, dtype=np.float64)
-                shift = np.zeros(n, dtype=np.float64)
-            else:
-                ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
-                section = event.section
-                slots = np.frombuffer(memoryview(section.slots), dtype=np.uint32)[ifaces]
-                units = np.array([i.ts_units for i in section.interfaces], dtype=np.float64)[ifaces]
-                shift = np.array([i.ts_offset for i in section.interfaces], dtype=np.float64)[ifaces]
-            timestamps = _timestamps(data, starts, event.section, capture) / units + shift
-            keep = np.ones(n, dtype=bool)
-            if event.filtered:
-                keep = np.frombuffer(memoryview(arr.verdicts), dtype=np.uint32, count=n) != 0
-            cuts = np.flatnonzero(np.diff(slots)) + 1
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
-                chosen = np.flatnonzero(keep[lo:hi]) + lo
-                if len(chosen):
-                    batch = Batch(capture.map, offsets[chosen], caplens[chosen], wirelens[chosen])
-                    yield PacketBatch(batch, timestamps[chosen], capture.linktypes[int(slots[lo])])
+    data = np.frombuffer(capture.map, dtype=np.uint8)
+    for event in events:
+        if isinstance(event, Block):
+            continue
+        data = _data(capture, data)
+        arr, n = event.arrays, event.n
+        starts = np.frombuffer(memoryview(arr.starts), dtype=np.uint64, count=n)
+        offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
+        caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
+        wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
+        if event.section is None:
+            slots = np.zeros(n, dtype=np.uint32)
+            units = np.full(n, capture.interfaces[0].ts_units, dtype=np.float64)
+            shift = np.zeros(n, dtype=np.float64)
+        else:
+            ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
+            section = event.section
+            slots = np.frombuffer(memoryview(section.slots), dtype=np.uint32)[ifaces]
+            units = np.array([i.ts_units for i in section.interfaces], dtype=np.float64)[ifaces]
+            shift = np.array([i.ts_offset for i in section.interfaces], dtype=np.float64)[ifaces]
+        timestamps = _timestamps(data, starts, event.section, capture) / units + shift
+        keep = np.ones(n, dtype=bool)
+        if event.filtered:
+            keep = np.frombuffer(memoryview(arr.verdicts), dtype=np.uint32, count=n) != 0
+        cuts = np.flatnonzero(np.diff(slots)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+            chosen = np.flatnonzero(keep[lo:hi]) + lo
+            if len(chosen):
+                batch = Batch(capture.map, offsets[chosen], caplens[chosen], wirelens[chosen])
+                if capture.streamed:  # the window moves on: the packets' bytes, compacted
+                    batch = Batch(*batch.__reduce__()[1])
+                yield PacketBatch(batch, timestamps[chosen], capture.linktypes[int(slots[lo])])
 
 
 def _timestamps(data: Any, starts: Any, section: Section | None, capture: CaptureFile) -> Any:

@@ -45,11 +45,8 @@ from .cpython import PyBuffer, get_buffer, release_buffer
 from .errors import CaptureFileError
 from .walkers import Status
 
-if TYPE_CHECKING:
-    Source = str | os.PathLike[str] | IO[bytes]
-
-__all__ = ["Block", "CaptureFile", "ChunkArrays", "Interface", "Records", "Section", "WalkerSource", "max_snaplen",
-           "savefile_header", "snapshot"]
+__all__ = ["Block", "CaptureFile", "ChunkArrays", "Interface", "Records", "Section", "Stream", "StreamedCapture",
+           "WalkerSource", "max_snaplen", "savefile_header", "snapshot"]
 
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 U64_MAX = (1 << 64) - 1
@@ -186,7 +183,16 @@ class CaptureFile:
     selects the filter for the packets of every interface it describes (a pcap file has one).
     """
 
+    streamed = False  # read through a window of memory from a stream (`StreamedCapture`), not mapped
+    map: Any  # the mapping (mmap.mmap), or a StreamedCapture's window (bytearray)
+
+    def __new__(cls, source: Source) -> CaptureFile:
+        if cls is CaptureFile and isinstance(source, Stream):
+            return super().__new__(StreamedCapture)
+        return super().__new__(cls)
+
     def __init__(self, source: Source):
+        assert not isinstance(source, Stream)
         self.path = _describe(source)
         self._named = isinstance(source, (str, bytes, os.PathLike))  # can be opened again by name
         if hasattr(source, "fileno") and not isinstance(source, (str, bytes, os.PathLike)):
@@ -298,24 +304,32 @@ class CaptureFile:
 
     # -- walking -----------------------------------------------------------------------------------
     def events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
-               section: Section | None = None) -> Iterator[Records | Block]:  # fmt: skip
+               section: Section | None = None, stop: int = U64_MAX,
+               context_stop: bool = False) -> Iterator[Records | Block]:  # fmt: skip
         """The file as events in file order: packet records a chunk at a time, and bytes to copy.
 
         Raises `CaptureFileError` at a truncated or corrupt spot, after yielding everything before it.
-        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones). pcapng:
-        from the block at `start` in `section` (capparallel goes on from where its ranges stopped).
+        `arrays()` gives the arrays to fill for the next chunk (the same ones, or fresh ones). From
+        the record (pcap) or block (pcapng, in `section`) at `start` if not 0 (capparallel and
+        capparts go on from where a range starts); up to the first record or block at or after
+        `stop` (then the last arrays' `chunk.status` is `Status.STOP`, `chunk.end` where it stopped).
+        pcapng with `context_stop`: also before a section or interface block (status
+        `Status.OTHER_BLOCK`), whose new context a walk in parts must not read into.
         """
         if self.format == "pcap":
-            return self._pcap_events(filters, arrays)
-        return self._pcapng_events(filters, arrays, start, section)
+            return self._pcap_events(filters, arrays, start, stop)
+        return self._pcapng_events(filters, arrays, start, section, stop, context_stop)
 
-    def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+    def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
+                     stop: int = U64_MAX) -> Iterator[Records | Block]:  # fmt: skip
         walk, filtered = filters.walker()
         swapped = int(self.order != HOST_ORDER)
-        yield Block(0, PCAP_HEADER_LEN)
-        pos = PCAP_HEADER_LEN
+        if start == 0:
+            yield Block(0, PCAP_HEADER_LEN)
+        pos = start or PCAP_HEADER_LEN
         while True:
             arr = arrays()
+            arr.chunk.stop_at = stop
             n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen,
                      min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
             pos, status = arr.chunk.end, arr.chunk.status
@@ -323,7 +337,7 @@ class CaptureFile:
                 yield Records(arr, n, None, filtered, status == Status.CUT)
             if status in (Status.FULL, Status.CUT):
                 continue
-            if status in (Status.END, Status.LIMIT):
+            if status in (Status.END, Status.LIMIT, Status.STOP):
                 return
             raise self._pcap_error(pos, status)
 
@@ -346,22 +360,35 @@ class CaptureFile:
         return bytes(header) + self.map[data : data + self.snaplen]
 
     def _pcapng_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], pos: int = 0,
-                       section: Section | None = None) -> Iterator[Records | Block]:  # fmt: skip
+                       section: Section | None = None, stop: int = U64_MAX,
+                       context_stop: bool = False) -> Iterator[Records | Block]:  # fmt: skip
         walk, filtered = filters.walker()
+        arr = None
+
+        def stopped(status: Status) -> None:  # where and why, for a caller walking a range
+            nonlocal arr
+            arr = arr or arrays()
+            arr.chunk.end, arr.chunk.status = pos, status
+
         while True:
             left = self.size - pos
-            if left == 0:
+            if left == 0 or pos >= stop:
+                stopped(Status.END if left == 0 else Status.STOP)
                 return
             if left < 8:
                 raise self._error(pos, f"truncated block header: {left} of 8 bytes")
             order = section.order if section is not None else "<"
             btype = struct.unpack_from(order + "I", self.map, pos)[0]
             if section is None or btype not in PACKET_BLOCKS:
+                if context_stop and btype in (BT_SHB, BT_IDB):
+                    stopped(Status.OTHER_BLOCK)
+                    return
                 block, section = self._pcapng_block(pos, section)
                 yield block
                 pos = block.end
                 continue
             arr = arrays()
+            arr.chunk.stop_at = stop
             n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
                      ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
             pos, status = arr.chunk.end, arr.chunk.status
@@ -372,9 +399,23 @@ class CaptureFile:
                 continue
             if status in (Status.FULL, Status.OTHER_BLOCK):
                 continue
-            if status in (Status.END, Status.LIMIT):
+            if status in (Status.END, Status.LIMIT, Status.STOP):
                 return
             raise self._pcapng_error(pos, status, section)
+
+    def read_lead(self) -> tuple[list[Block], Section | None, int]:
+        """pcapng: the blocks before the first packet block (checked and read, as `events` reads
+        them), the section they leave (its interfaces: the context packets are read in) and where
+        the first packet block (or the end of the file) is."""
+        pos, section, blocks = 0, None, []
+        while pos < self.size:
+            btype = struct.unpack_from((section.order if section else "<") + "I", self.map, pos)[0]
+            if section is not None and btype in PACKET_BLOCKS:
+                break
+            block, section = self._pcapng_block(pos, section)
+            blocks.append(block)
+            pos = block.end
+        return blocks, section, pos
 
     def _pcapng_error(self, pos: int, status: int, section: Section) -> CaptureFileError:
         if self.size - pos < 8:
@@ -498,6 +539,179 @@ class CaptureFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Stream(NamedTuple):
+    """A capture file read front to back from a binary file object — a decompressor (`gzip.open`,
+    fsspec's `open(..., compression=...)`), a pipe, an object-store stream — never mapped nor copied
+    to a temporary file: `CaptureFile(Stream(f, "day.pcap.gz"))`, and so `filter_file(Stream(...), ...)`,
+    `split_file`, `count_file`, `read_batches`, `read_file` (one thread: ranges need the whole file)."""
+
+    file: IO[bytes]
+    name: str
+
+
+if TYPE_CHECKING:
+    Output = str | os.PathLike[str] | IO[bytes]
+    Source = Output | Stream
+
+# A streamed capture's window: filled this much at a time (bench/dask_bench.py: a `.pcap.gz` filtered
+# through 4 MiB windows runs at zlib's speed; a smaller window costs more walker calls and refills).
+STREAM_WINDOW = 4 << 20
+
+
+class StreamedCapture(CaptureFile):
+    """A capture file read from a `Stream` through a window of memory: the walkers walk the window as
+    they walk a mapped file (they take any address and size), and where a record or block runs past
+    the window's end (the walker's `Status.TRUNCATED`, or a block header not all there) the rest of the
+    window is moved to its start and filled from the stream, chunk by chunk, so the partial record is
+    carried over; the window grows only for a record longer than itself. Offsets in `events` are the
+    window's (`base` is the stream offset of its first byte; errors name stream offsets). Blocks come
+    with their bytes (`Block.replacement`): the window moves on. Readers must take `map` and `address`
+    afresh after each event, as the capfile operations do."""
+
+    streamed = True
+
+    def __init__(self, source: Source):
+        assert isinstance(source, Stream)
+        self.path, self._named, self.stream = source.name, False, source.file
+        self.identity = (-1, -1)  # no file to refuse writing over
+        self.base, self.eof = 0, False
+        self._buffer = None
+        self._window(STREAM_WINDOW)
+        self.size = 0
+        self._fill(STREAM_WINDOW)
+        if self.size == 0:
+            raise CaptureFileError(0, "empty file: no pcap or pcapng header", self.path)
+        self.linktypes, self.slots, self.interfaces = [], [], []
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _window(self, capacity: int) -> None:
+        """A window of `capacity` bytes holding what the current one holds (the old one is left to its
+        last reader: a numpy view or Batch may still point into it)."""
+        old, old_size = getattr(self, "map", None), getattr(self, "size", 0)
+        self.map = bytearray(capacity)
+        if old is not None:
+            self.map[:old_size] = old[:old_size]
+        if self._buffer is not None:
+            release_buffer(self._buffer)
+        self._buffer = get_buffer(self.map)
+        self.address = int(self._buffer.buf or 0)
+
+    def _fill(self, target: int) -> None:
+        """Read from the stream until the window holds `target` bytes or the stream ends."""
+        view = memoryview(self.map)
+        try:
+            while self.size < target and not self.eof:
+                got = self.stream.readinto(view[self.size : target])  # type: ignore[attr-defined]
+                if not got:
+                    self.eof = True
+                self.size += got or 0
+        finally:
+            view.release()
+
+    def _more(self, pos: int, need: int) -> int:
+        """Make the `need` bytes from window offset `pos` present if the stream has them: move them to
+        the window's start, grow it if they do not fit, fill it; the new offset of `pos` (0)."""
+        keep = self.size - pos
+        if pos:
+            ctypes.memmove(self.address, self.address + pos, keep)
+            self.base += pos
+            self.size = keep
+        if need > len(self.map):
+            self._window(max(need, 2 * len(self.map)))
+        self._fill(len(self.map))
+        return 0
+
+    def _error(self, offset: int, reason: str) -> CaptureFileError:
+        return CaptureFileError(self.base + offset, reason, self.path)
+
+    def events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
+               section: Section | None = None, stop: int = U64_MAX,
+               context_stop: bool = False) -> Iterator[Records | Block]:  # fmt: skip
+        if start or stop != U64_MAX or context_stop:
+            raise ValueError(f"{self.path}: a stream is read from its start to its end (no ranges)")
+        if self.format == "pcap":
+            return self._streamed_pcap(filters, arrays)
+        return self._streamed_pcapng(filters, arrays)
+
+    def _streamed_pcap(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+        walk, filtered = filters.walker()
+        swapped = int(self.order != HOST_ORDER)
+        yield Block(0, PCAP_HEADER_LEN, bytes(self.map[:PCAP_HEADER_LEN]))
+        pos = PCAP_HEADER_LEN
+        while True:
+            arr = arrays()
+            arr.chunk.stop_at = U64_MAX
+            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen,
+                     min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
+            pos, status = arr.chunk.end, arr.chunk.status
+            if n:
+                yield Records(arr, n, None, filtered, status == Status.CUT)
+            if status in (Status.FULL, Status.CUT):
+                continue
+            if status in (Status.END, Status.TRUNCATED) and not self.eof:  # the window's end, not the file's
+                pos = self._more(pos, self.size - pos + 1)
+                continue
+            if status in (Status.END, Status.LIMIT):
+                return
+            raise self._pcap_error(pos, status)
+
+    def _streamed_pcapng(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
+        walk, filtered = filters.walker()
+        pos, section = 0, None
+        while True:
+            if self.size - pos < 12 and not self.eof:
+                pos = self._more(pos, 12)
+            left = self.size - pos
+            if left == 0:
+                return
+            if left < 8:
+                raise self._error(pos, f"truncated block header: {left} of 8 bytes")
+            order = section.order if section is not None else "<"
+            btype = struct.unpack_from(order + "I", self.map, pos)[0]
+            if section is None or btype not in PACKET_BLOCKS:
+                if btype == BT_SHB and left >= 12:  # its own byte order
+                    order = "<" if struct.unpack_from("<I", self.map, pos + 8)[0] == BYTE_ORDER_MAGIC else ">"
+                length = struct.unpack_from(order + "I", self.map, pos + 4)[0]
+                if length > left and not self.eof and length % 4 == 0:
+                    pos = self._more(pos, length)
+                block, section = self._pcapng_block(pos, section)
+                yield block._replace(replacement=block.replacement or bytes(self.map[block.start : block.end]))
+                pos = block.end
+                continue
+            arr = arrays()
+            arr.chunk.stop_at = U64_MAX
+            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
+                     ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
+            pos, status = arr.chunk.end, arr.chunk.status
+            if n:
+                yield Records(arr, n, section, filtered)
+            if status == Status.NEW_LINKTYPE:
+                walk, filtered = filters.walker()
+                continue
+            if status in (Status.FULL, Status.OTHER_BLOCK):
+                continue
+            if status in (Status.END, Status.TRUNCATED) and not self.eof:
+                left = self.size - pos
+                length = struct.unpack_from(section.order + "I", self.map, pos + 4)[0] if left >= 8 else 0
+                pos = self._more(pos, max(length, left + 1))
+                continue
+            if status in (Status.END, Status.LIMIT):
+                return
+            raise self._pcapng_error(pos, status, section)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(f"a streamed capture ({self.path}) cannot be pickled: pickle what opens its stream")
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            release_buffer(self._buffer)
+            self._buffer = None
 
 
 def _describe(source: object) -> str:

@@ -87,7 +87,7 @@ def workers_for(capture: CaptureFile, workers: int | None, count: int | None = N
     pcapng in ranges (`pcapng`: filter_file without -c; see the module doc)."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be positive, not {workers}")
-    if count == 0 or (capture.format != "pcap" and not (pcapng and count is None)):
+    if count == 0 or capture.streamed or (capture.format != "pcap" and not (pcapng and count is None)):
         return 1
     return default_workers(capture.size) if workers is None else workers
 
@@ -522,15 +522,9 @@ def filter_ranges_pcapng(capture: CaptureFile, filters: LinkTypeFilters, writer:
             writer.block(block.replacement or view[block.start : block.end])
 
     try:
-        # The blocks before the first packet block: the context the ranges are walked in.
-        pos, section = 0, None
-        while pos < capture.size:
-            btype = struct.unpack_from((section.order if section else "<") + "I", capture.map, pos)[0]
-            if section is not None and btype in PACKET_BLOCKS:
-                break
-            block, section = capture._pcapng_block(pos, section)
+        lead, section, pos = capture.read_lead()  # the blocks before the first packet: the ranges' context
+        for block in lead:
             write_block(block)
-            pos = block.end
         if pos < capture.size and section is not None:
             walk = filters.walker()[0]  # (every link type described so far has its program in it)
             walker = _PcapngWalker(capture, walk, chunk, section, writer is not None)

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import walkers
 
 if TYPE_CHECKING:
-    from .capformat import CaptureFile, ChunkArrays, Source
+    from .capformat import CaptureFile, ChunkArrays, Output
 
 __all__ = ["Writer"]
 
@@ -44,12 +44,12 @@ def _libc_writev() -> Any:
 class Writer:
     """The output: a file descriptor written with writev straight from the mapping, or a file object."""
 
-    def __init__(self, dst: Source, source: CaptureFile):
+    def __init__(self, dst: Output, source: CaptureFile):
         self.fd = -1
         self.own = False
         self.file: IO[bytes] | None = None
         self.written = 0
-        self.dst: Source | None = dst  # until opened
+        self.dst: Output | None = dst  # until opened
         self.pending: list[bytes] = []  # header blocks held until then
         if isinstance(dst, (str, bytes, os.PathLike)):
             with contextlib.suppress(FileNotFoundError):
@@ -82,7 +82,7 @@ class Writer:
             raise ValueError(f"the output is the input file {source.path}: write to another file")
 
     @staticmethod
-    def without_descriptor(dst: Source) -> bool:
+    def without_descriptor(dst: Output) -> bool:
         """Whether `dst` is a file object without a file descriptor (written through `gather`)."""
         if isinstance(dst, (str, bytes, os.PathLike)):
             return False

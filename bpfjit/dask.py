@@ -10,20 +10,21 @@
     df = bpfjit_dask.to_dataframe("day/*.pcap", "ip", fields=["time", "wirelen", "src", "dport"])
 
 Paths are fsspec URLs or lists of them (local globs, `s3://...`, anything fsspec opens). Each input
-is a task (or, for a classic pcap file larger than `part_bytes`, one task per byte-range part and
-one that checks and assembles them: `capparts`); the functions build Dask's graph and call
-`dask.compute`, so the active `distributed.Client` runs it, with its dashboard, retries and
-rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker compiles
-each filter for each file it reads as `filter_file` does, through the disk code cache (a load after
-the first compile on that machine).
+is a task (or, for a local uncompressed pcap or pcapng file larger than `part_bytes`, one task per
+byte-range part and one that checks and assembles them: `capparts`); the functions build Dask's
+graph and call `dask.compute`, so the active `distributed.Client` runs it, with its dashboard, retries
+and rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker
+compiles each filter for each file it reads as `filter_file` does, through the disk code cache (a
+load after the first compile on that machine).
 
-bpfjit walks mapped files, so an input that is not a local uncompressed file (a `.gz`/`.bz2`/`.xz`/
-`.zst` file, an object-store URL) is first copied, decompressed, to a temporary file on the worker
-(Dask's `temporary-directory`, else the system's): for a gzip file that copy (zlib's ~300-500 MB/s per
-core) costs more than filtering it; such a file is one task, never parts. Outputs go to `out_dir`, a
-local or shared directory every worker writes: `out_dir/NAME` for an input named NAME(.gz), written
-as `.NAME.partial` and renamed when complete, so a task run again (its worker died) never leaves a
-half or doubled file; two inputs with the same name are refused.
+A local uncompressed file is mapped in place; any other input (a `.gz`/`.bz2`/`.xz`/`.zst` file, an
+object-store URL) is streamed: fsspec's decompressor is read chunk by chunk into a window the walkers
+walk (`capfile.Stream`), a record cut by the window's end carried over, no temporary file. Such a
+file is one task, never parts (its decompression, one core at zlib's few hundred MB/s, bounds it).
+
+Outputs go to `out_dir`, a local or shared directory every worker writes: `out_dir/NAME` for an
+input named NAME(.gz), written as `.NAME.partial` and renamed when complete, so a task run again (its
+worker died) never leaves a half or doubled file; two inputs with the same name are refused.
 
 Errors: with `errors="report"` (the default) a truncated or corrupt file fails only its own result
 (`FileResult.error`, a `CaptureFileError` naming the file and byte offset; what precedes the bad spot
@@ -34,8 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -51,14 +50,14 @@ except ImportError as error:  # pragma: no cover - the extra is installed in the
 from . import capfile, capparts
 from .batch import Batch
 from .capfile import FileCounts, FileStats
-from .capparts import DEFAULT_PART_BYTES, Part, PartResult
+from .capparts import DEFAULT_PART_BYTES, Part, PartResult, Span
 from .errors import CaptureFileError
 from .filter import Filter
 from .libpcap import dlt_from_linktype, linktype_value
 from .program import Program
 
-__all__ = ["CollectionCounts", "Counts", "FileResult", "Input", "SplitResult", "count", "decode", "filter_files",
-           "inputs", "split_files", "to_dataframe"]  # fmt: skip
+__all__ = ["CollectionCounts", "Counts", "FileResult", "Input", "Piece", "SplitResult", "count", "decode",
+           "filter_files", "inputs", "split_files", "to_dataframe"]  # fmt: skip
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 REDUCE_FANOUT = 32  # per-file counts summed 32 at a time on the cluster
@@ -134,17 +133,14 @@ def inputs(paths: Paths) -> list[Input]:
 
 
 @contextlib.contextmanager
-def _local_copy(source: Input) -> Iterator[str]:
-    """A local, uncompressed path of `source`: its own, or a temporary decompressed copy."""
+def _opened(source: Input) -> Iterator[str | capfile.Stream]:
+    """What the capfile operations read for `source`: its local path (mapped in place), or a stream
+    (decompressed, or fetched, as it is read: `capfile.Stream`, no temporary file)."""
     if source.local is not None:
         yield source.local
         return
-    directory = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-    with tempfile.NamedTemporaryFile(dir=directory, prefix="bpfjit-", suffix=".pcap") as copy:
-        with fsspec.open(source.url, "rb", compression=source.compression) as stream:
-            shutil.copyfileobj(stream, copy, 1 << 20)
-        copy.flush()
-        yield copy.name
+    with fsspec.open(source.url, "rb", compression=source.compression) as stream:
+        yield capfile.Stream(stream, source.url)
 
 
 def _named(error: CaptureFileError, source: Input) -> CaptureFileError:
@@ -228,7 +224,7 @@ def _filter_whole(source: Input, filter: capfile.FilterSpec, output: str, linkty
         os.unlink(partial)  # a dead worker's half
 
     def run() -> capfile.FileStats:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             return capfile.filter_file(path, partial, filter, linktype=linktype, workers=1)
 
     return _filter_result(source, partial, output, errors, run)
@@ -285,7 +281,7 @@ def _split_one(source: Input, filters: Mapping[str, str | Program], outputs: lis
             os.unlink(partial)
     names = list(filters)
     try:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             stats = capfile.split_file(path, partials, list(filters.values()), linktype=linktype, workers=1)
     except CaptureFileError as error:
         named = _named(error, source)
@@ -371,7 +367,7 @@ def _sum(items: list[FileCounts | Total], filters: int) -> Total:
 
 def _count_whole(source: Input, specs: list[capfile.FilterSpec], linktype: int | str | None, errors: str) -> FileCounts:
     try:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             counted = capfile.count_file(path, specs, linktype=linktype, errors=errors)
     except CaptureFileError as error:  # errors="raise", or a file that fails at its header
         if errors == "raise":
@@ -401,7 +397,7 @@ def _bucket_total(source: Input, specs: list[capfile.FilterSpec], linktype: int 
     failures: list[CaptureFileError] = []
     classify = _Classifiers(specs, linktype)
     try:
-        with _local_copy(source) as path:
+        with _opened(source) as path:
             for packet_batch in capfile.read_batches(path, linktype=linktype):
                 read += len(packet_batch.batch)
                 verdicts = classify(packet_batch).astype(np.int64)
@@ -462,8 +458,9 @@ _DTYPES = {"time": "float64", "caplen": "int64", "wirelen": "int64", "linktype":
 
 def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Sequence[str] | None = None,
                  classify: Mapping[str, str | Program] | None = None, linktype: int | str | None = None,
-                 errors: str = "report") -> Any:  # fmt: skip
-    """A Dask DataFrame of the packets `filter` accepts, one row per packet and one partition per input.
+                 errors: str = "report", part_bytes: int = DEFAULT_PART_BYTES, retries: int = 1) -> Any:  # fmt: skip
+    """A Dask DataFrame of the packets `filter` accepts, one row per packet and one partition per input
+    (or, for a local uncompressed file larger than `part_bytes`, per verified byte-range part).
 
     Columns (`fields`, default: the record fields and the `classify` names): `time` (float64 seconds
     since the epoch, as `read_file` gives it; `dd.to_datetime(df.time, unit="s")` for datetimes),
@@ -476,6 +473,13 @@ def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Seq
     out (`fields`, or a projection like `df[["time", "src"]]`, which Dask pushes into the read) is
     never computed. With `errors="report"` a corrupt file gives its rows before the bad spot (`count`
     names such files); `errors="raise"` fails the computation with its `CaptureFileError`.
+
+    A partition's rows must come from records one unbroken walk from the file's start reaches, and
+    Dask computes partitions independently, so the parts' starts are verified before the DataFrame
+    exists: this call runs `capparts.walk_part` on every part of the large files on the cluster (the
+    native walk alone, no filter and no rows: a fraction of what reading the rows costs) and
+    `capparts.spans` checks them in order, walking a part whose guess was wrong again from the offset
+    its predecessor reported; each partition then reads one verified span (`capparts.read_span`).
     """
     import dask.dataframe as dd
     import pandas as pd
@@ -488,10 +492,30 @@ def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Seq
     columns = list(fields) if fields is not None else [*RECORD_FIELDS, *names]
     if unknown := [c for c in columns if c not in known and c not in names]:
         raise ValueError(f"unknown fields {unknown}: choose from {known + names}")
-    sources = inputs(paths)
+    pieces = _pieces(inputs(paths), part_bytes, retries)
     read = _ReadPartition(columns, filter, dict(classify or {}), linktype, errors)
     meta = pd.DataFrame({c: pd.Series(dtype="bool" if c in names else _DTYPES[c]) for c in columns})
-    return dd.from_map(read, sources, meta=meta, label="bpfjit-packets", enforce_metadata=False)
+    return dd.from_map(read, pieces, meta=meta, label="bpfjit-packets", enforce_metadata=False)
+
+
+class Piece(NamedTuple):
+    """What one partition of `to_dataframe` reads: an input, whole (`span` None) or one verified span."""
+
+    source: Input
+    span: Span | None = None
+
+
+def _pieces(sources: list[Input], part_bytes: int, retries: int) -> list[Piece]:
+    """One piece per input, or per verified span of an input that has parts (verified on the cluster)."""
+    planned = [(source, _plan(source, part_bytes)) for source in sources]
+    checks = [dask.delayed(capparts.spans)([dask.delayed(capparts.walk_part)(part, dask_key_name=_key("walk"))
+                                            for part in parts], dask_key_name=_key("spans"))
+              for _, parts in planned if parts is not None]  # fmt: skip
+    verified = iter(_compute(checks, retries))
+    pieces: list[Piece] = []
+    for source, parts in planned:
+        pieces += [Piece(source)] if parts is None else [Piece(source, span) for span in next(verified)]
+    return pieces
 
 
 class _ReadPartition:
@@ -510,9 +534,10 @@ class _ReadPartition:
     def project_columns(self, columns: Sequence[str]) -> _ReadPartition:
         return _ReadPartition(list(columns), self.filter, self.classify, self.linktype, self.errors)
 
-    def __call__(self, source: Input, columns: Sequence[str] | None = None) -> Any:
+    def __call__(self, piece: Piece, columns: Sequence[str] | None = None) -> Any:
         if columns is not None and list(columns) != self._columns:
-            return self.project_columns(columns)(source)
+            return self.project_columns(columns)(piece)
+        source = piece.source
         import numpy as np
         import pandas as pd
 
@@ -523,8 +548,13 @@ class _ReadPartition:
         missing: dict[str, list[Any]] = {c: [] for c in decoded}  # True: not applicable (<NA>)
         rows = 0
         try:
-            with _local_copy(source) as path:
-                for packet_batch in capfile.read_batches(path, self.filter, linktype=self.linktype):
+            with contextlib.ExitStack() as stack:
+                if piece.span is None:
+                    path = stack.enter_context(_opened(source))
+                    batches = capfile.read_batches(path, self.filter, linktype=self.linktype)
+                else:
+                    batches = capparts.read_span(piece.span, self.filter, linktype=self.linktype)
+                for packet_batch in batches:
                     batch, n = packet_batch.batch, len(packet_batch.batch)
                     rows += n
                     row = {"time": packet_batch.timestamps, "caplen": batch.caplens, "wirelen": batch.wirelens,
