@@ -3,17 +3,22 @@
     bpfjit.filter_file("big.pcap", "out.pcap", "tcp port 80", workers=2)   # byte-identical to workers=1
 
 The file (after its header) is cut into byte ranges [b_i, b_i+1). A walker call releases the GIL, so
-threads walking different ranges run in parallel; the calling thread writes the ranges' accepted
-records in order, each as soon as it and every range before it are done, and walks a range itself
-while the next one to write is not ready (`workers - 1` more threads, so no core is oversubscribed:
-the write competes with the walks otherwise). At most `2 * workers` ranges are held, each as compact
-iovecs over the mapping (16 bytes per run of accepted records), never as packet bytes.
+threads walking different ranges run in parallel (`workers` threads: the calling thread is one). A
+thread that has walked a range settles, in file order, every walked range the chain reaches (below);
+a settled range's accepted bytes are known, so its records' place in the output is the sum of the
+bytes before it, and the thread writes them there (`Writer.records_at`: pwritev, or a gather into a
+buffer of its own and one pwrite where records are short), with no lock held — normally the range it
+has just walked, while the other threads walk on. An output that cannot be written at offsets (a
+pipe, a terminal, a file object, a file in append mode) takes the settled ranges one at a time in
+their order, from whichever thread settled them. At most `WINDOW_PER_WORKER * workers` ranges are
+walked ahead of the last settled one, each held as compact iovecs over the mapping (16 bytes per run
+of accepted records), never as packet bytes.
 
 Where a range's first record starts is not known: classic pcap records are not self-delimiting, and a
 plausible-looking record header may sit inside a packet (a pcap carried over TCP is full of them). So
 range i > 0 starts from a *guess* g_i >= b_i (`guess_pcap`: the first offset where a few chained
 record headers look right) and walks until the next record would start at or after b_i+1 (the walker's
-`stop_at`, `Status.STOP`), reporting that offset e_i. Range 0 starts at the first record. The main
+`stop_at`, `Status.STOP`), reporting that offset e_i. Range 0 starts at the first record. The settling
 thread checks, in order, that g_i equals e_i-1 (where the previous range's verified walk crossed b_i);
 a range whose guess was wrong is walked again from e_i-1 (`Run.redone` counts these), and its new end
 is what range i+1's guess is checked against. Every record written was therefore reached by one
@@ -25,7 +30,8 @@ spot are written; a walk from a wrong guess that fails says nothing, it is redon
 range stops after `count` accepted records; the range in which the total reaches `count` is walked
 again from its verified start with the exact remainder as its limit, so the same first N are written.
 
-pcapng (`filter_file` only; `split_file` and -c run it on one thread): its packets are read in a
+pcapng (`filter_file` only; `split_file` and -c run it on one thread; its records are written by the
+calling thread in order, `_Ahead`, not yet at offsets): its packets are read in a
 context — the section's byte order, its interfaces' link types and snap lengths — that only the
 section and interface blocks before them set. The calling thread reads the blocks before the first
 packet block (the context of almost every file, whose interfaces are all described up front); ranges
@@ -507,6 +513,11 @@ class _Ranges:
 def _run(capture: CaptureFile, walker: RangeWalker, writers: Sequence[Writer], workers: int, count: int | None,
          progress: Callable[[int, int, int], None] | None, range_bytes: int | None) -> Run:  # fmt: skip
     bounds = boundaries(PCAP_HEADER_LEN, capture.size, workers, range_bytes)
+    if workers > 1 and len(bounds) > 3:
+        # Range 0 half as long, range 1 half again: the threads, started together, finish their walks
+        # half a range apart, so that one writes while the other walks (writes to one file do not run
+        # at once: capwriter). In step, both wrote at once, each taking twice as long (a 2-CPU trace).
+        bounds[1] = (bounds[0] + bounds[1]) // 2
     with memoryview(capture.map) as view:
         for writer in writers:
             writer.block(view[:PCAP_HEADER_LEN])
