@@ -100,11 +100,13 @@ def filter_file(
         raise ValueError(f"count must be >= 0, not {count}")
     with CaptureFile(src) as capture:
         filters = LinkTypeFilters(filter, capture, linktype)
-        filters.helpers = ("gather",) if dst is not None and Writer.without_descriptor(dst) else ()
+        threads = capparallel.workers_for(capture, workers, count, pcapng=True)
+        gathers = dst is not None and (threads > 1 or Writer.without_descriptor(dst))  # (see capwriter)
+        filters.helpers = ("gather",) if gathers else ()
         filters.walker()  # compile before the output is opened: a bad expression must not clobber it
         writer = Writer(dst, capture) if dst is not None else None  # opened at the first record
         try:
-            if (threads := capparallel.workers_for(capture, workers, count, pcapng=True)) > 1:
+            if threads > 1:
                 if capture.format == "pcapng":
                     run = capparallel.filter_ranges_pcapng(capture, filters, writer, threads, chunk=chunk,
                                                            progress=progress)  # fmt: skip

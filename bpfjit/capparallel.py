@@ -3,17 +3,22 @@
     bpfjit.filter_file("big.pcap", "out.pcap", "tcp port 80", workers=2)   # byte-identical to workers=1
 
 The file (after its header) is cut into byte ranges [b_i, b_i+1). A walker call releases the GIL, so
-threads walking different ranges run in parallel; the calling thread writes the ranges' accepted
-records in order, each as soon as it and every range before it are done, and walks a range itself
-while the next one to write is not ready (`workers - 1` more threads, so no core is oversubscribed:
-the write competes with the walks otherwise). At most `2 * workers` ranges are held, each as compact
-iovecs over the mapping (16 bytes per run of accepted records), never as packet bytes.
+threads walking different ranges run in parallel (`workers` threads: the calling thread is one). A
+thread that has walked a range settles, in file order, every walked range the chain reaches (below);
+a settled range's accepted bytes are known, so its records' place in the output is the sum of the
+bytes before it, and the thread writes them there (`Writer.records_at`: pwritev, or a gather into a
+buffer of its own and one pwrite where records are short), with no lock held — normally the range it
+has just walked, while the other threads walk on. An output that cannot be written at offsets (a
+pipe, a terminal, a file object, a file in append mode) takes the settled ranges one at a time in
+their order, from whichever thread settled them. At most `WINDOW_PER_WORKER * workers` ranges are
+walked ahead of the last settled one, each held as compact iovecs over the mapping (16 bytes per run
+of accepted records), never as packet bytes.
 
 Where a range's first record starts is not known: classic pcap records are not self-delimiting, and a
 plausible-looking record header may sit inside a packet (a pcap carried over TCP is full of them). So
 range i > 0 starts from a *guess* g_i >= b_i (`guess_pcap`: the first offset where a few chained
 record headers look right) and walks until the next record would start at or after b_i+1 (the walker's
-`stop_at`, `Status.STOP`), reporting that offset e_i. Range 0 starts at the first record. The main
+`stop_at`, `Status.STOP`), reporting that offset e_i. Range 0 starts at the first record. The settling
 thread checks, in order, that g_i equals e_i-1 (where the previous range's verified walk crossed b_i);
 a range whose guess was wrong is walked again from e_i-1 (`Run.redone` counts these), and its new end
 is what range i+1's guess is checked against. Every record written was therefore reached by one
@@ -25,7 +30,8 @@ spot are written; a walk from a wrong guess that fails says nothing, it is redon
 range stops after `count` accepted records; the range in which the total reaches `count` is walked
 again from its verified start with the exact remainder as its limit, so the same first N are written.
 
-pcapng (`filter_file` only; `split_file` and -c run it on one thread): its packets are read in a
+pcapng (`filter_file` only; `split_file` and -c run it on one thread; its records are written by the
+calling thread in order, `_Ahead`, not yet at offsets): its packets are read in a
 context — the section's byte order, its interfaces' link types and snap lengths — that only the
 section and interface blocks before them set. The calling thread reads the blocks before the first
 packet block (the context of almost every file, whose interfaces are all described up front); ranges
@@ -65,6 +71,7 @@ __all__ = ["Chain", "RangeWalker", "Run", "default_workers", "filter_ranges", "f
 # write half of it) two threads gained nothing measurable; at 365 MB they do (see the README).
 PARALLEL_MIN_BYTES = 64 << 20
 RANGES_PER_WORKER = 4  # more ranges than threads: one slow range (a redo, a busy core) holds up less
+WINDOW_PER_WORKER = 4  # ranges walked ahead of the last settled one, per thread
 MIN_RANGE_BYTES, MAX_RANGE_BYTES = 1 << 20, 64 << 20
 GUESS_CHAIN = 4  # record headers that must chain up (or reach the end of the file) for a guess
 GUESS_SCAN = 1 << 16  # offsets a guess looks at before giving up (the range is then walked from e_i-1)
@@ -348,50 +355,201 @@ class _Ahead:
             thread.join()
 
 
+class _Write(NamedTuple):
+    """A settled range's records to write: each output's file offset (None: written in order, on the
+    range's `ticket`, the turn among the ranges with records for such an output)."""
+
+    walked: Walked
+    at: list[int | None]
+    ticket: int | None
+
+
+class _Ranges:
+    """One run's threads (`work`, the calling thread one of them). Each claims the next range in file
+    order, at most `window` ranges ahead of the last settled one, walks it, then settles every walked
+    range the chain has reached — in file order, by one thread at a time: the `Chain` check (a redo
+    where a guess was wrong), `-c`, the end, an error — and writes what it settled.
+
+    A settled range's bytes are known, so where its records go in a regular file is the prefix sum
+    of the ranges before it (`Writer.position`): it is written there with pwritev, with no lock held
+    and no other range waiting, normally by the thread that walked it, right after the walk. Walks and
+    writes of different ranges overlap. An output that is no regular file (a pipe, a file object)
+    takes its ranges in settling order (`_Write.ticket`), one at a time, from whichever thread."""
+
+    def __init__(self, walker: RangeWalker, writers: Sequence[Writer], bounds: list[int],
+                 window: int, count: int | None, progress: Callable[[int, int, int], None] | None):  # fmt: skip
+        self.walker, self.writers, self.bounds, self.window = walker, writers, bounds, window
+        self.count, self.progress = count, progress
+        self.limit = U64_MAX if count is None else count
+        self.ranges = len(bounds) - 1
+        self.cond = threading.Condition()
+        self.claimed = self.settled = 0  # ranges claimed; ranges settled (all before `settled`)
+        self.walked: dict[int, Walked] = {}  # walked, not yet settled
+        self.settling = False  # a thread is settling (the role is one thread's at a time)
+        self.finished = False  # the chain reached the end, -c or an error: nothing more to settle
+        self.chain = Chain(bounds[0])
+        self.read, self.accepted = 0, [0] * walker.outputs
+        self.failure: tuple[int, Status] | None = None  # a bad record: where, what
+        self.error: BaseException | None = None  # raised in a thread (a write failed, an interrupt)
+        # per output, once opened: where its first record goes and where the next one goes (None: in order)
+        self.opened = [False] * len(writers)
+        self.first: list[int | None] = [None] * len(writers)
+        self.position: list[int | None] = [None] * len(writers)
+        self.tickets = self.turn = 0
+
+    def task(self, index: int) -> Walked:
+        """Walk range `index` from its first record (range 0) or a guessed one."""
+        lo, hi = self.bounds[index], self.bounds[index + 1]
+        start = lo if index == 0 else guess_pcap(self.walker.capture, lo, hi)
+        return self.walker(start, hi, self.limit)
+
+    def work(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.finished and self.settled + self.window <= self.claimed < self.ranges:
+                        self.cond.wait()
+                    if self.finished or self.error is not None or self.claimed >= self.ranges:
+                        return
+                    index = self.claimed
+                    self.claimed += 1
+                for write in self.settle(index, self.task(index)):
+                    self.write(write)
+        except BaseException as error:  # raised by the calling thread once every thread is done
+            with self.cond:
+                self.error = self.error or error
+                self.finished = True
+                self.cond.notify_all()
+
+    def settle(self, index: int, walked: Walked) -> list[_Write]:
+        """Hand in range `index`'s walk; settle what the chain reaches if no other thread is settling.
+        Returns what this thread is to write."""
+        writes: list[_Write] = []
+        with self.cond:
+            self.walked[index] = walked
+            if self.settling:
+                return writes  # the settling thread takes it
+            self.settling = True
+        try:
+            while True:
+                with self.cond:
+                    if self.finished or self.settled not in self.walked:
+                        self.settling = False  # (in the same hold as the check: no walk is left behind)
+                        return writes
+                    index = self.settled
+                    walked = self.walked.pop(index)
+                writes.append(self._settle(index, walked))
+        except BaseException:
+            with self.cond:
+                self.settling = False
+            raise
+
+    def _settle(self, index: int, walked: Walked) -> _Write:
+        hi, chain, walker = self.bounds[index + 1], self.chain, self.walker
+        walked = chain.verify(walked, hi, lambda at: walker(at, hi, self.limit))
+        counted = self.count is not None and self.accepted[0] + walked.accepted[0] >= self.count
+        if counted and walked.limit != cast(int, self.count) - self.accepted[0]:  # stop at the count-th record
+            walked = walker(chain.position, hi, cast(int, self.count) - self.accepted[0])
+        nbytes = [0] * len(self.writers)
+        for output, kept in walked.kept:
+            nbytes[output] += len(kept) if isinstance(kept, bytes) else kept.chunk.bytes
+        with self.cond:
+            at: list[int | None] = []
+            ordered = False
+            for output, writer in enumerate(self.writers):
+                if nbytes[output] and not self.opened[output]:
+                    writer.open()  # (its held header blocks go first)
+                    self.opened[output] = True
+                    self.first[output] = self.position[output] = writer.position()
+                place = self.position[output]
+                at.append(place)
+                if place is not None:
+                    self.position[output] = place + nbytes[output]
+                else:
+                    ordered |= nbytes[output] > 0
+            ticket = None
+            if ordered:
+                ticket, self.tickets = self.tickets, self.tickets + 1
+            self.read += walked.read
+            self.accepted = [a + b for a, b in zip(self.accepted, walked.accepted, strict=True)]
+            if counted or walked.status in (Status.END, Status.LIMIT):
+                self.finished = True
+            elif walked.status != Status.STOP:
+                self.failure, self.finished = (cast(int, walked.end), walked.status), True
+            else:
+                chain.position = cast(int, walked.end)
+            self.settled = index + 1
+            self.cond.notify_all()
+        if self.progress is not None and not counted:
+            self.progress(cast(int, walked.end), self.read, self.accepted[0])  # (in order: one settler)
+        return _Write(walked, at, ticket)
+
+    def write(self, write: _Write) -> None:
+        """A settled range's records: at their offsets; then, on its turn, to the ordered outputs."""
+        at, ordered = write.at, []
+        for output, kept in write.walked.kept:
+            place = at[output]
+            if place is None:
+                ordered.append((output, kept))
+                continue
+            writer = self.writers[output]
+            at[output] = place + (writer.record_at(kept, place) if isinstance(kept, bytes)
+                                  else writer.records_at(cast(ChunkArrays, kept), place))  # fmt: skip
+        if write.ticket is None:
+            return
+        with self.cond:
+            while self.turn != write.ticket and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                return
+        try:
+            _write(ordered, self.writers)
+        finally:
+            with self.cond:
+                self.turn += 1
+                self.cond.notify_all()
+
+
 def _run(capture: CaptureFile, walker: RangeWalker, writers: Sequence[Writer], workers: int, count: int | None,
          progress: Callable[[int, int, int], None] | None, range_bytes: int | None) -> Run:  # fmt: skip
     bounds = boundaries(PCAP_HEADER_LEN, capture.size, workers, range_bytes)
-    ranges = len(bounds) - 1
-    limit = U64_MAX if count is None else count
-
-    def task(i: int) -> Walked:
-        start = bounds[0] if i == 0 else guess_pcap(capture, bounds[i], bounds[i + 1])
-        return walker(start, bounds[i + 1], limit)
-
+    if workers > 1 and len(bounds) > 3:
+        # Range 0 half as long, range 1 half again: the threads, started together, finish their walks
+        # half a range apart, so that one writes while the other walks (writes to one file do not run
+        # at once: capwriter). In step, both wrote at once, each taking twice as long (a 2-CPU trace).
+        bounds[1] = (bounds[0] + bounds[1]) // 2
     with memoryview(capture.map) as view:
         for writer in writers:
             writer.block(view[:PCAP_HEADER_LEN])
-    read, accepted = 0, [0] * walker.outputs
-    chain = Chain(bounds[0])
-    ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
+    run = _Ranges(walker, writers, bounds, WINDOW_PER_WORKER * workers, count, progress)
+    threads = [threading.Thread(target=run.work, name=f"bpfjit-range-{k}", daemon=True)
+               for k in range(min(workers, run.ranges) - 1)]  # fmt: skip
+    for thread in threads:
+        thread.start()
     try:
-        for i in range(ranges):
-            hi = bounds[i + 1]
-            walked = chain.verify(ahead.result(i), hi, lambda at, hi=hi: walker(at, hi, limit))  # type: ignore[misc]
-            if count is not None and accepted[0] + walked.accepted[0] >= count:
-                if walked.limit != count - accepted[0]:  # stop at exactly the count-th accepted record
-                    walked = walker(chain.position, hi, count - accepted[0])
-                _write(walked, writers)
-                read += walked.read
-                accepted[0] += walked.accepted[0]
-                break
-            _write(walked, writers)
-            read += walked.read
-            accepted = [a + b for a, b in zip(accepted, walked.accepted, strict=True)]
-            if progress is not None:
-                progress(cast(int, walked.end), read, accepted[0])
-            if walked.status in (Status.END, Status.LIMIT):
-                break
-            if walked.status != Status.STOP:
-                raise capture._pcap_error(cast(int, walked.end), walked.status)
-            chain.position = cast(int, walked.end)
-    finally:
-        ahead.close()
-    return Run(read, accepted, ranges, chain.redone)
+        run.work()  # (what a thread raises is kept in run.error)
+        for thread in threads:
+            thread.join()
+    except BaseException:  # an interrupt while joining: stop the others before the mapping goes
+        with run.cond:
+            run.finished = True
+            run.cond.notify_all()
+        for thread in threads:
+            thread.join()
+        raise
+    if run.error is not None:
+        raise run.error
+    for writer, first, position in zip(writers, run.first, run.position, strict=True):
+        if first is not None:
+            writer.placed(first, cast(int, position))
+    if run.failure is not None:
+        raise capture._pcap_error(*run.failure)
+    return Run(run.read, run.accepted, run.ranges, run.chain.redone)
 
 
-def _write(walked: Walked, writers: Sequence[Writer]) -> None:
-    for output, kept in walked.kept:
+def _write(kept_records: Sequence[tuple[int, Kept | bytes]], writers: Sequence[Writer]) -> None:
+    """Records to their outputs, in order, at each output's current position."""
+    for output, kept in kept_records:
         if isinstance(kept, bytes):
             writers[output].record(kept)
         else:
@@ -546,7 +704,7 @@ def filter_ranges_pcapng(capture: CaptureFile, filters: LinkTypeFilters, writer:
                         redone += pos < bounds[i + 1]
                         walked = walker(pos, bounds[i + 1])
                     while True:
-                        _write(walked, [writer] if writer is not None else [])
+                        _write(walked.kept, [writer] if writer is not None else [])
                         read, accepted = read + walked.read, accepted + walked.accepted[0]
                         pos = cast(int, walked.end)
                         if walked.status != Status.OTHER_BLOCK:

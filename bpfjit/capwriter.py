@@ -10,6 +10,15 @@ is not a packet (SHB, IDB, NRB, ISB, custom blocks), in their order. The walker 
 accepted records as iovecs over the mapping (adjacent records merged into one), so a file descriptor
 gets one writev call per 1024 such runs, straight from the mapping; a file object without a
 descriptor (io.BytesIO) gets them gathered into one buffer (the `gather` helper) instead.
+
+A regular file (not opened for appending) may also be written at explicit offsets, from several
+threads at once (`position`, `records_at`, `record_at`, `placed`: pwritev, which moves no file
+offset): `capparallel` writes each byte range's records where the ranges before it end. Anything
+else (a pipe, a terminal, a socket, a file object) is written in order, one stream. Buffered writes
+to one file hold its inode lock (ext4, xfs, tmpfs), so threads' pwritev calls do not copy at once;
+where the records are short, each thread gathers them into a buffer of its own first (in parallel)
+and the locked part is one contiguous copy: on a 2-CPU VM, 43 MB of 375-byte runs took 32 ms as
+pwritev of the iovecs and 10 ms as one pwrite after an 8 ms gather (`bench/parallel_bench.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +26,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
+import stat
+import threading
 from typing import IO, TYPE_CHECKING, Any
 
 from . import walkers
@@ -29,6 +41,11 @@ __all__ = ["Writer"]
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in getattr(os, "sysconf_names", {}) else 16  # POSIX minimum
 _writev: Any = None
+_pwritev: Any = None
+# records_at gathers a chunk's records before writing when its runs average fewer bytes than this
+# (the kernel's per-iovec cost: see the module doc) and the chunk is no larger than GATHER_MAX
+GATHER_RUNS_BELOW, GATHER_MAX = 4096, 8 << 20
+_scratch = threading.local()  # each thread's gather buffer
 
 
 def _libc_writev() -> Any:
@@ -39,6 +56,16 @@ def _libc_writev() -> Any:
         writev.restype = ctypes.c_ssize_t
         _writev = writev
     return _writev
+
+
+def _libc_pwritev() -> Any:
+    global _pwritev
+    if _pwritev is None:  # (ctypes releases the GIL for the call: threads write at once)
+        pwritev = ctypes.CDLL(None, use_errno=True).pwritev
+        pwritev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+        pwritev.restype = ctypes.c_ssize_t
+        _pwritev = pwritev
+    return _pwritev
 
 
 class Writer:
@@ -135,17 +162,74 @@ class Writer:
                     self._finish(arrays.iov, first, n, done, ctypes.get_errno())
         self.written += nbytes
 
-    def _finish(self, iov: Any, first: int, n: int, done: int, error: int) -> None:
+    def _finish(self, iov: Any, first: int, n: int, done: int, error: int, at: int | None = None) -> None:
+        """Write what one (p)writev call left of iovecs [first, first + n) (`at`: its file offset)."""
         if done < 0 and error != errno.EINTR:
             raise OSError(error, os.strerror(error))
         skip = max(done, 0)
+        if at is not None:
+            at += skip
         for index in range(first, first + n):
             base, length = iov[2 * index], iov[2 * index + 1]
             if skip >= length:
                 skip -= length
                 continue
-            _write_all(self.fd, memoryview(ctypes.string_at(base + skip, length - skip)))
+            data = memoryview(ctypes.string_at(base + skip, length - skip))
+            if at is None:
+                _write_all(self.fd, data)
+            else:
+                _pwrite_all(self.fd, data, at)
+                at += len(data)
             skip = 0
+
+    # -- at explicit offsets (threads) ------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the output now (it gets the held header blocks) if no record has opened it."""
+        if self.dst is not None:
+            self._open()
+
+    def position(self) -> int | None:
+        """Where the next byte goes, if this output may be written at explicit offsets from several
+        threads (an open regular file, not in append mode: pwritev would ignore the offset); else None."""
+        if self.fd < 0 or self.file is not None:
+            return None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode) or fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_APPEND:
+            return None
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def records_at(self, arrays: ChunkArrays, at: int) -> int:
+        """The chunk's accepted records written from offset `at` (thread-safe: no file offset moves);
+        returns the bytes written. `written` is settled by `placed`."""
+        iov, count, nbytes = arrays.iov, arrays.chunk.iov_count, arrays.chunk.bytes
+        if nbytes <= GATHER_MAX and nbytes < GATHER_RUNS_BELOW * count:
+            buffer: bytearray | None = getattr(_scratch, "buffer", None)
+            if buffer is None or len(buffer) < nbytes:
+                buffer = _scratch.buffer = bytearray(max(nbytes, 1 << 20))
+            walkers.helper("gather")(ctypes.addressof(iov), count, ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
+            with memoryview(buffer) as view:
+                _pwrite_all(self.fd, view[:nbytes], at)
+            return int(nbytes)
+        pwritev, group = _libc_pwritev(), walkers.IOV_GROUP
+        for first in range(0, count, group):
+            n = min(group, count - first)
+            expected = arrays.group_bytes[first // group]
+            done = pwritev(self.fd, ctypes.addressof(iov) + 16 * first, n, at) if group <= IOV_MAX else 0
+            if done != expected:
+                self._finish(iov, first, n, done, ctypes.get_errno(), at)
+            at += expected
+        return int(arrays.chunk.bytes)
+
+    def record_at(self, data: bytes, at: int) -> int:
+        """One record's bytes (a cut record) at offset `at`; returns its length."""
+        _pwrite_all(self.fd, memoryview(data), at)
+        return len(data)
+
+    def placed(self, start: int, end: int) -> None:
+        """Bytes [start, end) were written at explicit offsets: the file offset moves to `end`, as if
+        they had been written in order (a caller's descriptor goes on from there)."""
+        if end != start:
+            os.lseek(self.fd, end, os.SEEK_SET)
+        self.written += end - start
 
     def finish(self) -> None:
         """The input has been read to its end: open the output if no record did (it gets the headers)."""
@@ -164,3 +248,9 @@ class Writer:
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _pwrite_all(fd: int, view: memoryview, at: int) -> None:
+    while view:
+        done = os.pwrite(fd, view, at)
+        view, at = view[done:], at + done

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import savefiles
@@ -236,6 +238,15 @@ def test_cli_jobs(tmp_path: Path) -> None:
     template = str(tmp_path / "part-{}.pcap")
     assert cli.main(["filter", "-r", str(src), "-j", "2", "--split", template, "tcp port 80", "udp"]) == 0
     assert Path(template.format(0)).read_bytes() == one.read_bytes()
+    # -w - to a pipe (written in order) and to a redirected file (written at offsets)
+    command = [sys.executable, "-m", "bpfjit", "filter", "-r", str(src), "-w", "-", "-j", "2", "--no-progress",
+               "tcp port 80"]  # fmt: skip
+    piped = subprocess.run(command, capture_output=True, check=True)
+    assert piped.stdout == one.read_bytes()
+    redirected = tmp_path / "redirected.pcap"
+    with redirected.open("wb") as stdout:
+        subprocess.run(command, stdout=stdout, stderr=subprocess.DEVNULL, check=True)
+    assert redirected.read_bytes() == one.read_bytes()
 
 
 def test_records_longer_than_the_snapshot_are_cut_as_one_thread_cuts_them(tmp_path: Path) -> None:
@@ -364,3 +375,147 @@ def test_pcapng_bad_blocks_raise_where_one_thread_does(tmp_path: Path, damage: s
         parallel_pcapng(src, many, "ip", range_bytes=1500)
     assert (ranged.value.offset, str(ranged.value)) == (single.value.offset, str(single.value))
     assert many.read_bytes() == one.read_bytes()
+
+
+# -- where the output goes: at offsets (a regular file) or in order (anything else) ------------------------
+class _Sink:
+    """An output of kind `kind` for a run, and the bytes the run wrote to it.
+
+    path: a file bpfjit opens (written at offsets by the range threads); fd-offset: the caller's open
+    file, already 5 bytes in (at offsets from there; the file offset ends after the records); append: a
+    file opened for appending (pwritev would ignore offsets: in order); pipe: a pipe, read by a thread
+    (in order); bytesio: a file object without a descriptor (gathered, in order)."""
+
+    KINDS = ("path", "fd-offset", "append", "pipe", "bytesio")
+
+    def __init__(self, kind: str, tmp_path: Path):
+        import threading
+
+        self.kind, self.path = kind, tmp_path / f"sink-{kind}.pcap"
+        self.path.unlink(missing_ok=True)
+        self.dst: object = self.path
+        self.reader: threading.Thread | None = None
+        if kind == "fd-offset":
+            self.file = self.path.open("wb")
+            self.file.write(b"12345")
+            self.dst = self.file
+        elif kind == "append":
+            self.path.write_bytes(b"")
+            self.file = self.path.open("ab")
+            self.dst = self.file
+        elif kind == "pipe":
+            import os
+
+            read_end, write_end = os.pipe()
+            self.file = os.fdopen(write_end, "wb")
+            self.dst, self.got = self.file, bytearray()
+
+            def drain() -> None:
+                with os.fdopen(read_end, "rb") as reader:
+                    while data := reader.read(1 << 16):
+                        self.got += data
+
+            self.reader = threading.Thread(target=drain)
+            self.reader.start()
+        elif kind == "bytesio":
+            self.dst = io.BytesIO()
+
+    def value(self) -> bytes:
+        """Close the output; the bytes the run wrote (for fd-offset: checks the prefix and that the
+        file offset was left at the end, by writing after it)."""
+        if self.kind == "path":
+            return self.path.read_bytes()
+        if self.kind == "bytesio":
+            return cast(io.BytesIO, self.dst).getvalue()
+        if self.kind == "fd-offset":
+            self.file.write(b"tail")
+        self.file.close()
+        if self.kind == "pipe":
+            assert self.reader is not None
+            self.reader.join()
+            return bytes(self.got)
+        data = self.path.read_bytes()
+        if self.kind == "fd-offset":
+            assert data[:5] == b"12345" and data[-4:] == b"tail"
+            return data[5:-4]
+        return data
+
+
+def run_into(sink: _Sink, src: Path, expression: str | None, *, range_bytes: int, count: int | None = None,
+             chunk: int = 97) -> tuple[str, object]:  # fmt: skip
+    """A parallel run into `sink`: ("ok", its Run) or ("error", the CaptureFileError's offset)."""
+    with CaptureFile(src) as capture:
+        filters = LinkTypeFilters(expression, capture)
+        filters.helpers = ("gather",)
+        writer = Writer(cast(Any, sink.dst), capture)
+        try:
+            run = capparallel.filter_ranges(capture, filters.walker()[0], writer, 2, count=count, chunk=chunk,
+                                            range_bytes=range_bytes)  # fmt: skip
+            writer.finish()
+            return "ok", run
+        except CaptureFileError as error:
+            return "error", error.offset
+        finally:
+            writer.close()
+
+
+PART_SIZES = [4 << 10, 64 << 10, 1 << 20, 64 << 20]  # the last: the whole file in one range
+
+
+@pytest.mark.parametrize("kind", _Sink.KINDS)
+def test_every_output_kind_gets_one_threads_bytes(tmp_path: Path, kind: str) -> None:
+    """The adversarial capture (a pcap carried over TCP: most guesses wrong) and an ordinary one, parts
+    from 4 KiB to 64 MiB: every kind of output gets exactly what one thread writes."""
+    adversarial = pcap_over_tcp(tmp_path, inner_packets=1200)
+    ordinary = tmp_path / "mix.pcap"
+    packetmix.write_pcap(ordinary, packetmix.generate(4000, seed=21))
+    for src in (adversarial, ordinary):
+        for expression in (None, "tcp port 80", "udp and (port 53 or port 123)"):
+            one = tmp_path / "one.pcap"
+            expected = bpfjit.filter_file(src, one, expression, workers=1)
+            for range_bytes in PART_SIZES:
+                sink = _Sink(kind, tmp_path)
+                outcome, run = run_into(sink, src, expression, range_bytes=range_bytes)
+                assert sink.value() == one.read_bytes(), (src.name, expression, range_bytes)
+                run = cast(capparallel.Run, run)
+                assert outcome == "ok" and (run.read, run.accepted[0]) == (expected.read, expected.accepted)
+                if src is adversarial and range_bytes == 4 << 10:
+                    assert run.redone > run.ranges // 3  # the redo path was taken, and written right
+
+
+@pytest.mark.parametrize("kind", ["path", "pipe"])
+def test_damage_and_count_on_both_write_paths(tmp_path: Path, kind: str) -> None:
+    """A truncated file: the records before the damage, then the error at one thread's offset; -c: the
+    same first N records — written at offsets and in order alike."""
+    src = pcap_over_tcp(tmp_path, inner_packets=900, seed=5)
+    data = src.read_bytes()
+    _, records = pcap_records(data)
+    at = 24 + sum(len(r) for r in records[: 2 * len(records) // 3])
+    damaged = tmp_path / "damaged.pcap"
+    damaged.write_bytes(data[: at + 30])
+    one = tmp_path / "one.pcap"
+    for expression in (None, "tcp port 80"):
+        assert _outcome(lambda: bpfjit.filter_file(damaged, one, expression, workers=1)) == ("error", at)  # noqa: B023
+        for range_bytes in (4 << 10, 1 << 20):
+            sink = _Sink(kind, tmp_path)
+            assert run_into(sink, damaged, expression, range_bytes=range_bytes) == ("error", at)
+            assert sink.value() == one.read_bytes()
+        total = bpfjit.filter_file(src, None, expression).accepted
+        for count in (1, total // 3, total - 1, total + 1):
+            expected = bpfjit.filter_file(src, one, expression, count=count, workers=1)
+            sink = _Sink(kind, tmp_path)
+            outcome, run = run_into(sink, src, expression, range_bytes=4 << 10, count=count)
+            assert sink.value() == one.read_bytes() and outcome == "ok", (expression, count)
+            assert cast(capparallel.Run, run).accepted[0] == expected.accepted
+
+
+def test_counting_only_on_threads(tmp_path: Path) -> None:
+    """No output (dst None): the counts of one thread."""
+    src = pcap_over_tcp(tmp_path, inner_packets=400)
+    for expression in (None, "tcp port 80"):
+        one = bpfjit.filter_file(src, None, expression, workers=1)
+        assert bpfjit.filter_file(src, None, expression, workers=2) == one
+        with CaptureFile(src) as capture:
+            run = capparallel.filter_ranges(capture, LinkTypeFilters(expression, capture).walker()[0], None, 2,
+                                            chunk=50, range_bytes=4096)  # fmt: skip
+        assert run.accepted[0] == bpfjit.filter_file(src, None, expression).accepted
