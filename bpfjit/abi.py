@@ -138,7 +138,7 @@ def args(fn: ir.Function) -> dict[str, ir.Argument]:
 
 # -- generated code ----------------------------------------------------------------------------------
 # The packets of a Batch: packet i is base[offsets[i] : offsets[i] + caplens[i]], wirelens[i] long on
-# the wire, for i < n; `meta` is NULL or n 64-byte metadata records (`linux.META_OFFSETS`), which only
+# the wire, for i < n; `meta` is NULL or n 32-byte metadata records (`linux.META_LAYOUT`), which only
 # linux-dialect programs read (a NULL record reads as `linux.Meta()`'s defaults). Every batch-shaped
 # function starts with these.
 PACKETS = (

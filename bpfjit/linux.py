@@ -94,22 +94,28 @@ class Meta(NamedTuple):
     vlan_tpid: int = 0
 
 
-# Byte offset of each Meta field in the 64-byte native record: a field read by an ancillary load sits
-# at that load's offset, so the JIT reads `record + offset`; net_offset takes NLATTR's unused slot.
-META_OFFSETS: dict[str, int] = {row.source: row.offset for row in ANCILLARY if row.source not in COMPUTED}
-META_OFFSETS["net_offset"] = 12
-META_SIZE = SKF_AD_MAX
+# (byte offset, size) of each Meta field in the native 32-byte record, each as wide as the kernel's
+# field (skb->protocol, vlan_tci, vlan_proto, dev->type, the network header offset, queue_mapping:
+# u16; pkt_type, VLAN present: u8; the rest u32; the CPU number as u16). Two records share a cache
+# line: a batch's metadata is a second stream of memory beside its packets, and its size is what a
+# program reading metadata pays (bench/linux_bench.py). The fields filters read most come first.
+META_LAYOUT: dict[str, tuple[int, int]] = {
+    "protocol": (0, 2), "vlan_tci": (2, 2), "vlan_tpid": (4, 2), "hatype": (6, 2), "net_offset": (8, 2),
+    "queue": (10, 2), "cpu": (12, 2), "pkttype": (14, 1), "vlan_present": (15, 1),
+    "ifindex": (16, 4), "mark": (20, 4), "rxhash": (24, 4), "random": (28, 4),
+}  # fmt: skip
+META_SIZE = 32
 DEFAULT_META = Meta()
 ETH_P_8021Q, ETH_P_8021AD, ETH_P_IP, ETH_P_IPV6, ETH_P_ARP, ETH_P_RARP = 0x8100, 0x88A8, 0x0800, 0x86DD, 0x0806, 0x8035
 
 
 def resolved(meta: Meta | None, packet: bytes | memoryview) -> Meta:
-    """`meta` (or the defaults) with `protocol` derived from the packet where it is None."""
+    """`meta` (or the defaults) with `protocol` derived from the packet where it is None, and every
+    field cut to its width in the record (`META_LAYOUT`), as native code reads it."""
     meta = DEFAULT_META if meta is None else meta
-    if meta.protocol is not None:
-        return meta
-    protocol = int.from_bytes(packet[12:14], "big") if len(packet) >= 14 else 0
-    return meta._replace(protocol=protocol)
+    if meta.protocol is None:
+        meta = meta._replace(protocol=int.from_bytes(packet[12:14], "big") if len(packet) >= 14 else 0)
+    return Meta(**{field: value & ((1 << 8 * META_LAYOUT[field][1]) - 1) for field, value in meta._asdict().items()})
 
 
 # -- offsets ----------------------------------------------------------------------------------------

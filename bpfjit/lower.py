@@ -46,7 +46,7 @@ class Lowering:
     and `wirelen`; each way out (`ret`, a failed check) ends its block with `finish(builder, value)`
     (a `ret` in a filter function, a branch to the next packet in a batch loop). The emitters ask
     `dialect` what loads, shifts by X and `ld len` mean; `meta` is the packet's metadata record
-    (or NULL), which only the linux dialect's loads read (`lower_linux`)."""
+    (None: the defaults), which only the linux dialect's loads read (`lower_linux`)."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class Lowering:
         args: tuple[ir.Value, ir.Value, ir.Value],
         finish: Finish,
         dialect: Dialect = PCAP,
-        meta: ir.Value = lower_linux.NULL,
+        meta: ir.Value | None = None,
     ):
         self.program = program
         self.dialect = dialect
@@ -372,15 +372,31 @@ def new_module(name: str) -> ir.Module:
     return ir.Module(name=name)
 
 
-PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value, ir.Value], None]
+PacketVisitor = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, ir.Value, "ir.Value | None"], None]
 
 
-def emit_packet_loop(fn: ir.Function, visit: PacketVisitor) -> None:
+def emit_packet_loop(fn: ir.Function, visit: PacketVisitor, reads_meta: bool = False) -> None:
     """The body of a batch-shaped function (its arguments start with `abi.PACKETS`): for i < n,
-    visit(builder, i, base + offsets[i], caplens[i], wirelens[i], meta record i or NULL)."""
+    visit(builder, i, base + offsets[i], caplens[i], wirelens[i], meta) where meta is None, or for
+    a body that `reads_meta`, metadata record i. Such a body is emitted twice, once per loop: one
+    for a call with records, one (meta None: the defaults) for a NULL `meta`; the test is made once
+    per call, not once per load."""
     arg = abi.args(fn)
-    entry, head, body, done = (fn.append_basic_block(n) for n in ("entry", "head", "body", "done"))
+    entry = fn.append_basic_block("entry")
+    if not reads_meta:
+        _emit_loop(fn, entry, visit, False, "")
+        return
+    with_records, without = fn.append_basic_block("records"), fn.append_basic_block("defaults")
     b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_unsigned("==", arg["meta"], lower_linux.NULL, name="no_meta"), without, with_records)
+    _emit_loop(fn, with_records, visit, True, ".records")
+    _emit_loop(fn, without, visit, False, ".defaults")
+
+
+def _emit_loop(fn: ir.Function, start: ir.Block, visit: PacketVisitor, records: bool, suffix: str) -> None:
+    arg = abi.args(fn)
+    head, body, done = (fn.append_basic_block(n + suffix) for n in ("head", "body", "done"))
+    b = ir.IRBuilder(start)
     counter = b.alloca(I64, name="i")  # promoted to a phi by sroa
     b.store(ir.Constant(I64, 0), counter)
     b.branch(head)
@@ -392,11 +408,9 @@ def emit_packet_loop(fn: ir.Function, visit: PacketVisitor) -> None:
     packet = b.gep(arg["base"], [offset], inbounds=True, name="packet")
     caplen = b.load(b.gep(arg["caplens"], [i]), name="caplen")
     wirelen = b.load(b.gep(arg["wirelens"], [i]), name="wirelen")
-    # record i, or NULL for every packet when there are none: code that reads metadata tests the
-    # record first (a program that reads none never uses this, and LLVM drops it)
-    record = b.gep(arg["meta"], [b.mul(i, ir.Constant(I64, META_SIZE))], name="record")
-    no_meta = b.icmp_unsigned("==", arg["meta"], lower_linux.NULL, name="no_meta")
-    meta = b.select(no_meta, lower_linux.NULL, record, name="meta")
+    meta = None
+    if records:
+        meta = b.gep(arg["meta"], [b.mul(i, ir.Constant(I64, META_SIZE))], inbounds=True, name="meta_record")
     visit(b, i, packet, caplen, wirelen, meta)
     b.store(b.add(i, ir.Constant(I64, 1)), counter)
     b.branch(head)
@@ -410,7 +424,7 @@ def lower_batch(module: ir.Module, filter_fn: ir.Function, name: str) -> ir.Func
     out = abi.args(fn)["out"]
 
     def run_filter(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value,
-                   meta: ir.Value) -> None:  # fmt: skip
+                   meta: ir.Value | None) -> None:  # fmt: skip
         b.store(b.call(filter_fn, [packet, caplen, wirelen]), b.gep(out, [i]))
 
     emit_packet_loop(fn, run_filter)
@@ -426,7 +440,7 @@ def lower_program_batch(
     out = abi.args(fn)["out"]
 
     def run_program(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value,
-                    meta: ir.Value) -> None:  # fmt: skip
+                    meta: ir.Value | None) -> None:  # fmt: skip
         done = fn.append_basic_block("result")
         results: list[tuple[ir.Value, ir.Block]] = []
 
@@ -441,5 +455,5 @@ def lower_program_batch(
             result.add_incoming(value, block)
         b.store(result, b.gep(out, [i]))
 
-    emit_packet_loop(fn, run_program)
+    emit_packet_loop(fn, run_program, dialect.offsets == "signed" and lower_linux.reads_metadata(program))
     return fn

@@ -103,7 +103,7 @@ def lower_classifier_batch(module: ir.Module, classifier: ir.Function, name: str
     out, values = arg["out"], arg["values"]
 
     def classify(b: ir.IRBuilder, i: ir.Value, packet: ir.Value, caplen: ir.Value, wirelen: ir.Value,
-                 meta: ir.Value) -> None:  # fmt: skip
+                 meta: ir.Value | None) -> None:  # fmt: skip
         if mode == "bitmask":
             slot = b.gep(out, [b.mul(i, ir.Constant(I64, words_for(count)))])
             b.call(classifier, [packet, caplen, wirelen, slot])

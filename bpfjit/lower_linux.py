@@ -24,7 +24,7 @@ from llvmlite import ir
 
 from . import abi, linux
 from .opcodes import OPCODES
-from .program import Insn
+from .program import Insn, Program
 
 if TYPE_CHECKING:
     from .lower import Lowering
@@ -44,22 +44,30 @@ def _const(value: int, ty: ir.IntType = I32) -> ir.Constant:
 
 
 # -- metadata ------------------------------------------------------------------------------------------
+def reads_metadata(program: Program) -> bool:
+    """Whether a linux-dialect program may read its packets' metadata: a metadata load, PAY_OFFSET,
+    a network-relative offset, or any `[x + k]` (which may land in the network window)."""
+    for insn in program:
+        kind = OPCODES[insn.code].kind
+        if kind == "ld_ind":
+            return True
+        if kind in ("ld_abs", "ldx_msh") and insn.k >= NET_BASE:
+            row = linux.ancillary(insn.k) if kind == "ld_abs" else None
+            if row is None or row.source not in ("xor_x", "nlattr", "nlattr_nest"):
+                return True
+    return False
+
+
 def meta_word(lo: Lowering, field: str) -> ir.Value:
     """The packet's metadata field (`linux.Meta`) as a u32: its record's word, or the default."""
+    if lo.meta is None:
+        return _default_word(lo, field)
     b = lo.builder
-    present = b.icmp_unsigned("!=", lo.meta, NULL, name="has_meta")
-    with b.if_else(present, likely=True) as (then, otherwise):
-        with then:
-            pointer = b.bitcast(b.gep(lo.meta, [_const(linux.META_OFFSETS[field], I64)]), I32.as_pointer())
-            given = b.load(pointer, name=field, align=4)
-            given_block = b.block
-        with otherwise:
-            default = _default_word(lo, field)
-            default_block = b.block
-    value = b.phi(I32, name=field)
-    value.add_incoming(given, given_block)
-    value.add_incoming(default, default_block)
-    return value
+    offset, size = linux.META_LAYOUT[field]
+    width = ir.IntType(8 * size)
+    pointer = b.bitcast(b.gep(lo.meta, [_const(offset, I64)], inbounds=True), width.as_pointer())
+    value = b.load(pointer, name=field, align=size)
+    return value if size == 4 else b.zext(value, I32)
 
 
 def _default_word(lo: Lowering, field: str) -> ir.Value:

@@ -1,7 +1,7 @@
-"""Packet metadata for linux-dialect filters, as native code reads it: 64-byte records in numpy.
+"""Packet metadata for linux-dialect filters, as native code reads it: 32-byte records in numpy.
 
 `META_DTYPE` is the record `abi.PACKETS`' `meta` argument points at, one per packet: each `linux.Meta`
-field a u32 at its `linux.META_OFFSETS` offset (the offset of the ancillary load that reads it).
+field at its `linux.META_LAYOUT` offset, as wide as the kernel's field (values are cut to it).
 
     f = bpfjit.compile(program, dialect="linux")
     f(packet, meta=Meta(vlan_tci=0x2064, vlan_present=1))          # one packet
@@ -17,12 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .batch import Batch
-from .linux import DEFAULT_META, META_OFFSETS, META_SIZE, Meta
+from .linux import DEFAULT_META, META_LAYOUT, META_SIZE, Meta
 
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 META_DTYPE = np.dtype({
-    "names": list(META_OFFSETS),
-    "formats": [np.uint32] * len(META_OFFSETS),
-    "offsets": list(META_OFFSETS.values()),
+    "names": list(META_LAYOUT),
+    "formats": [_UNSIGNED[size] for _, size in META_LAYOUT.values()],
+    "offsets": [offset for offset, _ in META_LAYOUT.values()],
     "itemsize": META_SIZE,
 })  # fmt: skip
 
@@ -43,11 +44,11 @@ def meta_record(meta: Meta | Mapping[str, int], packet: bytes | memoryview) -> n
     """One packet's record (a 1-element META_DTYPE array); `protocol` None reads the packet's ethertype."""
     meta = as_meta(meta)
     record = np.zeros(1, dtype=META_DTYPE)
-    for field in META_OFFSETS:
+    for field in META_LAYOUT:
         value = getattr(meta, field)
         if value is None:  # protocol
             value = int.from_bytes(packet[12:14], "big") if len(packet) >= 14 else 0
-        record[field] = value & 0xFFFFFFFF
+        record[field] = value & _mask(field)
     return record
 
 
@@ -56,12 +57,12 @@ def meta_array(packets: Batch | int, *, seed: int | None = None, **columns: Any)
     scalar or one value per packet). With a Batch, `protocol` defaults to each packet's ethertype
     (bytes 12-13; 0 when shorter). `seed` fills `random` from numpy's PCG64 so that `ld [random]`
     programs give the same results on every run (the kernel's is prandom)."""
-    unknown = set(columns) - set(META_OFFSETS)
+    unknown = set(columns) - set(META_LAYOUT)
     if unknown:
-        raise TypeError(f"unknown metadata fields {sorted(unknown)} (known: {', '.join(META_OFFSETS)})")
+        raise TypeError(f"unknown metadata fields {sorted(unknown)} (known: {', '.join(META_LAYOUT)})")
     n = len(packets) if isinstance(packets, Batch) else int(packets)
     records = np.zeros(n, dtype=META_DTYPE)
-    for field in META_OFFSETS:
+    for field in META_LAYOUT:
         default = getattr(DEFAULT_META, field)
         if default:
             records[field] = default
@@ -70,8 +71,12 @@ def meta_array(packets: Batch | int, *, seed: int | None = None, **columns: Any)
     if seed is not None and "random" not in columns:
         records["random"] = np.random.default_rng(seed).integers(0, 1 << 32, size=n, dtype=np.uint64)
     for field, values in columns.items():
-        records[field] = np.asarray(values, dtype=np.int64) & 0xFFFFFFFF
+        records[field] = np.asarray(values, dtype=np.int64) & _mask(field)
     return records
+
+
+def _mask(field: str) -> int:
+    return (1 << 8 * META_LAYOUT[field][1]) - 1
 
 
 def _ethertypes(batch: Batch) -> npt.NDArray[np.uint32]:
