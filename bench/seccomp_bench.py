@@ -24,6 +24,7 @@ the allow list.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -228,6 +229,9 @@ def main() -> None:
     parser.add_argument("--interpreted", type=int, default=20_000, help="records the interpreter runs")
     parser.add_argument("--kernel-records", type=int, default=10_000, help="records the kernel runs (0: none)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--oci", metavar="PROFILE.json", action="append", default=[],
+                        help="also a real OCI/Docker profile (e.g. moby's profiles/seccomp/default.json), "
+                             "compiled through libseccomp for x86_64 without capabilities")  # fmt: skip
     args = parser.parse_args()
     docker, numbers = docker_like_filter()
     recs = make_records(args.records, numbers)
@@ -237,6 +241,7 @@ def main() -> None:
               f" {'interp/native':>14} {'kernel/native':>14} {'kernel probes/s':>16}")  # fmt: skip
     print(header)
     rows = [("Docker-like (libseccomp)", docker), ("hand-written, 20 rules", seccomp.compile(hand_program()))]
+    rows += [(os.path.basename(path)[:28], seccomp.compile(seccomp.from_oci(path))) for path in args.oci]
     for name, sf in rows:
         f = measure(sf, recs, args)
         kernel = ("kernel_ns" in f and (_time(f["kernel_ns"]), f"{f['kernel_ns'] / f['native_ns']:,.0f}x",
