@@ -179,6 +179,9 @@ IPPROTO_TCP = 6
 L4_HEADER = {17: 8, 136: 8, 1: 8, 58: 8, 2: 8, 33: 12, 132: 12}  # UDP UDPLITE ICMP ICMPV6 IGMP DCCP SCTP
 IPV6_OPTIONS = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
 IPV6_FRAGMENT = 44
+IPPROTO_GRE = 47
+ETH_P_MPLS_UC, ETH_P_MPLS_MC, ETH_P_TEB = 0x8847, 0x8848, 0x6558
+GRE_CSUM, GRE_ROUTING, GRE_KEY, GRE_SEQ, GRE_VERSION = 0x8000, 0x4000, 0x2000, 0x1000, 0x0007  # flags, host order
 MAX_HEADERS = 15  # MAX_FLOW_DISSECT_HDRS: the kernel stops dissecting after this many headers
 
 
@@ -186,12 +189,19 @@ def pay_offset(data: bytes | memoryview, protocol: int, net_offset: int) -> int:
     """SKF_AD_PAY_OFFSET: where the transport payload starts (skb_get_poff), by the subset of the
     kernel's flow dissector this dialect implements: VLAN tags in the data (802.1Q/802.1ad), IPv4
     (IP-in-IP and IPv6-in-IPv4 followed), IPv6 with hop-by-hop, routing, destination-options and
-    fragment headers, ARP/RARP; then TCP (its data offset), UDP, UDP-Lite, ICMP, ICMPv6, IGMP, DCCP,
-    SCTP. 0 when dissection fails (a truncated or unknown network header); the transport header's
-    start for non-first fragments and other IP protocols. Not followed (the kernel goes further):
-    GRE, MPLS, PPPoE and other encapsulations. Written as the kernel's state machine
-    (`__skb_flow_dissect`: proto_again, ip_proto_again, at most MAX_HEADERS repeats), which
-    `lower_linux.emit_pay_offset` builds in IR block for block."""
+    fragment headers, GRE version 0 (checksum, key, sequence; Ethernet inside followed), MPLS (the
+    basic keys stop after the first label: its end), ARP/RARP; then TCP (its data offset), UDP,
+    UDP-Lite, ICMP, ICMPv6, IGMP, DCCP, SCTP. 0 when dissection fails (a truncated or unknown network
+    header); the transport header's start for non-first fragments and other IP protocols.
+
+    Checked against Linux 6.18 (`tests/test_linux_kernel.py`, the kernel's own `ld [poff]`). Not
+    followed, where the kernel goes further (its values differ on these frames): PPPoE sessions (the
+    kernel reads the PPP protocol and dissects IP/IPv6/MPLS inside), GRE version 1 (PPTP: the kernel
+    follows PPP inside; here the GRE header's start), and the kernel's other link-layer cases (TIPC,
+    FCoE, batman-adv, PTP, HSR/PRP, ...; here 0); the kernel may also run a BPF flow dissector
+    attached to the namespace instead. Written as the kernel's state machine (`__skb_flow_dissect`:
+    proto_again, ip_proto_again, at most MAX_HEADERS repeats), which `lower_linux.emit_pay_offset`
+    builds in IR block for block."""
     length = len(data)
 
     def half(at: int) -> int:
@@ -220,6 +230,9 @@ def pay_offset(data: bytes | memoryview, protocol: int, net_offset: int) -> int:
                     return 0
                 ip_proto, nhoff = data[nhoff + 6], nhoff + 40
                 state = "ip_proto"
+            elif proto in (ETH_P_MPLS_UC, ETH_P_MPLS_MC):  # no MPLS key asked for: past one label, done
+                nhoff += 4
+                state = "good"
             elif proto in (ETH_P_ARP, ETH_P_RARP):
                 state = "good"
             else:
@@ -240,6 +253,26 @@ def pay_offset(data: bytes | memoryview, protocol: int, net_offset: int) -> int:
                 continue
             elif ip_proto in (4, 41):  # IP-in-IP, IPv6-in-IP: dissect the inner header
                 proto = ETH_P_IP if ip_proto == 4 else ETH_P_IPV6
+                state = "proto"
+            elif ip_proto == IPPROTO_GRE:  # __skb_flow_dissect_gre, version 0
+                if nhoff + 4 > length:
+                    return 0
+                flags, inner = half(nhoff), half(nhoff + 2)
+                if flags & (GRE_ROUTING | GRE_VERSION):  # routing, or not version 0: stop at GRE
+                    state = "good"
+                    continue
+                offset = 8 if flags & GRE_CSUM else 4
+                if flags & GRE_KEY:
+                    if nhoff + offset + 4 > length:
+                        return 0
+                    offset += 4
+                if flags & GRE_SEQ:
+                    offset += 4
+                if inner == ETH_P_TEB:  # Ethernet inside: its type is the next protocol
+                    if nhoff + offset + 14 > length:
+                        return 0
+                    inner, offset = half(nhoff + offset + 12), offset + 14
+                proto, nhoff = inner, nhoff + offset
                 state = "proto"
             else:
                 state = "good"

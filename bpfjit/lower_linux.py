@@ -18,6 +18,7 @@ against.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llvmlite import ir
@@ -174,6 +175,51 @@ def ancillary(lo: Lowering, row: linux.Ancillary) -> ir.Value:
     return meta_word(lo, row.source)
 
 
+def _emit_gre(b: ir.IRBuilder, fn: ir.Function, read: _Reader, length: ir.Value, nhoff: ir.Value, proto: ir.Value,
+              offset: ir.Value, blk: dict[str, ir.Block], need: Callable[[int, ir.Block], None],
+              again: Callable[[ir.Block], None]) -> None:  # fmt: skip
+    """The `gre` state of `linux.pay_offset` (__skb_flow_dissect_gre, version 0): on to the inner protocol.
+    `offset` is an entry-block alloca (the GRE header's length so far)."""
+    names = ("gre_ok", "gre_v0", "gre_key", "gre_key_ok", "gre_seq", "gre_teb", "gre_teb_ok", "gre_done")
+    g = {n: fn.append_basic_block(n) for n in names}
+    b.position_at_end(blk["gre"])
+    need(4, g["gre_ok"])
+    b.position_at_end(g["gre_ok"])
+    at = b.load(nhoff)
+    flags = read.u16(at, big_endian=True)
+    inner = read.u16(b.add(at, _const(2, I64)), big_endian=True)
+    stop = b.icmp_unsigned("!=", b.and_(flags, _const(linux.GRE_ROUTING | linux.GRE_VERSION)), _const(0))
+    b.cbranch(stop, blk["good"], g["gre_v0"])  # routing, or not version 0: stop at GRE
+
+    def flag(bit: int) -> ir.Value:
+        return b.icmp_unsigned("!=", b.and_(flags, _const(bit)), _const(0))
+
+    b.position_at_end(g["gre_v0"])
+    b.store(b.select(flag(linux.GRE_CSUM), _const(8, I64), _const(4, I64)), offset)
+    b.store(inner, proto)
+    b.cbranch(flag(linux.GRE_KEY), g["gre_key"], g["gre_seq"])
+    b.position_at_end(g["gre_key"])
+    key_end = b.add(b.add(at, b.load(offset)), _const(4, I64))
+    b.cbranch(b.icmp_unsigned("<=", key_end, length), g["gre_key_ok"], blk["fail"])
+    b.position_at_end(g["gre_key_ok"])
+    b.store(b.add(b.load(offset), _const(4, I64)), offset)
+    b.branch(g["gre_seq"])
+    b.position_at_end(g["gre_seq"])
+    b.store(b.add(b.load(offset), b.select(flag(linux.GRE_SEQ), _const(4, I64), _const(0, I64))), offset)
+    teb = b.icmp_unsigned("==", inner, _const(linux.ETH_P_TEB))
+    b.cbranch(teb, g["gre_teb"], g["gre_done"])
+    b.position_at_end(g["gre_teb"])  # Ethernet inside: its type is the next protocol
+    ethernet = b.add(at, b.load(offset))
+    b.cbranch(b.icmp_unsigned("<=", b.add(ethernet, _const(14, I64)), length), g["gre_teb_ok"], blk["fail"])
+    b.position_at_end(g["gre_teb_ok"])
+    b.store(read.u16(b.add(ethernet, _const(12, I64)), big_endian=True), proto)
+    b.store(b.add(b.load(offset), _const(14, I64)), offset)
+    b.branch(g["gre_done"])
+    b.position_at_end(g["gre_done"])
+    b.store(b.add(at, b.load(offset)), nhoff)
+    again(blk["proto"])
+
+
 # -- computed loads as functions ------------------------------------------------------------------------
 class _Reader:
     """Loads from a helper's packet argument (the caller has checked the bounds)."""
@@ -260,14 +306,15 @@ def emit_pay_offset(module: ir.Module) -> ir.Function:
         return fn
     arg = abi.args(fn)
     names = ("entry", "proto", "vlan", "ipv4", "ipv4_ok", "ipv4_whole", "ipv6", "ip_proto", "v6", "options",
-             "not_options", "fragment", "not_v6_ext", "encap", "good", "tcp", "tcp_doff",
-             "fail", "stop")  # fmt: skip
+             "not_options", "fragment", "not_v6_ext", "encap", "not_encap", "mpls", "gre", "good", "tcp",
+             "tcp_doff", "fail", "stop")  # fmt: skip
     blk = {n: fn.append_basic_block(n) for n in names}
     b = ir.IRBuilder(blk["entry"])
     read = _Reader(b, arg["P"])
     length = b.zext(arg["caplen"], I64)
     nhoff, proto = b.alloca(I64, name="nhoff"), b.alloca(I32, name="proto_v")
     ip_proto, repeats = b.alloca(I32, name="ip_proto_v"), b.alloca(I32, name="repeats")
+    gre_offset = b.alloca(I64, name="gre_off")
     b.store(b.zext(arg["net_offset"], I64), nhoff)
     b.store(arg["protocol"], proto)
     b.store(_const(0xFFFFFFFF), ip_proto)
@@ -294,9 +341,13 @@ def emit_pay_offset(module: ir.Module) -> ir.Function:
     current = b.load(proto)
     switch = b.switch(current, blk["fail"])
     cases = ((linux.ETH_P_8021Q, "vlan"), (linux.ETH_P_8021AD, "vlan"), (linux.ETH_P_IP, "ipv4"),
-             (linux.ETH_P_IPV6, "ipv6"), (linux.ETH_P_ARP, "good"), (linux.ETH_P_RARP, "good"))  # fmt: skip
+             (linux.ETH_P_IPV6, "ipv6"), (linux.ETH_P_ARP, "good"), (linux.ETH_P_RARP, "good"),
+             (linux.ETH_P_MPLS_UC, "mpls"), (linux.ETH_P_MPLS_MC, "mpls"))  # fmt: skip
     for value, target in cases:
         switch.add_case(_const(value), blk[target])
+    b.position_at_end(blk["mpls"])  # no MPLS key asked for: past one label, done
+    b.store(b.add(b.load(nhoff), _const(4, I64)), nhoff)
+    b.branch(blk["good"])
     vlan_body = fn.append_basic_block("vlan_body")
     b.position_at_end(blk["vlan"])
     need(4, vlan_body)
@@ -368,11 +419,14 @@ def emit_pay_offset(module: ir.Module) -> ir.Function:
     stop_at(after)
     b.position_at_end(blk["not_v6_ext"])
     is_encap = b.or_(b.icmp_unsigned("==", next_proto, _const(4)), b.icmp_unsigned("==", next_proto, _const(41)))
-    b.cbranch(is_encap, blk["encap"], blk["good"])
+    b.cbranch(is_encap, blk["encap"], blk["not_encap"])
     b.position_at_end(blk["encap"])
     inner = b.select(b.icmp_unsigned("==", next_proto, _const(4)), _const(linux.ETH_P_IP), _const(linux.ETH_P_IPV6))
     b.store(inner, proto)
     again(blk["proto"])
+    b.position_at_end(blk["not_encap"])
+    b.cbranch(b.icmp_unsigned("==", next_proto, _const(linux.IPPROTO_GRE)), blk["gre"], blk["good"])
+    _emit_gre(b, fn, read, length, nhoff, proto, gre_offset, blk, need, again)
     # out_good: thoff = min(nhoff, len), then the transport header
     b.position_at_end(blk["good"])
     at = b.load(nhoff)
