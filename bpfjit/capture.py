@@ -21,8 +21,19 @@ Link layers, as libpcap makes them (packets come out byte-identical to tcpdump's
 follows the device (Ethernet and lo: EN10MB; tun and IP tunnels: RAW); `any` and devices without a
 known mapping use cooked mode, a SOCK_DGRAM socket with the LINUX_SLL header rebuilt in front of each
 packet. lo shows every packet twice (going out, coming in): the outgoing copy is skipped. An 802.1Q
-tag the kernel moved out of the frame is put back; a filter attached in the kernel sees the frame
-without it, so `vlan` expressions need `in_kernel=False`.
+tag the kernel moved out of the frame is put back, as libpcap does.
+
+Expressions are compiled as tcpdump compiles them for a live Linux capture (`libpcap.compile_for_interface`:
+an activated handle on the interface), so `vlan`, `inbound`, `outbound` and `ifindex` read the
+kernel's metadata (`ldb [vlanp]`, `[vlan_tci]`, `ldh [type]`, `ld [ifidx]`): on receive the kernel has
+already moved the outer VLAN tag out of the frame. Such programs are in the linux dialect: in the
+kernel they run as they are (cooked mode: rewritten for the kernel's view, as libpcap's fix_program
+does); in user space the JIT runs them on the frame as the kernel's filter sees it (the tag not yet
+put back; the LINUX_SLL header in cooked mode), with each frame's metadata taken from its ring header
+(`ring_meta`). Either way the same frames come out. (An interface libpcap cannot activate, one that
+is down say, gets the expression compiled for its link type on a dead handle, in the pcap dialect.)
+A `Program` is in the pcap dialect unless
+`dialect="linux"` is given; a `Filter` brings its own.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .dialects import PCAP, Dialect, DialectLike, dialect_of
+from .linux import ancillary
 from .opcodes import OPCODES
 from .program import DEFAULT_SNAPLEN, Insn, InsnLike, Program
 from .sockfilter import attach_filter
@@ -54,7 +67,7 @@ if TYPE_CHECKING:
 
     from .filter import Filter
 
-__all__ = ["Capture", "CaptureStats", "PacketRecord", "interface_linktype", "kernel_program"]
+__all__ = ["Capture", "CaptureStats", "PacketRecord", "interface_linktype", "kernel_program", "ring_meta"]
 
 # -- <linux/if_packet.h>, <linux/if_ether.h>, <linux/filter.h>, <linux/if_arp.h> -------------------
 SOL_PACKET = 263
@@ -184,27 +197,32 @@ def interface_linktype(interface: str) -> tuple[str, int, bool]:
 
 
 # -- what the kernel may run -----------------------------------------------------------------------
-def kernel_program(program: Program, cooked: bool = False) -> Program | None:
+def kernel_program(program: Program, cooked: bool = False, dialect: DialectLike = PCAP) -> Program | None:
     """The program to attach with SO_ATTACH_FILTER, or None when the kernel would compute differently.
 
-    The kernel gives loads at offsets >= 2^31 a meaning (ancillary data, negative offsets) and masks
-    shift counts by X, where bpfjit returns 0 (SEMANTICS.md): such programs are filtered in user
-    space. In cooked mode the kernel's packet starts after the 16-byte LINUX_SLL header, so loads
-    move back 16 bytes, the header's pkttype and protocol become ancillary loads, and `ret #k` keeps
-    k - 16 bytes (libpcap's fix_program, made exact: `len`, `ret a` and other header loads fall back).
-    What remains different, and cannot be seen in the program: `[x + k]` where X + k reaches 2^31
-    (the kernel reads it as a negative offset, or wraps past 2^32; bpfjit reads out of bounds).
+    In the pcap dialect the kernel gives loads at offsets >= 2^31 a meaning (ancillary data, negative
+    offsets) and masks shift counts by X, where bpfjit returns 0 (SEMANTICS.md): such programs are
+    filtered in user space. In the linux dialect they mean what the kernel makes of them. In cooked mode
+    the kernel's packet starts after the 16-byte LINUX_SLL header, so loads move back 16 bytes, the
+    header's pkttype and protocol become ancillary loads, and `ret #k` keeps k - 16 bytes (libpcap's
+    fix_program, made exact: `len`, `ret a`, negative offsets and other header loads fall back;
+    ancillary loads are left alone, as libpcap leaves them).
+    What remains different in the pcap dialect, and cannot be seen in the program: `[x + k]` where
+    X + k reaches 2^31 (the kernel reads it as a negative offset, or wraps past 2^32; bpfjit reads out
+    of bounds).
     """
+    linux = dialect_of(dialect).offsets == "signed"
     insns: list[Insn] = []
     for insn in program:
         info = OPCODES[insn.code]
         kind, k = info.kind, insn.k
-        if kind == "alu_x" and info.alu is not None and info.alu.hazard == "shift":  # lsh x, rsh x
+        if kind == "alu_x" and info.alu is not None and info.alu.hazard == "shift" and not linux:  # lsh x, rsh x
             return None
         if kind in ("ld_abs", "ld_ind", "ldx_msh"):
             if k >= SKF_NEGATIVE:
-                return None
-            if cooked:
+                if not linux or (cooked and not (kind == "ld_abs" and ancillary(k) is not None)):
+                    return None
+            elif cooked:
                 if k >= SLL_HDR_LEN:
                     k -= SLL_HDR_LEN
                 elif kind == "ld_abs" and info.width == 2 and k in (0, 14):
@@ -222,16 +240,35 @@ def kernel_program(program: Program, cooked: bool = False) -> Program | None:
 
 
 def _resolve(
-    source: Filter | Program | Iterable[InsnLike] | str, linktype: str, snaplen: int
-) -> tuple[Program, Filter | None]:
-    """The program to run, and the Filter when one was given (an expression is compiled for `linktype`)."""
+    source: Filter | Program | Iterable[InsnLike] | str,
+    interface: str,
+    linktype: str,
+    snaplen: int,
+    dialect: DialectLike | None,
+) -> tuple[Program, Dialect, Filter | None]:
+    """The program to run, its dialect, and the Filter when one was given (an expression is compiled
+    for the live interface, as tcpdump does: the linux dialect)."""
+    from .dialects import LINUX
+
     if isinstance(source, str):
-        return Program.from_expr(source, linktype, snaplen=snaplen), None
+        from .libpcap import compile_for_interface
+
+        if dialect is not None and dialect_of(dialect) is not LINUX:
+            raise ValueError("an expression is compiled for the live interface, in the linux dialect")
+        try:
+            return validate(compile_for_interface(source, interface, linktype, snaplen), LINUX), LINUX, None
+        except OSError:
+            # libpcap cannot activate the interface (it is down, say: tcpdump refuses it): compiled
+            # for its link type on a dead handle instead, in the pcap dialect, as before live compiles.
+            return validate(Program.from_expr(source, linktype, snaplen=snaplen)), PCAP, None
+    record = PCAP if dialect is None else dialect_of(dialect)
     if isinstance(source, Program):
-        return validate(source), None
+        return validate(source, record), record, None
     from .filter import Filter  # only now: a capture that the kernel filters never loads LLVM
 
     if isinstance(source, Filter):
+        if dialect is not None and record is not source.dialect:
+            raise ValueError(f"the filter is in the {source.dialect.name!r} dialect, not {record.name!r}")
         if source.expression is not None and source.linktype is not None:
             from .libpcap import linktype_value
 
@@ -240,8 +277,8 @@ def _resolve(
                     f"the filter {source.expression!r} was compiled for link type {source.linktype!r}, "
                     f"but this interface captures {linktype}: pass the expression instead"
                 )
-        return source.program, source
-    return validate(Program(source)), None
+        return source.program, source.dialect, source
+    return validate(Program(source), record), record, None
 
 
 # -- the capture -----------------------------------------------------------------------------------
@@ -249,7 +286,8 @@ class Capture:
     """Packets from a network interface, filtered in the kernel or by the JIT (see the module doc).
 
     `interface` is a name (`eth0`, `lo`) or `any`; `filter` a pcap-filter expression (compiled for
-    the interface's link type), a `Filter` or a `Program`. Iterating yields `PacketRecord`s,
+    the live interface as tcpdump does: linux dialect), a `Filter` or a `Program` (in `dialect`,
+    "pcap" unless given). Iterating yields `PacketRecord`s,
     `(timestamp, packet, wirelen)` with `packet` a `bytes` copy. Needs root or CAP_NET_RAW
     (`PermissionError` otherwise). `block_timeout` (seconds) is how long the kernel waits before it
     hands over a partly filled block; `buffer_size` the ring's size in bytes.
@@ -262,6 +300,7 @@ class Capture:
     ifindex: int
     snaplen: int
     program: Program | None
+    dialect: Dialect
     in_kernel: bool
 
     def __init__(
@@ -272,6 +311,7 @@ class Capture:
         snaplen: int = DEFAULT_SNAPLEN,
         promisc: bool = False,
         in_kernel: bool = True,
+        dialect: DialectLike | None = None,
         block_timeout: float = BLOCK_TIMEOUT,
         buffer_size: int = BUFFER_SIZE,
     ):
@@ -281,6 +321,8 @@ class Capture:
         self._mmap: mmap.mmap | None = None
         self._ring: npt.NDArray[np.uint8] | None = None
         self.program = None
+        self.dialect = PCAP
+        self._rng: Any = None
         self.in_kernel = in_kernel
         if not isinstance(snaplen, int) or isinstance(snaplen, bool) or not 0 < snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be an int between 1 and 2^31-1, not {snaplen!r}")
@@ -301,8 +343,11 @@ class Capture:
         self._cursor = 0
         self._sock = _packet_socket(interface, self.cooked)  # first: without privileges, fail before any work
         try:
-            self.program, self._filter = (None, None) if filter is None else _resolve(filter, self.linktype, snaplen)
-            attach = kernel_program(self.program, self.cooked) if in_kernel and self.program is not None else None
+            if filter is not None:
+                self.program, self.dialect, self._filter = _resolve(filter, interface, self.linktype, snaplen, dialect)
+            attach = None
+            if in_kernel and self.program is not None:
+                attach = kernel_program(self.program, self.cooked, self.dialect)
             # With a program, in_kernel says where it actually runs (see kernel_program).
             self.in_kernel = in_kernel if self.program is None else attach is not None
             self._open(attach, promisc, block_timeout)
@@ -357,7 +402,7 @@ class Capture:
         if self._filter is None and self.program is not None:
             from .filter import compile as jit_compile
 
-            self._filter = jit_compile(self.program)
+            self._filter = jit_compile(self.program, dialect=self.dialect)
         return self._filter
 
     @property
@@ -441,6 +486,9 @@ class Capture:
         ring = self._mmap
         assert ring is not None
         unpack, lo_index, rebuild = PACKET_HEADER.unpack_from, self._lo_index, self.cooked
+        if self.program is not None and not self.in_kernel and self.dialect.offsets == "signed":
+            self._take_kernel_view(ring, base + first, count)
+            return
         found: list[tuple[float, int, int, int]] = []  # (timestamp, start, caplen, wirelen)
         position = base + first
         for _ in range(count):
@@ -470,19 +518,64 @@ class Capture:
             if length
         )
 
+    def _take_kernel_view(self, ring: mmap.mmap, position: int, count: int) -> None:
+        """`_take` for a linux-dialect program in user space: the JIT runs on each frame as the kernel's
+        filter would see it (data from the MAC header, the VLAN tag still in metadata; the LINUX_SLL
+        header in front in cooked mode, as libpcap filters it), with the ring headers' metadata; the
+        tag is put back into the frames it accepts, cut as the kernel cuts: min(result, caplen)."""
+        unpack, lo_index = PACKET_HEADER.unpack_from, self._lo_index
+        frames: list[tuple[int, tuple[Any, ...]]] = []
+        for _ in range(count):
+            header = unpack(ring, position)
+            if header[13] != PACKET_OUTGOING or header[11] != lo_index:
+                frames.append((position, header))
+            position += header[0]
+        if not frames:
+            return
+        added = SLL_HDR_LEN if self.cooked else 0
+        starts = [self._sll_header(ring, at, header) if self.cooked else at + header[6] for at, header in frames]
+        caplens = [header[3] + added for _, header in frames]
+        wirelens = [header[4] + added for _, header in frames]
+        import numpy as np
+
+        positions = np.fromiter((at for at, _ in frames), dtype=np.int64, count=len(frames))
+        if self._rng is None:
+            self._rng = np.random.default_rng()
+        meta = ring_meta(self._ring_array(), positions, cooked=self.cooked, rng=self._rng)
+        keep = self._run_filter(starts, caplens, wirelens, meta)
+        for (_, header), start, wirelen, length in zip(frames, starts, wirelens, keep, strict=True):
+            if length:
+                start, tag = self._vlan_tag(ring, start, header)
+                cut = min(length + tag, self.snaplen)
+                when = header[1] + header[2] * 1e-9
+                self._pending.append(PacketRecord(when, ring[start : start + cut], wirelen + tag))
+
     def _link_header(self, ring: mmap.mmap, position: int, header: tuple[Any, ...]) -> tuple[int, int]:
         """Rebuild what the kernel took out of the packet in front of it, in the reserved room.
 
         Returns where the packet now starts and how many bytes were added: the LINUX_SLL header
         in cooked mode, and an 802.1Q tag the kernel moved into tp_vlan_tci (as libpcap does).
         """
-        status, mac, vlan_tci, vlan_tpid, protocol, _, hatype, pkttype, halen, address = header[5:7] + header[8:]
-        start = position + mac
+        start = position + header[6]
         added = 0
         if self.cooked:
-            start -= SLL_HDR_LEN
-            ring[start : start + SLL_HDR_LEN] = struct.pack("!HHH8s", pkttype, hatype, halen, address) + protocol
+            start = self._sll_header(ring, position, header)
             added = SLL_HDR_LEN
+        start, tag = self._vlan_tag(ring, start, header)
+        return start, added + tag
+
+    def _sll_header(self, ring: mmap.mmap, position: int, header: tuple[Any, ...]) -> int:
+        """Write the LINUX_SLL header in front of a cooked frame (in the reserved room); where it starts."""
+        mac, protocol, _, hatype, pkttype, halen, address = (header[6], *header[10:])
+        start = position + mac - SLL_HDR_LEN
+        ring[start : start + SLL_HDR_LEN] = struct.pack("!HHH8s", pkttype, hatype, halen, address) + protocol
+        return start
+
+    def _vlan_tag(self, ring: mmap.mmap, start: int, header: tuple[Any, ...]) -> tuple[int, int]:
+        """Put back an 802.1Q tag the kernel moved into tp_vlan_tci (as libpcap does) in front of the
+        frame at `start`; (where the frame now starts, bytes added)."""
+        status, vlan_tci, vlan_tpid = header[5], header[8], header[9]
+        added = 0
         if (status & TP_STATUS_VLAN_VALID or vlan_tci) and self._tag_at:
             tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
             ring.move(start - VLAN_TAG_LEN, start, self._tag_at)
@@ -492,18 +585,25 @@ class Capture:
             added += VLAN_TAG_LEN
         return start, added
 
-    def _run_filter(self, starts: Sequence[int], caplens: Sequence[int], wirelens: Sequence[int]) -> list[int]:
+    def _ring_array(self) -> npt.NDArray[np.uint8]:
+        if self._ring is None:
+            import numpy as np
+
+            assert self._mmap is not None
+            self._ring = np.frombuffer(self._mmap, dtype=np.uint8)
+        return self._ring
+
+    def _run_filter(
+        self, starts: Sequence[int], caplens: Sequence[int], wirelens: Sequence[int], meta: Any = None
+    ) -> list[int]:
         """The JIT over the whole block in one call, reading the ring in place; bytes to keep per packet."""
         import numpy as np
 
         from .batch import Batch
 
-        if self._ring is None:
-            assert self._mmap is not None
-            self._ring = np.frombuffer(self._mmap, dtype=np.uint8)
         filter = self.filter
         assert filter is not None
-        verdicts = filter.run_batch(Batch(self._ring, starts, caplens, wirelens))
+        verdicts = filter.run_batch(Batch(self._ring_array(), starts, caplens, wirelens), meta=meta)
         # The BPF result is the number of bytes to keep, as the kernel applies it.
         keep = np.minimum(np.minimum(verdicts, np.asarray(caplens, dtype=np.uint32)), self.snaplen)
         self._counts[2] += int(np.count_nonzero(verdicts == 0))
@@ -557,6 +657,53 @@ class Capture:
         state = "closed" if self._closed else ("kernel filter" if self.in_kernel else "JIT filter")
         source = "" if self.program is None else f", {len(self.program)} insns"
         return f"<bpfjit.Capture {self.interface!r} {self.linktype}{source}, {state}>"
+
+
+# The fields of a ring frame's header (struct tpacket3_hdr, then struct sockaddr_ll at 48) that hold
+# packet metadata (DIALECTS.md B.3), for ring_meta's numpy gather: (name, offset, dtype).
+_RING_FIELDS = (("status", 20, "=u4"), ("mac", 24, "=u2"), ("net", 26, "=u2"), ("vlan_tci", 32, "=u4"),
+                ("vlan_tpid", 36, "=u2"), ("protocol", 50, ">u2"), ("ifindex", 52, "=i4"), ("hatype", 56, "=u2"),
+                ("pkttype", 58, "u1"))  # fmt: skip
+_RING_HEADER_LEN = 59
+
+
+def ring_meta(
+    ring: npt.NDArray[np.uint8], positions: npt.NDArray[np.int64], *, cooked: bool = False, rng: Any = None
+) -> npt.NDArray[Any]:
+    """`metadata.META_DTYPE` records for the TPACKET_V3 frames whose headers start at `positions` in
+    `ring` (the mapped ring as bytes), in one numpy gather (DIALECTS.md B.3):
+
+    protocol, pkttype, ifindex, hatype from the `sockaddr_ll` beside each frame; vlan_present from
+    `tp_status & TP_STATUS_VLAN_VALID`, vlan_tci (PCP, DEI and VID, as the kernel's filter reads it),
+    vlan_tpid when `TP_STATUS_VLAN_TPID_VALID` (else 0x8100 for a tag, 0 without); net_offset
+    `tp_net - tp_mac` (+ 16 in cooked mode, where the user-space view has the LINUX_SLL header in front).
+    What a ring frame does not carry: mark, queue, cpu and rxhash are 0 (the kernel's filter saw
+    `skb->hash` as stored, usually 0 on receive); random is drawn from `rng` (numpy's) when given.
+    """
+    import numpy as np
+
+    from .metadata import META_DTYPE
+
+    header = np.dtype({"names": [f[0] for f in _RING_FIELDS], "formats": [f[2] for f in _RING_FIELDS],
+                       "offsets": [f[1] for f in _RING_FIELDS], "itemsize": _RING_HEADER_LEN})  # fmt: skip
+    n = len(positions)
+    raw = ring[positions[:, None] + np.arange(_RING_HEADER_LEN)]  # (n, 59) bytes, a copy
+    fields = np.ascontiguousarray(raw).view(header).reshape(n)
+    meta = np.zeros(n, dtype=META_DTYPE)
+    status = fields["status"]
+    present = (status & TP_STATUS_VLAN_VALID) != 0
+    meta["protocol"] = fields["protocol"]
+    meta["pkttype"] = fields["pkttype"]
+    meta["ifindex"] = fields["ifindex"].astype(np.int64) & 0xFFFFFFFF
+    meta["hatype"] = fields["hatype"]
+    meta["vlan_present"] = present
+    meta["vlan_tci"] = fields["vlan_tci"] & 0xFFFF
+    tpid_valid = (status & TP_STATUS_VLAN_TPID_VALID) != 0
+    meta["vlan_tpid"] = np.where(tpid_valid, fields["vlan_tpid"], np.where(present, ETH_P_8021Q, 0))
+    meta["net_offset"] = fields["net"].astype(np.int64) - fields["mac"] + (SLL_HDR_LEN if cooked else 0)
+    if rng is not None:
+        meta["random"] = rng.integers(0, 1 << 32, size=n, dtype=np.uint64)
+    return meta
 
 
 def _packet_socket(interface: str, cooked: bool) -> socket.socket:

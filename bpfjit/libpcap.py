@@ -19,6 +19,7 @@ import ctypes
 import functools
 import ipaddress
 import os
+import socket
 import struct
 import sys
 import threading
@@ -38,6 +39,7 @@ __all__ = [
     "bpf_image",
     "bpf_validate",
     "compile_expression",
+    "compile_for_interface",
     "compile_for_savefile",
     "dlt_from_linktype",
     "library",
@@ -117,6 +119,12 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "pcap_compile": (ctypes.c_int, [_P, _PROG, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]),
     "pcap_freecode": (None, [_PROG]),
     "pcap_offline_filter": (ctypes.c_int, [_PROG, ctypes.POINTER(pcap_pkthdr), ctypes.c_void_p]),
+    "pcap_create": (_P, [ctypes.c_char_p, ctypes.c_char_p]),
+    "pcap_set_snaplen": (ctypes.c_int, [_P, ctypes.c_int]),
+    "pcap_set_buffer_size": (ctypes.c_int, [_P, ctypes.c_int]),
+    "pcap_activate": (ctypes.c_int, [_P]),
+    "pcap_set_datalink": (ctypes.c_int, [_P, ctypes.c_int]),
+    "pcap_statustostr": (ctypes.c_char_p, [ctypes.c_int]),
     "pcap_datalink_name_to_val": (ctypes.c_int, [ctypes.c_char_p]),
     "pcap_datalink_val_to_name": (ctypes.c_char_p, [ctypes.c_int]),
     # The packet is c_void_p so bytes pass as a pointer to their own storage (no copy).
@@ -420,6 +428,59 @@ def compile_for_savefile(
             _compiled.move_to_end(key)
             return found
         return _compile_on(handle, expression, optimize, mask, key)
+
+
+def compile_for_interface(
+    expression: str,
+    interface: str,
+    linktype: int | str,
+    snaplen: int = DEFAULT_SNAPLEN,
+    optimize: bool = True,
+    netmask: int | str | None = None,
+) -> Program:
+    """Compile `expression` as `tcpdump -i INTERFACE` does: on an activated live handle.
+
+    `pcap_create(interface)` and `pcap_activate` (root or CAP_NET_RAW; the interface must exist in
+    the calling thread's network namespace), the link type set to `linktype` (the one the capture
+    uses), then `pcap_compile`. On Linux, activation tells libpcap's code generator that the kernel
+    runs the program with its extensions (BPF_SPECIAL_VLAN_HANDLING when the kernel has them, DIALECTS.md
+    B.1): `vlan` tests `ldb [vlanp]` / `[vlan_tci]`, `inbound` `ldh [type]`, `ifindex N` `ld [ifidx]`.
+    Such programs belong to the linux dialect (`dialect="linux"`). A handle libpcap cannot activate
+    raises `OSError` with libpcap's message; a refused expression `ExpressionError`. Cached like
+    `compile_expression` (by interface name and index as well).
+    """
+    _check_expression(expression)
+    if not isinstance(interface, str) or "\0" in interface:
+        raise TypeError(f"interface must be a str naming a network interface, not {interface!r}")
+    if not isinstance(snaplen, int) or isinstance(snaplen, bool) or not 0 < snaplen <= 0x7FFFFFFF:
+        raise ValueError(f"snaplen {snaplen!r} must be an int between 1 and 2^31-1")
+    dlt = linktype_value(linktype)
+    mask = _netmask_value(netmask)
+    lib = library()
+    # (the index changes when an interface of the same name is made again, in another namespace say)
+    index = socket.if_nametoindex(interface) if interface != "any" else 0
+    key = (expression, "interface", interface, index, dlt, snaplen, bool(optimize), mask)
+    with _compile_lock:
+        found = _compiled.get(key)
+        if found is not None:
+            _compiled.move_to_end(key)
+            return found
+        errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
+        handle = lib.pcap_create(interface.encode(), errbuf)
+        if not handle:
+            raise OSError(f"pcap_create({interface!r}): {_text(errbuf.value)}")
+        try:
+            lib.pcap_set_snaplen(handle, snaplen)
+            lib.pcap_set_buffer_size(handle, 1 << 16)  # the smallest ring: this handle never reads a packet
+            status = lib.pcap_activate(handle)
+            if status < 0:
+                detail = _text(lib.pcap_geterr(handle)) or _text(lib.pcap_statustostr(status))
+                raise OSError(f"pcap_activate({interface!r}): {detail}")
+            if lib.pcap_datalink(handle) != dlt and lib.pcap_set_datalink(handle, dlt) != 0:
+                raise OSError(f"pcap_set_datalink({interface!r}, {dlt}): {_text(lib.pcap_geterr(handle))}")
+            return _compile_on(handle, expression, optimize, mask, key)
+        finally:
+            lib.pcap_close(handle)
 
 
 SAVEFILE_HEADER_LEN = 24
