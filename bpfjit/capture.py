@@ -32,7 +32,10 @@ does); in user space the JIT runs them on the frame as the kernel's filter sees 
 put back; the LINUX_SLL header in cooked mode), with each frame's metadata taken from its ring header
 (`ring_meta`). Either way the same frames come out. (An interface libpcap cannot activate, one that
 is down say, gets the expression compiled for its link type on a dead handle, in the pcap dialect.)
-A `Program` is in the pcap dialect unless
+Known limit (cooked mode, user space): a frame sent with its VLAN tag in the data by a packet socket
+(no offload) is reported by the ring with the tag in `tp_vlan_tci` and its inner protocol (af_packet
+since 2024), while the kernel's filter reads protocol 0x8100 and the tag in the data; the JIT
+filters what the ring reports. A `Program` is in the pcap dialect unless
 `dialect="linux"` is given; a `Filter` brings its own.
 """
 
@@ -545,7 +548,7 @@ class Capture:
         keep = self._run_filter(starts, caplens, wirelens, meta)
         for (_, header), start, wirelen, length in zip(frames, starts, wirelens, keep, strict=True):
             if length:
-                start, tag = self._vlan_tag(ring, start, header)
+                start, tag = self._vlan_tag(ring, start, header, length)
                 cut = min(length + tag, self.snaplen)
                 when = header[1] + header[2] * 1e-9
                 self._pending.append(PacketRecord(when, ring[start : start + cut], wirelen + tag))
@@ -561,7 +564,7 @@ class Capture:
         if self.cooked:
             start = self._sll_header(ring, position, header)
             added = SLL_HDR_LEN
-        start, tag = self._vlan_tag(ring, start, header)
+        start, tag = self._vlan_tag(ring, start, header, header[3] + added)
         return start, added + tag
 
     def _sll_header(self, ring: mmap.mmap, position: int, header: tuple[Any, ...]) -> int:
@@ -571,12 +574,14 @@ class Capture:
         ring[start : start + SLL_HDR_LEN] = struct.pack("!HHH8s", pkttype, hatype, halen, address) + protocol
         return start
 
-    def _vlan_tag(self, ring: mmap.mmap, start: int, header: tuple[Any, ...]) -> tuple[int, int]:
+    def _vlan_tag(self, ring: mmap.mmap, start: int, header: tuple[Any, ...], caplen: int) -> tuple[int, int]:
         """Put back an 802.1Q tag the kernel moved into tp_vlan_tci (as libpcap does) in front of the
-        frame at `start`; (where the frame now starts, bytes added)."""
+        `caplen` bytes at `start`; (where the frame now starts, bytes added). Not into a frame cut
+        before the tag's place (libpcap's `tp_snaplen >= vlan_offset`): moving its bytes would write
+        past them, into the next frame's header."""
         status, vlan_tci, vlan_tpid = header[5], header[8], header[9]
         added = 0
-        if (status & TP_STATUS_VLAN_VALID or vlan_tci) and self._tag_at:
+        if (status & TP_STATUS_VLAN_VALID or vlan_tci) and self._tag_at and caplen >= self._tag_at:
             tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
             ring.move(start - VLAN_TAG_LEN, start, self._tag_at)
             start -= VLAN_TAG_LEN
