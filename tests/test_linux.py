@@ -176,7 +176,10 @@ POFF_CASES = {
     "truncated ipv4": (ethernet(0x0800, ipv4(17, UDP))[:30], None, 0),
     "tcp without doff": (ethernet(0x0800, ipv4(6, b""))[:40], None, 34),
     "sctp": (ethernet(0x0800, ipv4(132, bytes(16))), None, 46),
-    "other ip protocol": (ethernet(0x0800, ipv4(47, bytes(16))), None, 34),
+    "other ip protocol": (ethernet(0x0800, ipv4(99, bytes(16))), None, 34),
+    # GRE is followed (the kernel: 0 here, tests/test_linux_kernel.py): protocol 0 inside is unknown
+    "gre with protocol 0 inside": (ethernet(0x0800, ipv4(47, bytes(16))), None, 0),
+    "gre with ipv4 inside": (ethernet(0x0800, ipv4(47, b"\x00\x00\x08\x00" + ipv4(17, UDP))), None, 66),
 }
 
 

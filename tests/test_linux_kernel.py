@@ -420,7 +420,7 @@ def bpfjit_results(program: Program, received: Sequence[Received]) -> tuple[list
     interpreted = [bpfjit.interpret(program, r.view, dialect="linux", meta=r.meta) for r in received]
     f = bpfjit.compile(program, dialect="linux")
     batch = Batch.from_packets([r.view for r in received])
-    columns: dict[str, Any] = {field: [getattr(r.meta, field) for r in received] for field in metadata.META_OFFSETS
+    columns: dict[str, Any] = {field: [getattr(r.meta, field) for r in received] for field in linux.META_LAYOUT
                                if field != "random"}  # fmt: skip
     jitted = f.run_batch(batch, meta=metadata.meta_array(batch, **columns)).tolist()
     return interpreted, jitted
@@ -566,9 +566,9 @@ def test_metadata_the_ring_does_not_carry_by_property(session: Session) -> None:
     for name in ("MARK", "QUEUE", "RXHASH", "CPU", "RANDOM"):
         program = Program([*ld_anc(name), RET_A])
         field = next(row.source for row in ANCILLARY if row.name == name)
-        meta = Meta(**{field: 0x1234567})
-        assert bpfjit.interpret(program, bytes(20), dialect="linux", meta=meta) == 0x1234567
-        assert bpfjit.compile(program, dialect="linux").call(bytes(20), meta=meta) == 0x1234567
+        meta = Meta(**{field: 0x1234})  # (queue and cpu are u16 in the record, as in the kernel)
+        assert bpfjit.interpret(program, bytes(20), dialect="linux", meta=meta) == 0x1234
+        assert bpfjit.compile(program, dialect="linux").call(bytes(20), meta=meta) == 0x1234
 
 
 def test_pay_offset_differs_where_its_docstring_says(session: Session) -> None:
