@@ -33,10 +33,10 @@ def parallel(src: Path, dst: Path | None, expression: str | None, *, workers: in
              count: int | None = None) -> capparallel.Run:  # fmt: skip
     """filter_file with the range size chosen (filter_file's default makes one range of a small file)."""
     with CaptureFile(src) as capture:
-        walk = LinkTypeFilters(expression, capture).walker()[0]
+        filters = LinkTypeFilters(expression, capture)
         writer = Writer(dst, capture) if dst is not None else None
         try:
-            return capparallel.filter_ranges(capture, walk, writer, workers, count=count, chunk=97,
+            return capparallel.filter_ranges(capture, filters, writer, workers, count=count, chunk=97,
                                              range_bytes=range_bytes)  # fmt: skip
         finally:
             if writer is not None:
@@ -194,7 +194,7 @@ def test_split_same_as_one_thread(tmp_path: Path) -> None:
     outputs = [tmp_path / f"split-{i}.pcap" for i in range(len(expressions))]
     expected = capfile.split_file(src, outputs, expressions, workers=1)
     with CaptureFile(src) as capture:
-        keep_all = LinkTypeFilters(None, capture).walker()[0]
+        keep_all = LinkTypeFilters(None, capture)
         programs = [LinkTypeFilters(e, capture).program_for(0) for e in expressions]
         classify = bpfjit.compile_many([p for p in programs if p is not None])
         writers = [Writer(o, capture) for o in outputs]
@@ -225,7 +225,7 @@ def test_workers_argument_and_pcapng(tmp_path: Path) -> None:
 
     write_pcapng(ng, mix(50))
     with CaptureFile(ng) as capture:
-        assert capparallel.workers_for(capture, 4) == 1  # pcapng: one thread (module doc)
+        assert capparallel.workers_for(capture, 4) == 4 and capparallel.workers_for(capture, 4, count=3) == 4
     assert bpfjit.filter_file(ng, tmp_path / "o.pcapng", "tcp", workers=4).read == 50
 
 
@@ -270,7 +270,7 @@ def test_records_longer_than_the_snapshot_are_cut_as_one_thread_cuts_them(tmp_pa
     for expression, single in zip(expressions, singles, strict=True):
         bpfjit.filter_file(src, single, expression, workers=1)
     with CaptureFile(src) as capture:
-        keep_all = LinkTypeFilters(None, capture).walker()[0]
+        keep_all = LinkTypeFilters(None, capture)
         programs = [LinkTypeFilters(e, capture).program_for(0) for e in expressions]
         classify = bpfjit.compile_many([p for p in programs if p is not None])
         writers = [Writer(o, capture) for o in outputs]
@@ -288,7 +288,7 @@ def parallel_pcapng(src: Path, dst: Path, expression: str | None, *, range_bytes
         filters = LinkTypeFilters(expression, capture)
         writer = Writer(dst, capture)
         try:
-            run = capparallel.filter_ranges_pcapng(capture, filters, writer, workers, chunk=61, range_bytes=range_bytes)
+            run = capparallel.filter_ranges(capture, filters, writer, workers, chunk=61, range_bytes=range_bytes)
             writer.finish()
             return run
         finally:
@@ -449,7 +449,7 @@ def run_into(sink: _Sink, src: Path, expression: str | None, *, range_bytes: int
         filters.helpers = ("gather",)
         writer = Writer(cast(Any, sink.dst), capture)
         try:
-            run = capparallel.filter_ranges(capture, filters.walker()[0], writer, 2, count=count, chunk=chunk,
+            run = capparallel.filter_ranges(capture, filters, writer, 2, count=count, chunk=chunk,
                                             range_bytes=range_bytes)  # fmt: skip
             writer.finish()
             return "ok", run
@@ -516,6 +516,6 @@ def test_counting_only_on_threads(tmp_path: Path) -> None:
         one = bpfjit.filter_file(src, None, expression, workers=1)
         assert bpfjit.filter_file(src, None, expression, workers=2) == one
         with CaptureFile(src) as capture:
-            run = capparallel.filter_ranges(capture, LinkTypeFilters(expression, capture).walker()[0], None, 2,
-                                            chunk=50, range_bytes=4096)  # fmt: skip
+            run = capparallel.filter_ranges(capture, LinkTypeFilters(expression, capture), None, 2, chunk=50,
+                                            range_bytes=4096)  # fmt: skip
         assert run.accepted[0] == bpfjit.filter_file(src, None, expression).accepted
