@@ -359,9 +359,10 @@ class _PcapngWalker(RangeWalker):
     for the ranges claimed after. A range walked in an older context is walked again (`_Ranges`)."""
 
     def __init__(self, capture: CaptureFile, filters: WalkerSource, chunk: int, consume: Consume, outputs: int,
-                 prepare: Callable[[Section], None] | None = None):  # fmt: skip
+                 written: int, prepare: Callable[[Section], None] | None = None):  # fmt: skip
         # (not RangeWalker.__init__: a pcapng file has no single snaplen or byte order; the contexts have them)
         self.capture, self.filters, self.chunk, self.consume, self.outputs = capture, filters, chunk, consume, outputs
+        self.written = range(written)  # the outputs written (each gets every block); none when only counting
         self.prepare = prepare  # called with each new context's section before a walk reads in it
         self.local = threading.local()
         lead, section, self.first = capture.read_lead()
@@ -415,7 +416,7 @@ class _PcapngWalker(RangeWalker):
                 except CaptureFileError as error:
                     walked.end, walked.status, walked.error = pos, Status.BAD_BLOCK, error
                     return walked
-                walked.kept += [(output, block) for output in range(self.outputs)]
+                walked.kept += [(output, block) for output in self.written]
                 pos = block.end
                 continue
             # (NEW_LINKTYPE cannot come: a context's walker has every slot its interfaces name)
@@ -428,7 +429,7 @@ class _PcapngWalker(RangeWalker):
         range's end in the new context; again at the next such block."""
         while walked.status == Status.OTHER_BLOCK:
             blocks, pos, context, error = self.change(cast(int, walked.end), cast(Context, walked.next_context))
-            walked.kept += [(output, block) for block in blocks for output in range(self.outputs)]
+            walked.kept += [(output, block) for block in blocks for output in self.written]
             if error is not None:
                 walked.end, walked.status, walked.error = pos, Status.BAD_BLOCK, error
                 break
@@ -783,11 +784,12 @@ def _run(walker: RangeWalker, writers: Sequence[Writer], workers: int, count: in
 
 
 # -- the operations ----------------------------------------------------------------------------------------
-def _walker(capture: CaptureFile, filters: WalkerSource, chunk: int, consume: Consume, outputs: int,
+def _walker(capture: CaptureFile, filters: WalkerSource, chunk: int, consume: Consume, outputs: int, written: int,
             prepare: Callable[[Section], None] | None = None) -> RangeWalker:  # fmt: skip
+    """The range walker for `capture`'s format: `outputs` counts of accepted records, `written` outputs."""
     if capture.format == "pcap":
         return RangeWalker(capture, filters.walker()[0], chunk, consume, outputs)
-    return _PcapngWalker(capture, filters, chunk, consume, outputs, prepare)
+    return _PcapngWalker(capture, filters, chunk, consume, outputs, written, prepare)
 
 
 def filter_ranges(capture: CaptureFile, filters: WalkerSource, writer: Writer | None, workers: int, *,
@@ -795,7 +797,7 @@ def filter_ranges(capture: CaptureFile, filters: WalkerSource, writer: Writer | 
                   range_bytes: int | None = None) -> Run:  # fmt: skip
     """`filter_file`'s loop on `workers` threads: the records `filters` (a `LinkTypeFilters`) accept,
     to `writer`, with the header and the non-packet blocks as one thread writes them."""
-    walker = _walker(capture, filters, chunk, filter_consume(capture, writer is not None), 1)
+    walker = _walker(capture, filters, chunk, filter_consume(capture, writer is not None), 1, int(writer is not None))
     return _run(walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
 
 
@@ -811,6 +813,6 @@ def split_ranges(capture: CaptureFile, keep_all: WalkerSource, classifier: Calla
         for slot in sorted(set(section.slots[: len(section.interfaces)])):
             classifier(slot)
 
-    walker = _walker(capture, keep_all, chunk, split_consume(capture, classifier, len(writers)), len(writers),
-                     prepare)  # fmt: skip
+    consume = split_consume(capture, classifier, len(writers))
+    walker = _walker(capture, keep_all, chunk, consume, len(writers), len(writers), prepare)
     return _run(walker, writers, workers, None, None, range_bytes)

@@ -510,9 +510,13 @@ def test_damage_and_count_on_both_write_paths(tmp_path: Path, kind: str) -> None
             assert cast(capparallel.Run, run).accepted[0] == expected.accepted
 
 
-def test_counting_only_on_threads(tmp_path: Path) -> None:
-    """No output (dst None): the counts of one thread."""
-    src = pcap_over_tcp(tmp_path, inner_packets=400)
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_counting_only_on_threads(tmp_path: Path, fmt: str) -> None:
+    """No output (dst None): the counts of one thread (pcapng: blocks and new contexts mid-file)."""
+    if fmt == "pcap":
+        src = pcap_over_tcp(tmp_path, inner_packets=400)
+    else:
+        src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context(">"))
     for expression in (None, "tcp port 80"):
         one = bpfjit.filter_file(src, None, expression, workers=1)
         assert bpfjit.filter_file(src, None, expression, workers=2) == one
@@ -797,7 +801,7 @@ def test_pcapng_every_range_walked_ahead_in_the_first_context(tmp_path: Path) ->
         with CaptureFile(src) as capture:
             writer = Writer(many, capture)
             walker = capparallel._walker(capture, LinkTypeFilters(expression, capture), 97,
-                                         capparallel.filter_consume(capture, True), 1)  # fmt: skip
+                                         capparallel.filter_consume(capture, True), 1, 1)  # fmt: skip
             bounds = capparallel.boundaries(walker.first, capture.size, 1, 4096)
             for block in walker.lead:
                 writer.block(capparallel._bytes(capture, block))
