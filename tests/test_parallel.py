@@ -607,10 +607,10 @@ PCAPNG_EXPRESSIONS = [None, "ip", "tcp port 80", "udp and (port 53 or port 123)"
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
-@pytest.mark.parametrize("kind", ["path", "pipe"])
+@pytest.mark.parametrize("kind", _Sink.KINDS)
 def test_pcapng_context_changes_mid_file(tmp_path: Path, order: str, kind: str) -> None:
     """New interfaces and sections (both byte orders, new link types) and other blocks mid-file, ranges
-    of 4 KiB to 64 MiB, to a file (written at offsets) and a pipe (in order): one thread's bytes."""
+    of 4 KiB to 64 MiB, to every kind of output (at offsets or in order): one thread's bytes."""
     src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context(order))
     one = tmp_path / "one.pcapng"
     for expression in PCAPNG_EXPRESSIONS:
