@@ -100,19 +100,15 @@ def filter_file(
         raise ValueError(f"count must be >= 0, not {count}")
     with CaptureFile(src) as capture:
         filters = LinkTypeFilters(filter, capture, linktype)
-        threads = capparallel.workers_for(capture, workers, count, pcapng=True)
+        threads = capparallel.workers_for(capture, workers, count)
         gathers = dst is not None and (threads > 1 or Writer.without_descriptor(dst))  # (see capwriter)
         filters.helpers = ("gather",) if gathers else ()
         filters.walker()  # compile before the output is opened: a bad expression must not clobber it
         writer = Writer(dst, capture) if dst is not None else None  # opened at the first record
         try:
             if threads > 1:
-                if capture.format == "pcapng":
-                    run = capparallel.filter_ranges_pcapng(capture, filters, writer, threads, chunk=chunk,
-                                                           progress=progress)  # fmt: skip
-                else:
-                    run = capparallel.filter_ranges(capture, filters.walker()[0], writer, threads, count=count,
-                                                    chunk=chunk, progress=progress)  # fmt: skip
+                run = capparallel.filter_ranges(capture, filters, writer, threads, count=count, chunk=chunk,
+                                                progress=progress)  # fmt: skip
                 stats = FileStats(run.read, run.accepted[0], 0)
             else:
                 stats = _filter_into(capture, filters, writer, count, chunk, progress)
@@ -160,7 +156,7 @@ def split_file(
         arrays = ChunkArrays(chunk)
         try:
             if (threads := capparallel.workers_for(capture, workers)) > 1:
-                run = capparallel.split_ranges(capture, keep_all.walker()[0], classifier, writers, threads, chunk=chunk)
+                run = capparallel.split_ranges(capture, keep_all, classifier, writers, threads, chunk=chunk)
                 for writer in writers:
                     writer.finish()
                 return [FileStats(run.read, accepted, writer.written) for accepted, writer in

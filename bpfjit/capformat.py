@@ -145,6 +145,15 @@ class Section:
         self.snaplens[n - 1] = snapshot(interface.linktype, interface.snaplen)
         self.slots[n - 1] = slot
 
+    def copy(self) -> Section:
+        """A section with the same byte order and interfaces, and tables of its own (`add` to one
+        leaves the other as it was: capparallel's threads walk in a copy while the file goes on)."""
+        copied = Section(self.order)
+        copied.interfaces = list(self.interfaces)
+        copied.snaplens = (ctypes.c_uint32 * len(self.snaplens))(*self.snaplens)
+        copied.slots = (ctypes.c_uint32 * len(self.slots))(*self.slots)
+        return copied
+
 
 class Records(NamedTuple):
     """Event: `n` packet records in `arrays` (valid until the next event); `filtered`: verdicts set.

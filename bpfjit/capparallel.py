@@ -30,16 +30,21 @@ spot are written; a walk from a wrong guess that fails says nothing, it is redon
 range stops after `count` accepted records; the range in which the total reaches `count` is walked
 again from its verified start with the exact remainder as its limit, so the same first N are written.
 
-pcapng (`filter_file` only; `split_file` and -c run it on one thread; its records are written by the
-calling thread in order, `_Ahead`, not yet at offsets): its packets are read in a
-context — the section's byte order, its interfaces' link types and snap lengths — that only the
-section and interface blocks before them set. The calling thread reads the blocks before the first
-packet block (the context of almost every file, whose interfaces are all described up front); ranges
-are walked in that context from guessed block starts (`guess_pcapng`: 4-aligned, chained block
-framing) and verified in order as for pcap. A walk stops at any non-packet block; the calling thread
-writes that block in its place and goes on walking the range itself. A section or interface block
-after the first packet changes the context, so from there the rest of the file is walked on one
-thread, as `workers=1` walks it (the ranges walked ahead in the old context are dropped).
+pcapng (`filter_file`, `split_file` and -c alike, on the same ranges): its packet blocks are read in a
+*context* — the section's byte order, its interfaces' link types and snap lengths — that only the
+section header and interface description blocks before them set. The calling thread reads the blocks
+before the first packet block (the context of almost every file, whose interfaces are all described up
+front: `CaptureFile.read_lead`); ranges are walked in that context from guessed block starts
+(`guess_pcapng`: 4-aligned, chained block framing) and verified in order as for pcap. A statistics,
+name-resolution or custom block met in a range is read by the walking thread and written in its place,
+a piece of the range's output like a run of records. A section header or interface description stops
+the walk there; the settling thread, once the walk up to it is verified, reads those blocks (in file
+order, so a new interface's slot and program come where one thread makes them), writes them in place,
+walks the rest of the range in the new context and publishes that context for the ranges claimed from
+then on. A range walked ahead in the older context is walked again, as after a wrong guess (`Run.redone`
+counts it): so a new section or interface mid-file costs at most a window of ranges walked twice, and
+the file stays on every thread after it. Every packet block is thus read in the context one thread
+reads it in.
 
 Default worker count: the CPUs this process may run on, for files of at least `PARALLEL_MIN_BYTES`.
 """
@@ -55,16 +60,28 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from . import walkers
-from .capformat import BT_IDB, BT_SHB, HOST_ORDER, PACKET_BLOCKS, PCAP_HEADER_LEN, U64_MAX, Block, ChunkArrays, Section
+from .capformat import (
+    BLOCK_MIN,
+    BT_IDB,
+    BT_SHB,
+    HOST_ORDER,
+    PACKET_BLOCKS,
+    PCAP_HEADER_LEN,
+    U64_MAX,
+    Block,
+    ChunkArrays,
+    Records,
+    Section,
+)
+from .errors import CaptureFileError
 from .walkers import Status
 
 if TYPE_CHECKING:
-    from .capfilters import LinkTypeFilters
-    from .capformat import CaptureFile
+    from .capformat import CaptureFile, WalkerSource
     from .capwriter import Writer
 
-__all__ = ["Chain", "RangeWalker", "Run", "default_workers", "filter_ranges", "filter_ranges_pcapng", "guess_pcap",
-           "guess_pcapng", "split_ranges", "workers_for"]
+__all__ = ["Chain", "Context", "RangeWalker", "Run", "default_workers", "filter_ranges", "guess_pcap", "guess_pcapng",
+           "split_ranges", "workers_for"]
 
 # Below this a file is walked on one thread by default. bench/parallel_bench.py --threshold on a 2-CPU
 # machine: a run's fixed cost is ~0.3 ms (a thread, a guess per range) and at 36 MB (5 ms in all, the
@@ -89,12 +106,11 @@ def default_workers(size: int) -> int:
         return os.cpu_count() or 1
 
 
-def workers_for(capture: CaptureFile, workers: int | None, count: int | None = None, pcapng: bool = False) -> int:
-    """The threads a run over `capture` uses: 1 for -c 0, and for pcapng unless the caller walks
-    pcapng in ranges (`pcapng`: filter_file without -c; see the module doc)."""
+def workers_for(capture: CaptureFile, workers: int | None, count: int | None = None) -> int:
+    """The threads a run over `capture` uses: 1 for -c 0 and for a streamed capture (no mapping to cut)."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be positive, not {workers}")
-    if count == 0 or capture.streamed or (capture.format != "pcap" and not (pcapng and count is None)):
+    if count == 0 or capture.streamed:
         return 1
     return default_workers(capture.size) if workers is None else workers
 
@@ -172,6 +188,43 @@ def _prefilter(order: str) -> re.Pattern[bytes]:
     return _PREFILTERS[order]
 
 
+def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces: int) -> int | None:
+    """The first 4-aligned offset in [lo, hi) (looking at `GUESS_SCAN` bytes at most) holding a packet
+    block whose framing chains up over `GUESS_CHAIN` blocks (or to the end of the file): each block's
+    length a multiple of 4 and repeated at its end; an EPB naming a known interface and holding its
+    caplen. Blocks start 4-aligned (the first at 0, every length a multiple of 4). Only saves work:
+    `filter_ranges` checks it."""
+    data, size = capture.map, capture.size
+    word = struct.Struct(order + "I").unpack_from
+
+    def block_end(at: int) -> int | None:
+        if at + BLOCK_MIN > size:
+            return None
+        length = word(data, at + 4)[0]
+        end = at + length
+        if length < BLOCK_MIN or length % 4 or end > size or word(data, end - 4)[0] != length:
+            return None
+        return end
+
+    at = lo + (-lo) % 4
+    last = min(hi, lo + GUESS_SCAN, size - BLOCK_MIN + 1)
+    while at < last:
+        btype = word(data, at)[0]
+        end = block_end(at) if btype in PACKET_BLOCKS else None
+        if end is not None and btype == walkers.BT_EPB:
+            iface, caplen = word(data, at + 8)[0], word(data, at + 20)[0]
+            if end - at < 32 or iface >= interfaces or caplen > end - at - 32:
+                end = None
+        if end is not None:
+            for _ in range(GUESS_CHAIN - 1):
+                if end == size or (end := block_end(end)) is None:
+                    break
+            if end is not None:
+                return at
+        at += 4
+    return None
+
+
 # -- one range ------------------------------------------------------------------------------------------
 class Kept:
     """A chunk's accepted records for one output, as `Writer.records` takes them: compact copies of the
@@ -193,16 +246,32 @@ class Kept:
         return cls(iov, group_bytes, count, arrays.chunk.bytes)
 
 
-class Walked:
-    """One range's walk: where it started and stopped and why, what it read and kept for each output."""
+# What a range writes to an output, in file order: accepted records (iovecs over the mapping), a pcap
+# record cut to the snapshot (its bytes), a pcapng block that is no packet (statistics, names, custom;
+# a section header or interface description met on the settling thread)
+Piece = Kept | bytes | Block
 
-    def __init__(self, start: int | None, limit: int):
+
+class Walked:
+    """One range's walk: where it started and stopped and why, what it read and kept for each output;
+    pcapng: the context it started in and the one it ended in (different if it went through a section
+    header or an interface description, on the settling thread)."""
+
+    def __init__(self, start: int | None, limit: int, context: Any = None):
         self.start, self.limit = start, limit  # start None: no plausible record start found
         self.end, self.status = start, Status.STOP
+        self.context = self.next_context = context
+        self.error: CaptureFileError | None = None  # a bad block found in Python (pcapng), else from status
         self.read = 0
         self.accepted: list[int] = []
-        # (output, records) in file order; bytes: a record cut to the snapshot (not in the iovecs)
-        self.kept: list[tuple[int, Kept | bytes]] = []
+        self.kept: list[tuple[int, Piece]] = []  # (output, piece) in file order
+
+    def extend(self, rest: Walked) -> None:
+        """`rest`, the walk on from where this one stopped, becomes part of it."""
+        self.read += rest.read
+        self.accepted = [a + b for a, b in zip(self.accepted, rest.accepted, strict=True)]
+        self.kept += rest.kept
+        self.end, self.status, self.error, self.next_context = rest.end, rest.status, rest.error, rest.next_context
 
 
 # Consumes one walker call's chunk (arrays, records walked, whether the last one was cut) into a Walked.
@@ -211,22 +280,36 @@ Consume = Callable[[ChunkArrays, int, Walked, bool], None]
 
 class RangeWalker:
     """Walks ranges of a classic pcap file with one compiled walker (shared by the threads: the code
-    is reentrant, each call brings its own Chunk)."""
+    is reentrant, each call brings its own Chunk). The interface `_Ranges` drives, for either format:
+    `lead` (the blocks an output starts with) and `first` (the first record's offset), `guess`, a walk
+    (`__call__`), `finish` (the settling thread's part of a verified walk) and `error`."""
+
+    context: Any = None  # pcapng: the context at the settled position (`_PcapngWalker`)
 
     def __init__(self, capture: CaptureFile, walk: Any, chunk: int, consume: Consume, outputs: int):
         self.capture, self.walk, self.chunk, self.consume, self.outputs = capture, walk, chunk, consume, outputs
         self.swapped = int(capture.order != HOST_ORDER)
         self.snapshot = min(capture.snaplen, capture.max_caplen)  # records longer are cut (Status.CUT)
         self.local = threading.local()  # each thread's ChunkArrays, reused from range to range
+        self.lead, self.first = [Block(0, PCAP_HEADER_LEN)], PCAP_HEADER_LEN
 
-    def __call__(self, start: int | None, stop: int, limit: int = U64_MAX) -> Walked:
+    def arrays(self) -> ChunkArrays:
+        """This thread's arrays, reused from range to range."""
+        arrays = getattr(self.local, "arrays", None)
+        if arrays is None:
+            arrays = self.local.arrays = ChunkArrays(self.chunk)
+        return cast(ChunkArrays, arrays)
+
+    def guess(self, lo: int, hi: int, context: Any) -> int | None:
+        """Where the first record at or after `lo` probably starts (`guess_pcap`)."""
+        return guess_pcap(self.capture, lo, hi)
+
+    def __call__(self, start: int | None, stop: int, limit: int = U64_MAX, context: Any = None) -> Walked:
         walked = Walked(start, limit)
         walked.accepted = [0] * self.outputs
         if start is None:
             return walked
-        arrays = getattr(self.local, "arrays", None)
-        if arrays is None:
-            arrays = self.local.arrays = ChunkArrays(self.chunk)
+        arrays = self.arrays()
         chunk = arrays.chunk
         chunk.stop_at, chunk.limit = stop, limit
         pos = start
@@ -248,6 +331,135 @@ class RangeWalker:
         return int(self.walk(capture.address, capture.size, pos, self.swapped, capture.record_header,
                              capture.max_caplen, self.snapshot, arrays.address))  # fmt: skip
 
+    def finish(self, walked: Walked, hi: int) -> Walked:
+        """A verified walk of a range ending at `hi`, completed by the settling thread (pcap: nothing to do)."""
+        return walked
+
+    def error(self, walked: Walked) -> CaptureFileError:
+        """The error a walk that stopped at a bad record stands for (what one thread raises there)."""
+        return walked.error or self.capture._pcap_error(cast(int, walked.end), walked.status)
+
+
+class Context(NamedTuple):
+    """What the packet blocks of a stretch of a pcapng file are read in: its section (byte order, the
+    interfaces' snap lengths and link-type slots: a copy no later block changes) and the walker compiled
+    for every slot seen so far."""
+
+    section: Section
+    walk: Any
+
+
+class _PcapngWalker(RangeWalker):
+    """Walks ranges of a pcapng file. The calling thread reads the blocks before the first packet block
+    (`lead`: the context of almost every file); a walk reads packet blocks in the context it is given,
+    handles a statistics, name-resolution or custom block in place (a piece of the range's output, as
+    one thread writes it) and stops at a section header or interface description (`Status.OTHER_BLOCK`):
+    those change the context, so only the settling thread reads them (`finish`), once the walk up to
+    them is verified; it walks the rest of the range in the new context and publishes it (`context`)
+    for the ranges claimed after. A range walked in an older context is walked again (`_Ranges`)."""
+
+    def __init__(self, capture: CaptureFile, filters: WalkerSource, chunk: int, consume: Consume, outputs: int,
+                 written: int, prepare: Callable[[Section], None] | None = None):  # fmt: skip
+        # (not RangeWalker.__init__: a pcapng file has no single snaplen or byte order; the contexts have them)
+        self.capture, self.filters, self.chunk, self.consume, self.outputs = capture, filters, chunk, consume, outputs
+        self.written = range(written)  # the outputs written (each gets every block); none when only counting
+        self.prepare = prepare  # called with each new context's section before a walk reads in it
+        self.local = threading.local()
+        lead, section, self.first = capture.read_lead()
+        self.lead = lead
+        assert section is not None  # (the file starts with a section header: CaptureFile checked)
+        self.context = self.make_context(section)
+        # where a run of section/interface blocks starts: (those blocks, where they end, the context
+        # after them, the error that cut them short); read once, however often a range is walked again
+        self.changes: dict[int, tuple[list[Block], int, Context, CaptureFileError | None]] = {}
+
+    def make_context(self, section: Section) -> Context:
+        """A context for `section` as it is now (copied): its walker compiled for every slot."""
+        if self.prepare is not None:
+            self.prepare(section)
+        return Context(section.copy(), self.filters.walker()[0])
+
+    def guess(self, lo: int, hi: int, context: Any) -> int | None:
+        """A guessed packet block start (`guess_pcapng`) in `context`'s byte order and interfaces."""
+        section = cast(Context, context).section
+        return guess_pcapng(self.capture, lo, hi, section.order, len(section.interfaces))
+
+    def __call__(self, start: int | None, stop: int, limit: int = U64_MAX, context: Any = None) -> Walked:
+        capture = self.capture
+        context = cast(Context, context or self.context)
+        walked = Walked(start, limit, context)
+        walked.accepted = [0] * self.outputs
+        if start is None:
+            return walked
+        arrays = self.arrays()
+        chunk = arrays.chunk
+        chunk.stop_at = stop
+        section = context.section
+        swapped, snaplens, slots = int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens), \
+            ctypes.addressof(section.slots)  # fmt: skip
+        interfaces = len(section.interfaces)
+        word = struct.Struct(section.order + "I").unpack_from
+        pos = start
+        while True:
+            chunk.limit = limit if limit == U64_MAX else limit - walked.accepted[0]
+            n = int(context.walk(capture.address, capture.size, pos, swapped, snaplens, slots, interfaces,
+                                 arrays.address))  # fmt: skip
+            pos, status = chunk.end, chunk.status
+            if n:
+                walked.read += n
+                self.consume(arrays, n, walked, False)
+            if status == Status.FULL:
+                continue
+            if status == Status.OTHER_BLOCK and word(capture.map, pos)[0] not in (BT_SHB, BT_IDB):
+                try:  # (checked as one thread checks it; such a block changes no context)
+                    block, _ = capture._pcapng_block(pos, section)
+                except CaptureFileError as error:
+                    walked.end, walked.status, walked.error = pos, Status.BAD_BLOCK, error
+                    return walked
+                walked.kept += [(output, block) for output in self.written]
+                pos = block.end
+                continue
+            # (NEW_LINKTYPE cannot come: a context's walker has every slot its interfaces name)
+            walked.end, walked.status = pos, Status(status)
+            return walked
+
+    def finish(self, walked: Walked, hi: int) -> Walked:
+        """A verified walk that stopped at a section or interface block: read those blocks (here, on the
+        settling thread, in file order: they change the context), write them in place, walk on to the
+        range's end in the new context; again at the next such block."""
+        while walked.status == Status.OTHER_BLOCK:
+            blocks, pos, context, error = self.change(cast(int, walked.end), cast(Context, walked.next_context))
+            walked.kept += [(output, block) for block in blocks for output in self.written]
+            if error is not None:
+                walked.end, walked.status, walked.error = pos, Status.BAD_BLOCK, error
+                break
+            limit = walked.limit if walked.limit == U64_MAX else walked.limit - walked.accepted[0]
+            walked.extend(self(pos, hi, limit, context))
+        return walked
+
+    def change(self, at: int, context: Context) -> tuple[list[Block], int, Context, CaptureFileError | None]:
+        """The section and interface blocks from `at` (read in `context`), up to the next block of
+        another kind, and the context they leave (remembered: a range walked again meets them again)."""
+        if at not in self.changes:
+            capture, section = self.capture, context.section.copy()
+            blocks: list[Block] = []
+            pos, error = at, None
+            try:
+                while capture.size - pos >= 8:  # (less: the walk from here says "truncated", as one thread does)
+                    if struct.unpack_from(section.order + "I", capture.map, pos)[0] not in (BT_SHB, BT_IDB):
+                        break
+                    block, section = capture._pcapng_block(pos, section)
+                    blocks.append(block)
+                    pos = block.end
+            except CaptureFileError as failed:
+                error = failed
+            self.changes[at] = (blocks, pos, self.make_context(section), error)
+        return self.changes[at]
+
+    def error(self, walked: Walked) -> CaptureFileError:
+        section = cast(Context, walked.next_context).section
+        return walked.error or self.capture._pcapng_error(cast(int, walked.end), walked.status, section)
+
 
 def filter_consume(capture: CaptureFile, writing: bool) -> Consume:
     """A filter's chunk into a Walked: its accepted count and, when writing, its accepted records
@@ -259,6 +471,42 @@ def filter_consume(capture: CaptureFile, writing: bool) -> Consume:
             walked.kept.append((0, kept))
         if writing and cut and arrays.verdicts[n - 1]:
             walked.kept.append((0, capture.cut_record(int(arrays.starts[n - 1]))))
+
+    return consume
+
+
+def split_consume(capture: CaptureFile, classifier: Callable[[int], Any], outputs: int) -> Consume:
+    """A chunk into a Walked for `split_file`: each record through the classifier of its slot
+    (`capfile._classified`), each output's chosen records kept as iovecs."""
+    import numpy as np
+
+    from .capfile import _classified
+
+    data = np.frombuffer(capture.map, dtype=np.uint8)
+    group = walkers.IOV_GROUP
+
+    def consume(arrays: ChunkArrays, n: int, walked: Walked, cut: bool) -> None:
+        section = cast(Context, walked.context).section if walked.context is not None else None
+        starts, _, verdicts = _classified(Records(arrays, n, section, False), data, classifier, outputs)
+        lengths = starts[1:] - starts[:-1]
+        for index in range(outputs):
+            chosen = np.flatnonzero(verdicts[:, index])
+            if not len(chosen):
+                continue
+            walked.accepted[index] += len(chosen)
+            last_cut = cut and chosen[-1] == n - 1  # its bytes are not the file's: written apart
+            if last_cut:
+                chosen = chosen[:-1]
+            if len(chosen):
+                iov = np.empty((len(chosen), 2), dtype=np.uint64)  # struct iovec {base, len}
+                iov[:, 0] = starts[chosen] + np.uint64(capture.address)
+                iov[:, 1] = lengths[chosen]
+                sums = np.add.reduceat(iov[:, 1], np.arange(0, len(chosen), group))
+                iov_copy = (ctypes.c_uint64 * iov.size).from_buffer_copy(iov.data)
+                sums_copy = (ctypes.c_uint64 * len(sums)).from_buffer_copy(sums.data)
+                walked.kept.append((index, Kept(iov_copy, sums_copy, len(chosen), int(sums.sum()))))
+            if last_cut:
+                walked.kept.append((index, capture.cut_record(int(starts[n - 1]))))
 
     return consume
 
@@ -290,71 +538,6 @@ class Chain:
 
 
 # -- the threads ---------------------------------------------------------------------------------------
-class _Ahead:
-    """Worker threads that run `task(i)` for i = 0, 1, ... in order of claim, at most `window` ahead of
-    the range the main thread is writing; `result(i)` waits for range i (and raises what it raised)."""
-
-    def __init__(self, workers: int, count: int, window: int, task: Callable[[int], Walked]):
-        self.task, self.count, self.window = task, count, window
-        self.results: list[Walked | BaseException | None] = [None] * count
-        self.ready = [threading.Event() for _ in range(count)]
-        self.claimed = self.taken = 0
-        self.stopping = False
-        self.cond = threading.Condition()
-        self.threads = [threading.Thread(target=self._work, name=f"bpfjit-range-{k}", daemon=True)
-                        for k in range(workers)]  # fmt: skip
-        for thread in self.threads:
-            thread.start()
-
-    def _work(self) -> None:
-        while True:
-            with self.cond:
-                while not self.stopping and self.claimed < self.count and self.claimed >= self.taken + self.window:
-                    self.cond.wait()
-                if self.stopping or self.claimed >= self.count:
-                    return
-                index = self.claimed
-                self.claimed += 1
-            self._walk(index)
-
-    def _walk(self, index: int) -> None:
-        try:
-            result: Walked | BaseException = self.task(index)
-        except BaseException as error:  # handed to the main thread, raised there
-            result = error
-        self.results[index] = result
-        self.ready[index].set()
-
-    def result(self, index: int) -> Walked:
-        """Range `index`'s walk; until it is done, the caller walks ranges nobody has claimed yet (so
-        `workers` threads in all: the writing thread is one of them)."""
-        while not self.ready[index].is_set():
-            with self.cond:
-                mine = self.claimed if self.claimed < min(self.count, self.taken + self.window) else None
-                if mine is not None:
-                    self.claimed += 1
-            if mine is None:
-                self.ready[index].wait()
-            else:
-                self._walk(mine)
-        result, self.results[index] = self.results[index], None
-        with self.cond:
-            self.taken = index + 1
-            self.cond.notify_all()
-        if isinstance(result, BaseException):
-            raise result
-        assert result is not None
-        return result
-
-    def close(self) -> None:
-        """Stop claiming ranges and wait for the walks under way: the mapping must outlive them."""
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        for thread in self.threads:
-            thread.join()
-
-
 class _Write(NamedTuple):
     """A settled range's records to write: each output's file offset (None: written in order, on the
     range's `ticket`, the turn among the ranges with records for such an output)."""
@@ -368,7 +551,8 @@ class _Ranges:
     """One run's threads (`work`, the calling thread one of them). Each claims the next range in file
     order, at most `window` ranges ahead of the last settled one, walks it, then settles every walked
     range the chain has reached — in file order, by one thread at a time: the `Chain` check (a redo
-    where a guess was wrong), `-c`, the end, an error — and writes what it settled.
+    where a guess was wrong, or where a pcapng walk read in a context that has changed since), the
+    walker's `finish`, `-c`, the end, an error — and writes what it settled.
 
     A settled range's bytes are known, so where its records go in a regular file is the prefix sum
     of the ranges before it (`Writer.position`): it is written there with pwritev, with no lock held
@@ -389,7 +573,7 @@ class _Ranges:
         self.finished = False  # the chain reached the end, -c or an error: nothing more to settle
         self.chain = Chain(bounds[0])
         self.read, self.accepted = 0, [0] * walker.outputs
-        self.failure: tuple[int, Status] | None = None  # a bad record: where, what
+        self.failure: CaptureFileError | None = None  # a bad record, raised once everything before is written
         self.error: BaseException | None = None  # raised in a thread (a write failed, an interrupt)
         # per output, once opened: where its first record goes and where the next one goes (None: in order)
         self.opened = [False] * len(writers)
@@ -398,10 +582,11 @@ class _Ranges:
         self.tickets = self.turn = 0
 
     def task(self, index: int) -> Walked:
-        """Walk range `index` from its first record (range 0) or a guessed one."""
-        lo, hi = self.bounds[index], self.bounds[index + 1]
-        start = lo if index == 0 else guess_pcap(self.walker.capture, lo, hi)
-        return self.walker(start, hi, self.limit)
+        """Walk range `index` from its first record (range 0) or a guessed one, in the latest context."""
+        lo, hi, walker = self.bounds[index], self.bounds[index + 1], self.walker
+        context = walker.context  # (pcapng: read once; the settling thread may publish a newer one)
+        start = lo if index == 0 else walker.guess(lo, hi, context)
+        return walker(start, hi, self.limit, context)
 
     def work(self) -> None:
         try:
@@ -446,14 +631,35 @@ class _Ranges:
 
     def _settle(self, index: int, walked: Walked) -> _Write:
         hi, chain, walker = self.bounds[index + 1], self.chain, self.walker
-        walked = chain.verify(walked, hi, lambda at: walker(at, hi, self.limit))
+
+        def walk(at: int, limit: int = self.limit) -> Walked:
+            return walker(at, hi, limit, walker.context)
+
+        if walked.context is walker.context:
+            walked = chain.verify(walked, hi, walk)
+        else:  # pcapng: walked before the settled walk met a section or interface block
+            chain.redone += chain.position < hi
+            walked = walk(chain.position)
+        walked = walker.finish(walked, hi)
         counted = self.count is not None and self.accepted[0] + walked.accepted[0] >= self.count
         if counted and walked.limit != cast(int, self.count) - self.accepted[0]:  # stop at the count-th record
-            walked = walker(chain.position, hi, cast(int, self.count) - self.accepted[0])
-        nbytes = [0] * len(self.writers)
-        for output, kept in walked.kept:
-            nbytes[output] += len(kept) if isinstance(kept, bytes) else kept.chunk.bytes
+            walked = walker.finish(walk(chain.position, cast(int, self.count) - self.accepted[0]), hi)
+        failure = None
+        if not counted and walked.status not in (Status.STOP, Status.END, Status.LIMIT):
+            failure = walker.error(walked)
+        capture = walker.capture
+        nbytes, records = [0] * len(self.writers), [False] * len(self.writers)
+        for output, piece in walked.kept:
+            nbytes[output] += _length(capture, piece)
+            records[output] |= not isinstance(piece, Block)
         with self.cond:
+            for output, writer in enumerate(self.writers):
+                if nbytes[output] and not records[output] and not self.opened[output]:
+                    # blocks before an output's first record: held until it opens, as one thread holds them
+                    for block in (piece for o, piece in walked.kept if o == output):
+                        writer.block(_bytes(capture, cast(Block, block)))
+                    nbytes[output] = 0
+            walked.kept = [(output, piece) for output, piece in walked.kept if nbytes[output]]
             at: list[int | None] = []
             ordered = False
             for output, writer in enumerate(self.writers):
@@ -474,10 +680,11 @@ class _Ranges:
             self.accepted = [a + b for a, b in zip(self.accepted, walked.accepted, strict=True)]
             if counted or walked.status in (Status.END, Status.LIMIT):
                 self.finished = True
-            elif walked.status != Status.STOP:
-                self.failure, self.finished = (cast(int, walked.end), walked.status), True
+            elif failure is not None:
+                self.failure, self.finished = failure, True
             else:
                 chain.position = cast(int, walked.end)
+                walker.context = walked.next_context  # the context there: the next ranges are walked in it
             self.settled = index + 1
             self.cond.notify_all()
         if self.progress is not None and not counted:
@@ -486,15 +693,17 @@ class _Ranges:
 
     def write(self, write: _Write) -> None:
         """A settled range's records: at their offsets; then, on its turn, to the ordered outputs."""
-        at, ordered = write.at, []
-        for output, kept in write.walked.kept:
+        at, ordered, capture = write.at, [], self.walker.capture
+        for output, piece in write.walked.kept:
             place = at[output]
             if place is None:
-                ordered.append((output, kept))
+                ordered.append((output, piece))
                 continue
             writer = self.writers[output]
-            at[output] = place + (writer.record_at(kept, place) if isinstance(kept, bytes)
-                                  else writer.records_at(cast(ChunkArrays, kept), place))  # fmt: skip
+            if isinstance(piece, Kept):
+                at[output] = place + writer.records_at(cast(ChunkArrays, piece), place)
+            else:
+                at[output] = place + writer.record_at(_bytes(capture, piece), place)
         if write.ticket is None:
             return
         with self.cond:
@@ -503,24 +712,51 @@ class _Ranges:
             if self.error is not None:
                 return
         try:
-            _write(ordered, self.writers)
+            _write(capture, ordered, self.writers)
         finally:
             with self.cond:
                 self.turn += 1
                 self.cond.notify_all()
 
 
-def _run(capture: CaptureFile, walker: RangeWalker, writers: Sequence[Writer], workers: int, count: int | None,
+def _length(capture: CaptureFile, piece: Piece) -> int:
+    if isinstance(piece, Kept):
+        return int(piece.chunk.bytes)
+    if isinstance(piece, Block):
+        return len(piece.replacement) if piece.replacement is not None else piece.end - piece.start
+    return len(piece)
+
+
+def _bytes(capture: CaptureFile, piece: bytes | Block) -> bytes:
+    """A cut record's bytes, or a block's as it is written (a section header: its length unknown)."""
+    if isinstance(piece, Block):
+        return piece.replacement or capture.map[piece.start : piece.end]
+    return piece
+
+
+def _write(capture: CaptureFile, pieces: Sequence[tuple[int, Piece]], writers: Sequence[Writer]) -> None:
+    """Pieces to their outputs, in order, at each output's current position."""
+    for output, piece in pieces:
+        if isinstance(piece, Kept):
+            writers[output].records(cast(ChunkArrays, piece))  # Kept has the fields records() reads
+        elif isinstance(piece, Block):
+            writers[output].block(_bytes(capture, piece))
+        else:
+            writers[output].record(piece)
+
+
+def _run(walker: RangeWalker, writers: Sequence[Writer], workers: int, count: int | None,
          progress: Callable[[int, int, int], None] | None, range_bytes: int | None) -> Run:  # fmt: skip
-    bounds = boundaries(PCAP_HEADER_LEN, capture.size, workers, range_bytes)
+    capture = walker.capture
+    bounds = boundaries(walker.first, capture.size, workers, range_bytes)
     if workers > 1 and len(bounds) > 3:
         # Range 0 half as long, range 1 half again: the threads, started together, finish their walks
         # half a range apart, so that one writes while the other walks (writes to one file do not run
         # at once: capwriter). In step, both wrote at once, each taking twice as long (a 2-CPU trace).
         bounds[1] = (bounds[0] + bounds[1]) // 2
-    with memoryview(capture.map) as view:
-        for writer in writers:
-            writer.block(view[:PCAP_HEADER_LEN])
+    for writer in writers:
+        for block in walker.lead:  # (held until the output opens)
+            writer.block(_bytes(capture, block))
     run = _Ranges(walker, writers, bounds, WINDOW_PER_WORKER * workers, count, progress)
     threads = [threading.Thread(target=run.work, name=f"bpfjit-range-{k}", daemon=True)
                for k in range(min(workers, run.ranges) - 1)]  # fmt: skip
@@ -543,199 +779,40 @@ def _run(capture: CaptureFile, walker: RangeWalker, writers: Sequence[Writer], w
         if first is not None:
             writer.placed(first, cast(int, position))
     if run.failure is not None:
-        raise capture._pcap_error(*run.failure)
+        raise run.failure
     return Run(run.read, run.accepted, run.ranges, run.chain.redone)
 
 
-def _write(kept_records: Sequence[tuple[int, Kept | bytes]], writers: Sequence[Writer]) -> None:
-    """Records to their outputs, in order, at each output's current position."""
-    for output, kept in kept_records:
-        if isinstance(kept, bytes):
-            writers[output].record(kept)
-        else:
-            writers[output].records(cast(ChunkArrays, kept))  # Kept has the fields records() reads
-
-
 # -- the operations ----------------------------------------------------------------------------------------
-def filter_ranges(capture: CaptureFile, walk: Any, writer: Writer | None, workers: int, *, count: int | None = None,
-                  chunk: int, progress: Callable[[int, int, int], None] | None = None,
+def _walker(capture: CaptureFile, filters: WalkerSource, chunk: int, consume: Consume, outputs: int, written: int,
+            prepare: Callable[[Section], None] | None = None) -> RangeWalker:  # fmt: skip
+    """The range walker for `capture`'s format: `outputs` counts of accepted records, `written` outputs."""
+    if capture.format == "pcap":
+        return RangeWalker(capture, filters.walker()[0], chunk, consume, outputs)
+    return _PcapngWalker(capture, filters, chunk, consume, outputs, written, prepare)
+
+
+def filter_ranges(capture: CaptureFile, filters: WalkerSource, writer: Writer | None, workers: int, *,
+                  count: int | None = None, chunk: int, progress: Callable[[int, int, int], None] | None = None,
                   range_bytes: int | None = None) -> Run:  # fmt: skip
-    """`filter_file`'s loop on `workers` threads: the records `walk` (a pcap walker) accepts, to `writer`."""
-    walker = RangeWalker(capture, walk, chunk, filter_consume(capture, writer is not None), 1)
-    return _run(capture, walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
+    """`filter_file`'s loop on `workers` threads: the records `filters` (a `LinkTypeFilters`) accept,
+    to `writer`, with the header and the non-packet blocks as one thread writes them."""
+    walker = _walker(capture, filters, chunk, filter_consume(capture, writer is not None), 1, int(writer is not None))
+    return _run(walker, [writer] if writer is not None else [], workers, count, progress, range_bytes)
 
 
-def split_ranges(capture: CaptureFile, walk: Any, classifier: Callable[[int], Any], writers: Sequence[Writer],
-                 workers: int, *, chunk: int, range_bytes: int | None = None) -> Run:  # fmt: skip
-    """`split_file`'s loop on `workers` threads: `walk` keeps every record, `classifier(0)` (a
-    `Classifier`) says which outputs each goes to; each output's records are kept as iovecs."""
-    import numpy as np
+def split_ranges(capture: CaptureFile, keep_all: WalkerSource, classifier: Callable[[int], Any],
+                 writers: Sequence[Writer], workers: int, *, chunk: int,
+                 range_bytes: int | None = None) -> Run:  # fmt: skip
+    """`split_file`'s loop on `workers` threads: `keep_all` walks every record, `classifier(slot)` (a
+    `Classifier` for the slot's link type) says which outputs each goes to; each output's records are
+    kept as iovecs. pcapng: the classifiers of a context's slots are made before it is walked in (on
+    one thread: made on first use, they must not be made by two at once)."""
 
-    from .batch import Batch
+    def prepare(section: Section) -> None:
+        for slot in sorted(set(section.slots[: len(section.interfaces)])):
+            classifier(slot)
 
-    data = np.frombuffer(capture.map, dtype=np.uint8)
-    classify = classifier(0)  # pcap: one link type, compiled by the caller before any output was opened
-    group = walkers.IOV_GROUP
-
-    def consume(arrays: ChunkArrays, n: int, walked: Walked, cut: bool) -> None:
-        starts = np.frombuffer(memoryview(arrays.starts), dtype=np.uint64, count=n + 1)
-        offsets = np.frombuffer(memoryview(arrays.offsets), dtype=np.uint64, count=n)
-        caplens = np.frombuffer(memoryview(arrays.caplens), dtype=np.uint32, count=n)
-        wirelens = np.maximum(np.frombuffer(memoryview(arrays.wirelens), dtype=np.uint32, count=n), caplens)
-        verdicts = classify.run_batch(Batch(data, offsets, caplens, wirelens))
-        lengths = starts[1:] - starts[:-1]
-        for index in range(len(writers)):
-            chosen = np.flatnonzero(verdicts[:, index])
-            if not len(chosen):
-                continue
-            walked.accepted[index] += len(chosen)
-            last_cut = cut and chosen[-1] == n - 1  # its bytes are not the file's: written apart
-            if last_cut:
-                chosen = chosen[:-1]
-            if len(chosen):
-                iov = np.empty((len(chosen), 2), dtype=np.uint64)  # struct iovec {base, len}
-                iov[:, 0] = starts[chosen] + np.uint64(capture.address)
-                iov[:, 1] = lengths[chosen]
-                sums = np.add.reduceat(iov[:, 1], np.arange(0, len(chosen), group))
-                iov_copy = (ctypes.c_uint64 * iov.size).from_buffer_copy(iov.data)
-                sums_copy = (ctypes.c_uint64 * len(sums)).from_buffer_copy(sums.data)
-                walked.kept.append((index, Kept(iov_copy, sums_copy, len(chosen), int(sums.sum()))))
-            if last_cut:
-                walked.kept.append((index, capture.cut_record(int(starts[n - 1]))))
-
-    walker = RangeWalker(capture, walk, chunk, consume, len(writers))
-    return _run(capture, walker, writers, workers, None, None, range_bytes)
-
-
-# -- pcapng ---------------------------------------------------------------------------------------------
-BLOCK_MIN = 12  # type, length, trailer
-
-
-def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces: int) -> int | None:
-    """The first 4-aligned offset in [lo, hi) (looking at `GUESS_SCAN` bytes at most) holding a packet
-    block whose framing chains up over `GUESS_CHAIN` blocks (or to the end of the file): each block's
-    length a multiple of 4 and repeated at its end; an EPB naming a known interface and holding its
-    caplen. Blocks start 4-aligned (the first at 0, every length a multiple of 4). Only saves work:
-    `filter_ranges_pcapng` checks it."""
-    data, size = capture.map, capture.size
-    word = struct.Struct(order + "I").unpack_from
-
-    def block_end(at: int) -> int | None:
-        if at + BLOCK_MIN > size:
-            return None
-        length = word(data, at + 4)[0]
-        end = at + length
-        if length < BLOCK_MIN or length % 4 or end > size or word(data, end - 4)[0] != length:
-            return None
-        return end
-
-    at = lo + (-lo) % 4
-    last = min(hi, lo + GUESS_SCAN, size - BLOCK_MIN + 1)
-    while at < last:
-        btype = word(data, at)[0]
-        end = block_end(at) if btype in PACKET_BLOCKS else None
-        if end is not None and btype == walkers.BT_EPB:
-            iface, caplen = word(data, at + 8)[0], word(data, at + 20)[0]
-            if end - at < 32 or iface >= interfaces or caplen > end - at - 32:
-                end = None
-        if end is not None:
-            for _ in range(GUESS_CHAIN - 1):
-                if end == size or (end := block_end(end)) is None:
-                    break
-            if end is not None:
-                return at
-        at += 4
-    return None
-
-
-class _PcapngWalker(RangeWalker):
-    """Walks ranges of a pcapng file in one context (byte order, interface snap lengths and link-type
-    slots, copied: the calling thread may change the live section meanwhile)."""
-
-    def __init__(self, capture: CaptureFile, walk: Any, chunk: int, section: Section, writing: bool):
-        # (not RangeWalker.__init__: a pcapng file has no single snaplen; these are the context's)
-        self.capture, self.walk, self.chunk, self.outputs = capture, walk, chunk, 1
-        self.consume = filter_consume(capture, writing)
-        self.local = threading.local()
-        self.swapped = int(section.order != HOST_ORDER)
-        self.snaplens = (ctypes.c_uint32 * len(section.snaplens))(*section.snaplens)
-        self.slots = (ctypes.c_uint32 * len(section.slots))(*section.slots)
-        self.interfaces = len(section.interfaces)
-
-    def walk_from(self, pos: int, arrays: ChunkArrays) -> int:
-        capture = self.capture
-        return int(self.walk(capture.address, capture.size, pos, self.swapped, ctypes.addressof(self.snaplens),
-                             ctypes.addressof(self.slots), self.interfaces, arrays.address))  # fmt: skip
-
-
-def filter_ranges_pcapng(capture: CaptureFile, filters: LinkTypeFilters, writer: Writer | None, workers: int, *,
-                         chunk: int, progress: Callable[[int, int, int], None] | None = None,
-                         range_bytes: int | None = None) -> Run:  # fmt: skip
-    """`filter_file`'s loop over a pcapng file on `workers` threads (see the module doc)."""
-    read, accepted, redone, ranges = 0, 0, 0, 0
-    view = memoryview(capture.map)
-
-    def write_block(block: Block) -> None:
-        if writer is not None:
-            writer.block(block.replacement or view[block.start : block.end])
-
-    try:
-        lead, section, pos = capture.read_lead()  # the blocks before the first packet: the ranges' context
-        for block in lead:
-            write_block(block)
-        if pos < capture.size and section is not None:
-            walk = filters.walker()[0]  # (every link type described so far has its program in it)
-            walker = _PcapngWalker(capture, walk, chunk, section, writer is not None)
-            bounds = boundaries(pos, capture.size, workers, range_bytes)
-            ranges = len(bounds) - 1
-            order = section.order
-
-            def task(i: int) -> Walked:
-                start = bounds[0] if i == 0 else guess_pcapng(capture, bounds[i], bounds[i + 1], order,
-                                                               walker.interfaces)  # fmt: skip
-                return walker(start, bounds[i + 1])
-
-            ahead = _Ahead(min(workers, ranges) - 1, ranges, 2 * workers, task)
-            changed = False
-            try:
-                for i in range(ranges):
-                    walked = ahead.result(i)
-                    if walked.start != pos:  # a wrong guess (or none): walk it again from where it starts
-                        redone += pos < bounds[i + 1]
-                        walked = walker(pos, bounds[i + 1])
-                    while True:
-                        _write(walked.kept, [writer] if writer is not None else [])
-                        read, accepted = read + walked.read, accepted + walked.accepted[0]
-                        pos = cast(int, walked.end)
-                        if walked.status != Status.OTHER_BLOCK:
-                            break
-                        btype = struct.unpack_from(section.order + "I", capture.map, pos)[0]
-                        block, section = capture._pcapng_block(pos, section)
-                        write_block(block)
-                        pos = block.end
-                        if btype in (BT_SHB, BT_IDB):  # a new context: the rest on this thread (below)
-                            changed = True
-                            break
-                        walked = walker(pos, bounds[i + 1])  # the rest of this range, on this thread
-                    if progress is not None:
-                        progress(pos, read, accepted)
-                    if changed or walked.status in (Status.END, Status.LIMIT):
-                        break
-                    if walked.status != Status.STOP:
-                        raise capture._pcapng_error(pos, walked.status, section)
-            finally:
-                ahead.close()
-            if changed:  # the rest of the file as workers=1 walks it, from here in the new context
-                arrays = ChunkArrays(chunk)
-                for event in capture.events(filters, lambda: arrays, pos, section):
-                    if isinstance(event, Block):
-                        write_block(event)
-                        continue
-                    if writer is not None:
-                        writer.records(arrays)
-                    read, accepted = read + event.n, accepted + arrays.chunk.accepted
-                    if progress is not None:
-                        progress(arrays.chunk.end, read, accepted)
-    finally:
-        view.release()
-    return Run(read, [accepted], ranges, redone)
+    consume = split_consume(capture, classifier, len(writers))
+    walker = _walker(capture, keep_all, chunk, consume, len(writers), len(writers), prepare)
+    return _run(walker, writers, workers, None, None, range_bytes)

@@ -2,7 +2,8 @@
 
 The ranges are made small here (a few KiB, hundreds per file) so that every boundary case comes up:
 guesses that are right, guesses fooled by record headers inside packets (a pcap carried over TCP),
-ranges inside one record, a bad record in the middle or at the end, -c stopping mid-range.
+ranges inside one record, a bad record in the middle or at the end, -c stopping mid-range; pcapng
+whose context (sections, interfaces) changes mid-file, met by the ranges in every order.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ def parallel(src: Path, dst: Path | None, expression: str | None, *, workers: in
              count: int | None = None) -> capparallel.Run:  # fmt: skip
     """filter_file with the range size chosen (filter_file's default makes one range of a small file)."""
     with CaptureFile(src) as capture:
-        walk = LinkTypeFilters(expression, capture).walker()[0]
+        filters = LinkTypeFilters(expression, capture)
         writer = Writer(dst, capture) if dst is not None else None
         try:
-            return capparallel.filter_ranges(capture, walk, writer, workers, count=count, chunk=97,
+            return capparallel.filter_ranges(capture, filters, writer, workers, count=count, chunk=97,
                                              range_bytes=range_bytes)  # fmt: skip
         finally:
             if writer is not None:
@@ -194,7 +195,7 @@ def test_split_same_as_one_thread(tmp_path: Path) -> None:
     outputs = [tmp_path / f"split-{i}.pcap" for i in range(len(expressions))]
     expected = capfile.split_file(src, outputs, expressions, workers=1)
     with CaptureFile(src) as capture:
-        keep_all = LinkTypeFilters(None, capture).walker()[0]
+        keep_all = LinkTypeFilters(None, capture)
         programs = [LinkTypeFilters(e, capture).program_for(0) for e in expressions]
         classify = bpfjit.compile_many([p for p in programs if p is not None])
         writers = [Writer(o, capture) for o in outputs]
@@ -225,7 +226,7 @@ def test_workers_argument_and_pcapng(tmp_path: Path) -> None:
 
     write_pcapng(ng, mix(50))
     with CaptureFile(ng) as capture:
-        assert capparallel.workers_for(capture, 4) == 1  # pcapng: one thread (module doc)
+        assert capparallel.workers_for(capture, 4) == 4 and capparallel.workers_for(capture, 4, count=3) == 4
     assert bpfjit.filter_file(ng, tmp_path / "o.pcapng", "tcp", workers=4).read == 50
 
 
@@ -270,7 +271,7 @@ def test_records_longer_than_the_snapshot_are_cut_as_one_thread_cuts_them(tmp_pa
     for expression, single in zip(expressions, singles, strict=True):
         bpfjit.filter_file(src, single, expression, workers=1)
     with CaptureFile(src) as capture:
-        keep_all = LinkTypeFilters(None, capture).walker()[0]
+        keep_all = LinkTypeFilters(None, capture)
         programs = [LinkTypeFilters(e, capture).program_for(0) for e in expressions]
         classify = bpfjit.compile_many([p for p in programs if p is not None])
         writers = [Writer(o, capture) for o in outputs]
@@ -288,7 +289,7 @@ def parallel_pcapng(src: Path, dst: Path, expression: str | None, *, range_bytes
         filters = LinkTypeFilters(expression, capture)
         writer = Writer(dst, capture)
         try:
-            run = capparallel.filter_ranges_pcapng(capture, filters, writer, workers, chunk=61, range_bytes=range_bytes)
+            run = capparallel.filter_ranges(capture, filters, writer, workers, chunk=61, range_bytes=range_bytes)
             writer.finish()
             return run
         finally:
@@ -317,8 +318,8 @@ def test_pcapng_ranges_same_bytes_as_one_thread(tmp_path: Path, order: str) -> N
 
 
 def test_pcapng_blocks_in_the_middle(tmp_path: Path) -> None:
-    """Statistics and name blocks mid-file are written in place by the calling thread; an interface
-    block mid-file (a new context) sends the rest of the file to one thread: the same bytes."""
+    """Statistics and name blocks mid-file are written in place by the walking thread; an interface
+    block mid-file (a new context) is read by the settling thread, the ranges after walked in it."""
     _, data = _pcapng_mix("<", n=900)
     blocks = pcapng_blocks(data)
     isb = savefiles._block("<", 5, struct.pack("<III", 0, 0, 0))
@@ -449,7 +450,7 @@ def run_into(sink: _Sink, src: Path, expression: str | None, *, range_bytes: int
         filters.helpers = ("gather",)
         writer = Writer(cast(Any, sink.dst), capture)
         try:
-            run = capparallel.filter_ranges(capture, filters.walker()[0], writer, 2, count=count, chunk=chunk,
+            run = capparallel.filter_ranges(capture, filters, writer, 2, count=count, chunk=chunk,
                                             range_bytes=range_bytes)  # fmt: skip
             writer.finish()
             return "ok", run
@@ -509,13 +510,313 @@ def test_damage_and_count_on_both_write_paths(tmp_path: Path, kind: str) -> None
             assert cast(capparallel.Run, run).accepted[0] == expected.accepted
 
 
-def test_counting_only_on_threads(tmp_path: Path) -> None:
-    """No output (dst None): the counts of one thread."""
-    src = pcap_over_tcp(tmp_path, inner_packets=400)
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_counting_only_on_threads(tmp_path: Path, fmt: str) -> None:
+    """No output (dst None): the counts of one thread (pcapng: blocks and new contexts mid-file)."""
+    if fmt == "pcap":
+        src = pcap_over_tcp(tmp_path, inner_packets=400)
+    else:
+        src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context(">"))
     for expression in (None, "tcp port 80"):
         one = bpfjit.filter_file(src, None, expression, workers=1)
         assert bpfjit.filter_file(src, None, expression, workers=2) == one
         with CaptureFile(src) as capture:
-            run = capparallel.filter_ranges(capture, LinkTypeFilters(expression, capture).walker()[0], None, 2,
-                                            chunk=50, range_bytes=4096)  # fmt: skip
+            run = capparallel.filter_ranges(capture, LinkTypeFilters(expression, capture), None, 2, chunk=50,
+                                            range_bytes=4096)  # fmt: skip
         assert run.accepted[0] == bpfjit.filter_file(src, None, expression).accepted
+
+
+# -- pcapng on the same engine: contexts that change mid-file, split, -c, outputs, damage -----------------------
+SHB, IDB, ISB, NRB, EPB, CUSTOM = 0x0A0D0D0A, 1, 5, 4, 6, 0x00000BAD
+
+
+def _shb(order: str, section_length: int = -1) -> bytes:
+    return savefiles._block(order, SHB, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, section_length))
+
+
+def _idb(order: str, linktype: int, snaplen: int = 262144) -> bytes:
+    return savefiles._block(order, IDB, struct.pack(order + "HHI", linktype, 0, snaplen))
+
+
+def _epb(order: str, iface: int, index: int, data: bytes, wirelen: int) -> bytes:
+    ticks = savefiles.US_BASE * 10**6 + index * 1234
+    body = struct.pack(order + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), max(wirelen, len(data)))
+    return savefiles._block(order, EPB, body + data)
+
+
+def pcapng_changing_context(first: str, n: int = 1800, seed: int = 31) -> list[tuple[str, bytes]]:
+    """The blocks (kind, bytes) of a pcapng file whose context changes mid-file, several times: section
+    1 in byte order `first` (two Ethernet interfaces of different snap lengths; statistics and name
+    blocks; a RAW interface described after 200 packets: a new link type), section 2 in the other byte
+    order with its length given (written as unknown) and Ethernet (snaplen 128) and LINUX_SLL
+    interfaces, a custom block, section 3 in `first` order again; a statistics block before the
+    output's first record (held, as one thread holds it)."""
+    other = ">" if first == "<" else "<"
+    frames = packetmix.generate_list(n, seed=seed)
+    third = n // 3
+    blocks = [("shb", _shb(first)), ("idb", _idb(first, 1)), ("idb", _idb(first, 1, 65535)),
+              ("isb", savefiles._block(first, ISB, struct.pack(first + "III", 0, 0, 0)))]  # fmt: skip
+    for i in range(third):
+        if i in (60, 500):
+            blocks += [("isb", savefiles._block(first, ISB, struct.pack(first + "III", 1, 0, 0))),
+                       ("nrb", savefiles._block(first, NRB, struct.pack(first + "HH", 0, 0)))]  # fmt: skip
+        if i == 200:
+            blocks.append(("idb", _idb(first, 101)))  # interface 2: RAW
+        iface = i % 3 if i > 200 else i % 2
+        data, wirelen = frames[i]
+        if iface == 1:
+            data = data[:65535]
+        if iface == 2 and len(data) >= 14:
+            data, wirelen = data[14:], wirelen - 14
+        blocks.append(("epb", _epb(first, iface, i, data, wirelen)))
+    blocks += [("shb", _shb(other, 123456)), ("idb", _idb(other, 1, 128)), ("idb", _idb(other, 113))]
+    for i in range(third, 2 * third):
+        data, wirelen = frames[i]
+        if i % 2 and len(data) >= 14:
+            sll = struct.pack("!HHH8sH", 0, 1, 6, data[6:12] + b"\0\0", struct.unpack("!H", data[12:14])[0])
+            data, wirelen = sll + data[14:], wirelen + 2
+        else:
+            data = data[:128]
+        if i == third + 100:
+            blocks.append(("custom", savefiles._block(other, CUSTOM, struct.pack(other + "I", 32473) + b"bpfjit!!")))
+        blocks.append(("epb", _epb(other, i % 2, i, data, wirelen)))
+    blocks += [("shb", _shb(first)), ("idb", _idb(first, 1))]
+    for i in range(2 * third, n):
+        blocks.append(("epb", _epb(first, 0, i, *frames[i])))
+        if i % 250 == 0:
+            blocks.append(("isb", savefiles._block(first, ISB, struct.pack(first + "III", 0, 0, 0))))
+    return blocks
+
+
+def _write_blocks(path: Path, blocks: list[tuple[str, bytes]]) -> Path:
+    path.write_bytes(b"".join(block for _, block in blocks))
+    return path
+
+
+def _offsets(blocks: list[tuple[str, bytes]], kind: str) -> list[int]:
+    """Where each block of `kind` starts."""
+    found, at = [], 0
+    for name, block in blocks:
+        if name == kind:
+            found.append(at)
+        at += len(block)
+    return found
+
+
+PCAPNG_EXPRESSIONS = [None, "ip", "tcp port 80", "udp and (port 53 or port 123)"]
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("kind", _Sink.KINDS)
+def test_pcapng_context_changes_mid_file(tmp_path: Path, order: str, kind: str) -> None:
+    """New interfaces and sections (both byte orders, new link types) and other blocks mid-file, ranges
+    of 4 KiB to 64 MiB, to every kind of output (at offsets or in order): one thread's bytes."""
+    src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context(order))
+    one = tmp_path / "one.pcapng"
+    for expression in PCAPNG_EXPRESSIONS:
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        assert expected.read == 1800 and one.read_bytes().count(b"bpfjit!!") == 1
+        for range_bytes in PART_SIZES:
+            sink = _Sink(kind, tmp_path)
+            outcome, run = run_into(sink, src, expression, range_bytes=range_bytes)
+            assert sink.value() == one.read_bytes(), (expression, range_bytes)
+            run = cast(capparallel.Run, run)
+            assert outcome == "ok" and (run.read, run.accepted[0]) == (expected.read, expected.accepted)
+            assert run.ranges > 100 or range_bytes > 4 << 10
+        assert bpfjit.filter_file(src, one, expression, workers=2) == expected
+
+
+def test_pcapng_held_blocks_before_the_first_record(tmp_path: Path) -> None:
+    """Blocks (statistics, a new interface) in ranges with no accepted record before them are held
+    until the output opens; if none is ever accepted, the output is the header blocks alone."""
+    src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context("<"))
+    one = tmp_path / "one.pcapng"
+    for expression in ("ip6 and tcp port 4", "len > 100000", "tcp port 80"):
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        for range_bytes in (4 << 10, 64 << 10):
+            sink = _Sink("path", tmp_path)
+            outcome, run = run_into(sink, src, expression, range_bytes=range_bytes)
+            assert sink.value() == one.read_bytes() and outcome == "ok", expression
+            assert cast(capparallel.Run, run).accepted[0] == expected.accepted
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_count_gives_the_same_first_packets(tmp_path: Path, order: str) -> None:
+    """-c N on pcapng: the count reached before, inside and after a change of context."""
+    blocks = pcapng_changing_context(order)
+    src = _write_blocks(tmp_path / "in.pcapng", blocks)
+    one, many = tmp_path / "one.pcapng", tmp_path / "many.pcapng"
+    for expression in (None, "tcp port 80", "udp"):
+        total = bpfjit.filter_file(src, None, expression).accepted
+        for count in (1, 2, 150, 201, 250, total // 3, total // 2, 2 * total // 3, total - 1, total, total + 3):
+            expected = bpfjit.filter_file(src, one, expression, count=count, workers=1)
+            for range_bytes in (4 << 10, 64 << 10):
+                run = parallel(src, many, expression, range_bytes=range_bytes, count=count)
+                assert many.read_bytes() == one.read_bytes(), (expression, count, range_bytes)
+                assert run.accepted[0] == expected.accepted == min(count, total)
+            assert bpfjit.filter_file(src, many, expression, count=count, workers=2) == expected
+            assert many.read_bytes() == one.read_bytes()
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_split_same_as_one_thread(tmp_path: Path, order: str) -> None:
+    """split_file on pcapng: each output one thread's bytes, with the contexts changing mid-file."""
+    src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context(order))
+    expressions = ["tcp port 80", "udp", "ip6", "len > 600"]
+    singles = [tmp_path / f"single-{i}.pcapng" for i in range(len(expressions))]
+    for expression, single in zip(expressions, singles, strict=True):
+        bpfjit.filter_file(src, single, expression, workers=1)
+    outputs = [tmp_path / f"split-{i}.pcapng" for i in range(len(expressions))]
+    expected = capfile.split_file(src, outputs, expressions, workers=1)
+    assert [o.read_bytes() for o in outputs] == [s.read_bytes() for s in singles]
+    for range_bytes in PART_SIZES:
+        with CaptureFile(src) as capture:
+            keep_all = LinkTypeFilters(None, capture)
+            keep_all.helpers = ("gather",)
+            writers = [Writer(o, capture) for o in outputs]
+            run = capparallel.split_ranges(capture, keep_all, capfile.slot_classifiers(capture, expressions),
+                                           writers, 2, chunk=50, range_bytes=range_bytes)  # fmt: skip
+            for writer in writers:
+                writer.finish()
+                writer.close()
+        assert run.accepted == [s.accepted for s in expected], range_bytes
+        assert [o.read_bytes() for o in outputs] == [s.read_bytes() for s in singles], range_bytes
+    assert capfile.split_file(src, outputs, expressions, workers=2) == expected
+    assert [o.read_bytes() for o in outputs] == [s.read_bytes() for s in singles]
+    buffers = [io.BytesIO() for _ in expressions]  # no file descriptor: in order
+    assert capfile.split_file(src, buffers, expressions, workers=2) == expected
+    assert [b.getvalue() for b in buffers] == [s.read_bytes() for s in singles]
+
+
+def test_pcapng_over_tcp_split_and_count(tmp_path: Path) -> None:
+    """The adversarial pcapng (blocks carried 4-aligned in TCP payloads) through split and -c too."""
+    _, inner = _pcapng_mix("<", n=800, seed=8)
+    inner = b"\0\0" + inner
+    other = packetmix.generate_list(len(inner) // 1448 + 1, seed=9)
+    recs = []
+    for index, at in enumerate(range(0, len(inner), 1448)):
+        frame = samples.ethernet(0x0800, samples.ipv4(6, samples.tcp(40000, 80, 0x18, inner[at : at + 1448])))
+        recs += [frame, other[index][0]]
+    src, one = tmp_path / "outer.pcapng", tmp_path / "one.pcapng"
+    src.write_bytes(savefiles.pcapng_bytes(savefiles.records(recs, nano=False), 1))
+    for kind in ("path", "pipe"):
+        for count in (None, 5, 300):
+            expected = bpfjit.filter_file(src, one, "tcp port 80", count=count, workers=1)
+            sink = _Sink(kind, tmp_path)
+            outcome, run = run_into(sink, src, "tcp port 80", range_bytes=4 << 10, count=count)
+            assert sink.value() == one.read_bytes() and outcome == "ok", (kind, count)
+            assert cast(capparallel.Run, run).accepted[0] == expected.accepted
+    expressions = ["tcp port 80", "not tcp port 80"]
+    singles = [tmp_path / "a1.pcapng", tmp_path / "b1.pcapng"]
+    for expression, single in zip(expressions, singles, strict=True):
+        bpfjit.filter_file(src, single, expression, workers=1)
+    outputs = [tmp_path / "a.pcapng", tmp_path / "b.pcapng"]
+    with CaptureFile(src) as capture:
+        writers = [Writer(o, capture) for o in outputs]
+        run = capparallel.split_ranges(capture, LinkTypeFilters(None, capture), capfile.slot_classifiers(
+            capture, expressions), writers, 2, chunk=40, range_bytes=2048)  # fmt: skip
+        for writer in writers:
+            writer.finish()
+            writer.close()
+    assert [o.read_bytes() for o in outputs] == [s.read_bytes() for s in singles] and run.redone >= 5
+
+
+def _damaged(blocks: list[tuple[str, bytes]], damage: str) -> tuple[bytes, int]:
+    """The file of `blocks` damaged as `damage` says, and the offset one thread reports."""
+    data = b"".join(block for _, block in blocks)
+    epbs, idbs, isbs, shbs = (_offsets(blocks, kind) for kind in ("epb", "idb", "isb", "shb"))
+    if damage == "truncated in section 2":  # in the other byte order
+        at = epbs[700]
+        return data[: at + 20], at
+    if damage == "truncated block header":
+        return data + b"\x06\0\0\0\x20", len(data)
+    if damage == "bad interface block":  # the RAW IDB's trailer: read by the settling thread
+        at = idbs[2]
+        bad = bytearray(data)
+        bad[at + len(_idb("<", 101)) - 4] ^= 0x40
+        return bytes(bad), at
+    if damage == "bad statistics block":  # read in place by whichever thread walks it
+        at = isbs[3]
+        bad = bytearray(data)
+        bad[at + 4] = 0x0D  # length 13 ... : no multiple of 4
+        return bytes(bad), at
+    if damage == "unknown interface in section 3":  # an EPB naming interface 1 where the section has 1
+        at = epbs[1500]
+        bad = bytearray(data)
+        bad[at + 8] = 1
+        return bytes(bad), at
+    assert damage == "truncated section header"
+    at = shbs[2]
+    return data[: at + 20], at
+
+
+@pytest.mark.parametrize("damage", ["truncated in section 2", "truncated block header", "bad interface block",
+                                    "bad statistics block", "unknown interface in section 3",
+                                    "truncated section header"])  # fmt: skip
+def test_pcapng_damage_raises_where_one_thread_does(tmp_path: Path, damage: str) -> None:
+    """Records (and blocks) before the damage written, then the same error at the same offset, whether
+    the damage is met by a walking thread or by the settling thread; to a file and to a pipe."""
+    data, at = _damaged(pcapng_changing_context("<"), damage)
+    src, one = tmp_path / "in.pcapng", tmp_path / "one.pcapng"
+    src.write_bytes(data)
+    for expression in (None, "tcp port 80"):
+        with pytest.raises(CaptureFileError) as single:
+            bpfjit.filter_file(src, one, expression, workers=1)
+        assert single.value.offset in (at, at + 8), single.value  # (a section header's magic: at + 8)
+        for kind in ("path", "pipe"):
+            for range_bytes in (4 << 10, 64 << 10, 64 << 20):
+                sink = _Sink(kind, tmp_path)
+                with CaptureFile(src) as capture:
+                    writer = Writer(cast(Any, sink.dst), capture)
+                    with pytest.raises(CaptureFileError) as ranged:
+                        capparallel.filter_ranges(capture, LinkTypeFilters(expression, capture), writer, 2, chunk=97,
+                                                  range_bytes=range_bytes)  # fmt: skip
+                    writer.close()
+                assert (ranged.value.offset, str(ranged.value)) == (single.value.offset, str(single.value))
+                assert sink.value() == one.read_bytes(), (expression, kind, range_bytes)
+
+
+def test_pcapng_cli_jobs_count_and_split(tmp_path: Path) -> None:
+    src = _write_blocks(tmp_path / "in.pcapng", pcapng_changing_context(">"))
+    for extra in ([], ["-c", "321"]):
+        one, many = tmp_path / "one.pcapng", tmp_path / "many.pcapng"
+        assert cli.main(["filter", "-r", str(src), "-w", str(one), "-j", "1", *extra, "ip"]) == 0
+        assert cli.main(["filter", "-r", str(src), "-w", str(many), "-j", "2", *extra, "ip"]) == 0
+        assert one.read_bytes() == many.read_bytes()
+    template = str(tmp_path / "part-{}.pcapng")
+    assert cli.main(["filter", "-r", str(src), "-j", "2", "--split", template, "ip", "udp"]) == 0
+    bpfjit.filter_file(src, one, "ip", workers=1)
+    assert Path(template.format(0)).read_bytes() == one.read_bytes()
+
+
+def test_pcapng_every_range_walked_ahead_in_the_first_context(tmp_path: Path) -> None:
+    """The schedule where every range is walked before any is settled (deterministic, on one thread):
+    each range after a section or interface block was walked in an older context and is walked again;
+    the ranges walked in the context they lie in are not; the bytes are one thread's."""
+    blocks = pcapng_changing_context("<")
+    src = _write_blocks(tmp_path / "in.pcapng", blocks)
+    one, many = tmp_path / "one.pcapng", tmp_path / "many.pcapng"
+    for expression in (None, "tcp port 80"):
+        expected = bpfjit.filter_file(src, one, expression, workers=1)
+        with CaptureFile(src) as capture:
+            writer = Writer(many, capture)
+            walker = capparallel._walker(capture, LinkTypeFilters(expression, capture), 97,
+                                         capparallel.filter_consume(capture, True), 1, 1)  # fmt: skip
+            bounds = capparallel.boundaries(walker.first, capture.size, 1, 4096)
+            for block in walker.lead:
+                writer.block(capparallel._bytes(capture, block))
+            run = capparallel._Ranges(walker, [writer], bounds, len(bounds), None, None)
+            walks = []
+            for index in range(run.ranges):
+                run.claimed = index + 1
+                walks.append(run.task(index))
+            for index in reversed(range(len(walks))):  # handed in last to first: settled together, in order
+                for write in run.settle(index, walks[index]):
+                    run.write(write)
+            writer.placed(cast(int, run.first[0]), cast(int, run.position[0]))
+            writer.finish()
+            writer.close()
+        assert many.read_bytes() == one.read_bytes() and run.accepted[0] == expected.accepted
+        first_change = _offsets(blocks, "idb")[2]  # the RAW interface, 200 packets in
+        stale = sum(1 for lo in bounds[1:-1] if lo > first_change)
+        assert run.chain.redone == stale > 100  # (every range here has a record start of its own)
