@@ -12,9 +12,7 @@ import contextlib
 import ctypes
 import errno
 import os
-import secrets
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -26,6 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 from needs import require, tcpdump_path
+from netns import inside, namespace
+from netns import ip as _ip
 
 import bpfjit
 from bpfjit import Insn, Program
@@ -34,43 +34,13 @@ from bpfjit.samples import sample_frames
 
 IS_ROOT = os.geteuid() == 0
 PORT_A, PORT_B = 47001, 47002
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-# -- namespace plumbing -------------------------------------------------------------------------------
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"setns: {os.strerror(code)}")
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A new network namespace with lo up, entered by this thread for the test's duration."""
-    require(IS_ROOT, "root (network namespaces and AF_PACKET sockets)")
-    require(shutil.which("ip") is not None, "iproute2's `ip`")
-    name = f"bpfjit-test-{os.getpid()}-{secrets.token_hex(3)}"
-    _ip("netns", "add", name)
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        _ip("-n", name, "link", "set", "lo", "up")
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                yield name
-            finally:
-                _setns(original)
-        finally:
-            os.close(target)
-    finally:
-        os.close(original)
-        _ip("netns", "del", name)
+    with namespace("test") as name, inside(name):
+        yield name
 
 
 # -- traffic ------------------------------------------------------------------------------------------
@@ -361,7 +331,7 @@ def test_without_cap_net_raw_a_permission_error_says_what_is_needed() -> None:
 
     def drop_cap_net_raw() -> None:
         PR_CAPBSET_DROP, CAP_NET_RAW = 24, 13
-        if _libc.prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) != 0:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) != 0:
             os._exit(99)
 
     result = subprocess.run(

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import os
-import secrets
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -33,10 +30,13 @@ from dataclasses import dataclass
 import pytest
 from frames import handmade_frames
 from needs import require, tcpdump_path
+from netns import inside, namespace
+from netns import ip as _ip
 
 import bpfjit
 from bpfjit import LibraryMissingError, Program, libpcap, packetmix
 from bpfjit.samples import ipv4, udp, vlan
+from bpfjit.sockfilter import attach_filter
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and AF_PACKET are Linux's")
 
@@ -63,32 +63,12 @@ SEED = 11
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
-SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33  # root may exceed rmem_max: every frame must fit while we are still sending
-CLONE_NEWNET = 0x40000000
 ETH_HLEN = 14
 VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8")
 DEADLINE = 5.0  # seconds to wait for the frames; the whole module takes well under a second normally
 SETTLE = 0.2  # then this long without a new frame on any socket
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setsockopt.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_uint]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-
-
-class sock_fprog(ctypes.Structure):
-    """struct sock_fprog { unsigned short len; struct sock_filter *filter; } (padding after len)."""
-
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def attach_filter(sock: socket.socket, program: Program) -> None:
-    """SO_ATTACH_FILTER: Program.to_bytes() is the struct sock_filter array the kernel copies in."""
-    insns = ctypes.create_string_buffer(program.to_bytes())
-    fprog = sock_fprog(len(program), ctypes.addressof(insns))
-    if _libc.setsockopt(sock.fileno(), socket.SOL_SOCKET, SO_ATTACH_FILTER, ctypes.byref(fprog), ctypes.sizeof(fprog)):
-        code = ctypes.get_errno()
-        raise OSError(code, f"SO_ATTACH_FILTER: {os.strerror(code)}")
 
 
 def packet_stats(sock: socket.socket) -> tuple[int, int]:
@@ -97,55 +77,15 @@ def packet_stats(sock: socket.socket) -> tuple[int, int]:
     return packets, drops
 
 
-# -- the namespace ----------------------------------------------------------------------------------
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"setns: {os.strerror(code)}")
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """This thread in namespace `name` for the block (sockets made there stay there afterwards)."""
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(original)
-    finally:
-        os.close(target)
-        os.close(original)
-
-
 @contextlib.contextmanager
 def veth_namespace() -> Iterator[tuple[str, str, str]]:
     """(namespace, sending end, receiving end): a veth pair, up, in a new namespace; deleted after."""
-    require(shutil.which("ip") is not None, "iproute2's `ip`")
-    name = f"bpfjit-oracle-{os.getpid()}-{secrets.token_hex(3)}"
-    _ip("netns", "add", name)
-    try:
-        with inside(name):
-            # Before the links exist, so they inherit it: no link-local address, no router
-            # solicitations or MLD reports of the stack's own on the wire.
-            for conf in ("default", "all"):
-                path = f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"
-                if os.path.exists(path):
-                    with open(path, "w") as knob:
-                        knob.write("1")
+    with namespace("oracle", ipv6=False) as name:
         # MTU 9000: QinQ frames of 1522 bytes exceed what a 1500-byte veth forwards.
         _ip("-n", name, "link", "add", "tx0", "mtu", "9000", "type", "veth", "peer", "name", "rx0", "mtu", "9000")
         _ip("-n", name, "link", "set", "tx0", "up")
         _ip("-n", name, "link", "set", "rx0", "up")
         yield name, "tx0", "rx0"
-    finally:
-        _ip("netns", "del", name)
 
 
 def receiver(interface: str, program: Program | None) -> socket.socket:

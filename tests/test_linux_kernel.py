@@ -22,11 +22,8 @@ view (the outer tag already in metadata).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import secrets
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -39,13 +36,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from needs import require
+from netns import inside, namespace
+from netns import ip as _ip
 
 import bpfjit
 from bpfjit import Batch, Insn, Program, ValidationError, linux, metadata, packetmix
 from bpfjit.linux import ANCILLARY, SKF_AD_OFF, Meta
 from bpfjit.opcodes import OPCODES
 from bpfjit.samples import arp_request, ethernet, ipv4, ipv6, tcp, udp
+from bpfjit.sockfilter import attach_filter
 from bpfjit.strategies import programs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and AF_PACKET are Linux's")
@@ -53,9 +52,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespa
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
-SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
@@ -67,49 +64,13 @@ ANC = {row.name: row.k for row in ANCILLARY}
 PROGRAMS_PER_ROUND = 40  # 320 sockets open at once
 WAIT = 1.0  # seconds for one frame to come out of the pair
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setsockopt.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_uint]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-
-
-class sock_fprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 def attach(sock: socket.socket, program: Program) -> int:
     """SO_ATTACH_FILTER; 0 or the errno."""
-    insns = ctypes.create_string_buffer(program.to_bytes())
-    fprog = sock_fprog(len(program), ctypes.addressof(insns))
-    if _libc.setsockopt(sock.fileno(), socket.SOL_SOCKET, SO_ATTACH_FILTER, ctypes.byref(fprog), ctypes.sizeof(fprog)):
-        return ctypes.get_errno()
-    return 0
-
-
-# -- the namespace ------------------------------------------------------------------------------------
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"setns: {os.strerror(code)}")
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """This thread in namespace `name` for the block (sockets made there stay there)."""
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
     try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(original)
-    finally:
-        os.close(target)
-        os.close(original)
+        attach_filter(sock, program)
+    except OSError as error:
+        return error.errno or -1
+    return 0
 
 
 SUBINTERFACES = (  # (name, link, protocol, id, egress-qos-map): the sender's VLAN devices
@@ -130,20 +91,7 @@ class Pair:
 
 @contextlib.contextmanager
 def veth_pair() -> Iterator[Pair]:
-    require(os.geteuid() == 0, "root (network namespaces and AF_PACKET sockets)")
-    require(shutil.which("ip") is not None, "iproute2's `ip`")
-    name = f"bpfjit-linux-{os.getpid()}-{secrets.token_hex(3)}"
-    try:
-        _ip("netns", "add", name)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"no network namespace: {exc.stderr.decode().strip()}")
-    try:
-        with inside(name):
-            for conf in ("default", "all"):  # no IPv6 of the stack's own on the wire
-                path = f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"
-                if os.path.exists(path):
-                    with open(path, "w") as knob:
-                        knob.write("1")
+    with namespace("linux", ipv6=False) as name:
         _ip("-n", name, "link", "add", "tx0", "mtu", "9000", "type", "veth", "peer", "name", "rx0", "mtu", "9000")
         devices = ["tx0", "rx0"]
         for sub, link, proto, vid, qos in SUBINTERFACES:
@@ -161,8 +109,6 @@ def veth_pair() -> Iterator[Pair]:
                               text=True, timeout=10).stdout  # fmt: skip
         mac = bytes.fromhex(link.split("link/ether ")[1].split()[0].replace(":", ""))
         yield Pair(name, "rx0", index, mac, tuple(d for d in devices if d != "rx0"))
-    finally:
-        _ip("netns", "del", name)
 
 
 # -- frames ------------------------------------------------------------------------------------------
