@@ -332,15 +332,11 @@ class CaptureFile:
     def _pcap_events(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays], start: int = 0,
                      stop: int = U64_MAX) -> Iterator[Records | Block]:  # fmt: skip
         walk, filtered = filters.walker()
-        swapped = int(self.order != HOST_ORDER)
         if start == 0:
             yield Block(0, PCAP_HEADER_LEN)
         pos = start or PCAP_HEADER_LEN
         while True:
-            arr = arrays()
-            arr.chunk.stop_at = stop
-            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen,
-                     min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
+            arr, n = self._pcap_chunk(walk, arrays, pos, stop)
             pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield Records(arr, n, None, filtered, status == Status.CUT)
@@ -349,6 +345,15 @@ class CaptureFile:
             if status in (Status.END, Status.LIMIT, Status.STOP):
                 return
             raise self._pcap_error(pos, status)
+
+    def _pcap_chunk(self, walk: Callable[..., int], arrays: Callable[[], ChunkArrays], pos: int,
+                    stop: int = U64_MAX) -> tuple[ChunkArrays, int]:  # fmt: skip
+        """One native walk of the records from `pos` (up to `stop`): the arrays it filled, records walked."""
+        arr = arrays()
+        arr.chunk.stop_at = stop
+        n = walk(self.address, self.size, pos, int(self.order != HOST_ORDER), self.record_header, self.max_caplen,
+                 min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
+        return arr, n
 
     def _pcap_error(self, pos: int, status: int) -> CaptureFileError:
         left = self.size - pos
@@ -650,14 +655,10 @@ class StreamedCapture(CaptureFile):
 
     def _streamed_pcap(self, filters: WalkerSource, arrays: Callable[[], ChunkArrays]) -> Iterator[Records | Block]:
         walk, filtered = filters.walker()
-        swapped = int(self.order != HOST_ORDER)
         yield Block(0, PCAP_HEADER_LEN, bytes(self.map[:PCAP_HEADER_LEN]))
         pos = PCAP_HEADER_LEN
         while True:
-            arr = arrays()
-            arr.chunk.stop_at = U64_MAX
-            n = walk(self.address, self.size, pos, swapped, self.record_header, self.max_caplen,
-                     min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
+            arr, n = self._pcap_chunk(walk, arrays, pos)
             pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield Records(arr, n, None, filtered, status == Status.CUT)
