@@ -185,7 +185,7 @@ def _filter_spec(args: argparse.Namespace) -> Program | str | None:
 class _Progress:
     """Counts from filter_file's callback, and a tqdm bar on stderr once the run takes a while."""
 
-    def __init__(self, total: int, enabled: bool | None):
+    def __init__(self, total: int | None, enabled: bool | None):
         self.total = total
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
@@ -264,16 +264,21 @@ def _split_command(args: argparse.Namespace) -> int:
 def _standard_streams(args: argparse.Namespace) -> None:
     """`-r -` and `-w -`, as tcpdump takes them: standard input and output.
 
-    Capture files are mapped into memory, so standard input that is not a regular file (a pipe) is
-    first copied to an unnamed temporary file; a redirected file is mapped in place."""
+    A redirected file is mapped in place. A pipe is read as it comes (`capfile.Stream`: one thread,
+    memory bounded by the stream window), unless `-j N` asks for more threads: byte ranges need the
+    whole file, so then it is first copied to an unnamed temporary file."""
     if args.read == "-":
         import shutil
         import stat
         import tempfile
 
+        from .capfile import Stream
+
         stdin = sys.stdin.buffer
         if stat.S_ISREG(os.fstat(stdin.fileno()).st_mode) and stdin.tell() == 0:
             args.read = stdin
+        elif not args.jobs or args.jobs <= 1:
+            args.read = Stream(stdin, "-")
         else:
             spool = tempfile.TemporaryFile(prefix="bpfjit-stdin-")  # noqa: SIM115 (read until the run ends)
             shutil.copyfileobj(stdin, spool, 1 << 20)
@@ -283,7 +288,12 @@ def _standard_streams(args: argparse.Namespace) -> None:
         args.write = sys.stdout.buffer
 
 
-def _size(source: object) -> int:
+def _size(source: object) -> int | None:
+    """The capture's size in bytes for the progress bar (None: a stream, read until it ends)."""
+    from .capfile import Stream
+
+    if isinstance(source, Stream):
+        return None
     fileno = getattr(source, "fileno", None)
     return os.fstat(fileno()).st_size if fileno is not None else os.path.getsize(source)  # type: ignore[arg-type]
 

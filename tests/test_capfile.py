@@ -587,7 +587,8 @@ def test_cli_process(tmp_path: Path) -> None:
 
 
 def test_cli_standard_input_and_output(tmp_path: Path) -> None:
-    """`-r -` and `-w -` as tcpdump takes them: piped (copied to a temporary file) or redirected (mapped)."""
+    """`-r -` and `-w -` as tcpdump takes them: piped (streamed; copied to a temporary file for -j 2)
+    or redirected (mapped)."""
     packets = mix(2000, seed=61)
     src = tmp_path / "in.pcap"
     write_pcap(src, packets)
@@ -597,6 +598,9 @@ def test_cli_standard_input_and_output(tmp_path: Path) -> None:
     piped = subprocess.run(command, input=src.read_bytes(), capture_output=True, timeout=120)
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == expected.read_bytes()
+    spooled = subprocess.run([*command[:-1], "-j", "2", "udp or arp"], input=src.read_bytes(), capture_output=True,
+                             timeout=120)  # fmt: skip
+    assert spooled.returncode == 0 and spooled.stdout == expected.read_bytes()
     with open(src, "rb") as stdin:
         redirected = subprocess.run(command, stdin=stdin, capture_output=True, timeout=120)
     assert redirected.returncode == 0 and redirected.stdout == expected.read_bytes()
