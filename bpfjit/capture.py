@@ -54,7 +54,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .dialects import PCAP, Dialect, DialectLike, dialect_of
@@ -317,7 +318,10 @@ class Capture:
         dialect: DialectLike | None = None,
         block_timeout: float = BLOCK_TIMEOUT,
         buffer_size: int = BUFFER_SIZE,
+        _around_bind: Callable[[socket.socket], AbstractContextManager[object]] | None = None,
     ):
+        # (_around_bind: for `fanout`, which joins the socket to a PACKET_FANOUT group right after bind.)
+        self._around_bind = _around_bind or (lambda sock: contextlib.nullcontext())
         self._closed = True  # until the ring exists: close() and __del__ may run on a half-built object
         self._sock: socket.socket | None = None
         self._filter: Filter | None = None
@@ -383,7 +387,8 @@ class Capture:
         if promisc:
             mreq = struct.pack("=iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b"")  # struct packet_mreq
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-        _bind(sock, self.ifindex)
+        with self._around_bind(sock):
+            _bind(sock, self.ifindex)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
 
