@@ -18,7 +18,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_linux_kernel import LL_OFF, NET_OFF, Pair, inside, veth_pair
+from netns import inside
+from test_linux_kernel import LL_OFF, NET_OFF, Pair, veth_pair
 
 from bpfjit import Insn, Program, interpret
 from bpfjit.fanout import FanoutCapture, WorkerPacket, rebase, steering_program
