@@ -13,6 +13,8 @@ import collections
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -274,6 +276,32 @@ def test_packets_taken_but_not_yielded_come_next(pair: Pair) -> None:
         rest = gather(group, 53)
     assert len(first) == 7
     assert sorted(ident_of(r.packet) for r in first + rest) == list(range(60))
+
+
+CHILD = """
+import sys, time
+from bpfjit.fanout import join
+with join("rx0", int(sys.argv[1]), mode="lb", block_timeout=0.01) as cap:
+    print("ready", flush=True)
+    got = [r.packet[-4:].hex() for r in cap.packets(timeout=float(sys.argv[2]))]
+print(" ".join(got))
+"""
+
+
+def test_processes_share_a_group_by_id(pair: Pair) -> None:
+    group_id = 40000 + os.getpid() % 20000
+    frames = [flow_frame(pair.rx_mac, 0, n) for n in range(100)]
+    with FanoutCapture("rx0", 1, "lb", group_id=group_id, block_timeout=0.01) as group:
+        assert group.group_id == group_id
+        child = subprocess.Popen(["ip", "netns", "exec", pair.namespace, sys.executable, "-c", CHILD, str(group_id),
+                                  "3"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        send("tx0", frames)
+        mine = gather(group, 50)
+        theirs = [int(word, 16) for word in child.communicate(timeout=20)[0].split()]
+    assert child.returncode == 0
+    assert sorted([ident_of(r.packet) for r in mine] + theirs) == list(range(100))
+    assert len(theirs) == 50, len(theirs)
 
 
 # -- without the kernel ------------------------------------------------------------------------------
