@@ -44,6 +44,38 @@ class Chunk(ctypes.Structure):
 
 
 CHUNK_FIELDS = {field[0]: index for index, field in enumerate(Chunk._fields_)}
+
+
+class RingChunk(ctypes.Structure):
+    """A ring walker's arrays and results (bpfjit.ringwalk): one slot per accepted frame of a ring block."""
+
+    _fields_ = [
+        ("offsets", ctypes.c_void_p),  # u64[capacity]: where each packet starts in the ring
+        ("caplens", ctypes.c_void_p),  # u32[capacity]: bytes kept (the link header put back)
+        ("wirelens", ctypes.c_void_p),  # u32[capacity]
+        ("seconds", ctypes.c_void_p),  # u32[capacity]: tp_sec
+        ("nanoseconds", ctypes.c_void_p),  # u32[capacity]: tp_nsec
+        ("meta", ctypes.c_void_p),  # u8[capacity * META_SIZE]: metadata.META_DTYPE records
+        ("iov", ctypes.c_void_p),  # struct iovec[capacity * 3]: record header, data, pcapng trailer
+        ("headers", ctypes.c_void_p),  # u8[capacity * 48]: pcap/pcapng record headers (and trailers)
+        ("capacity", ctypes.c_uint64),  # in: slots
+        ("limit", ctypes.c_uint64),  # in: stop once this many frames are accepted
+        ("snaplen", ctypes.c_uint64),  # in: the capture's snapshot length
+        ("lo_index", ctypes.c_uint64),  # in: lo's ifindex (its outgoing copies are skipped)
+        ("random", ctypes.c_uint64),  # in/out: xorshift64 state for the metadata's `random`
+        ("position", ctypes.c_uint64),  # out: where the walk stopped (the next frame's header)
+        ("walked", ctypes.c_uint64),  # out: frames walked
+        ("skipped", ctypes.c_uint64),  # out: lo's outgoing copies skipped
+        ("rejected", ctypes.c_uint64),  # out: frames the filter rejected
+        ("iov_count", ctypes.c_uint64),  # out: iovecs used
+        ("bytes", ctypes.c_uint64),  # out: bytes in the iovecs
+        ("status", ctypes.c_uint64),  # out: ringwalk.Status
+    ]
+
+
+RING_CHUNK_FIELDS = {field[0]: index for index, field in enumerate(RingChunk._fields_)}
+_RING_CHUNK_POINTEES = {"offsets": "u64", "caplens": "u32", "wirelens": "u32", "seconds": "u32",
+                        "nanoseconds": "u32", "meta": "u8", "iov": "iovec", "headers": "u8"}  # fmt: skip
 # Element types of Chunk's pointer fields (the others are u64).
 _CHUNK_POINTEES = {"starts": "u64", "offsets": "u64", "caplens": "u32", "wirelens": "u32", "ifaces": "u32",
                    "verdicts": "u32", "iov": "iovec", "group_bytes": "u64"}  # fmt: skip
@@ -71,6 +103,11 @@ def ir_type(name: str) -> ir.Type:
         return ir.LiteralStructType(
             [ir_type(_CHUNK_POINTEES[f] + "*") if f in _CHUNK_POINTEES else ir_type("u64") for f in CHUNK_FIELDS]
         )
+    if name == "ring_chunk":
+        return ir.LiteralStructType(
+            [ir_type(_RING_CHUNK_POINTEES[f] + "*") if f in _RING_CHUNK_POINTEES else ir_type("u64")
+             for f in RING_CHUNK_FIELDS]
+        )  # fmt: skip
     raise KeyError(f"no native type {name!r}")
 
 
@@ -190,6 +227,15 @@ WALK_PCAPNG = Signature(
      Param("n_ifaces", "u32"), Param("chunk", "chunk*", ("noalias",))),
     ("nounwind",),
 )  # fmt: skip
+# The live-capture ring walker (bpfjit.ringwalk): the TPACKET_V3 frames of one ring block, `frames`
+# of them from the header at `pos`, inside [0, end) of the mapped ring, into a RingChunk; returns the
+# frames accepted.
+WALK_RING = Signature(
+    "u64",
+    (Param("ring", "u8*", ("noalias",)), Param("pos", "u64"), Param("frames", "u64"), Param("end", "u64"),
+     Param("chunk", "ring_chunk*", ("noalias",))),
+    ("nounwind",),
+)  # fmt: skip
 # Walker helpers: copy iovecs into one buffer; list a chunk's accepted record indices.
 GATHER = Signature(
     "u64", (Param("iov", "iovec*", ("noalias",)), Param("count", "u64"), Param("out", "u8*", ("noalias",))),
@@ -230,6 +276,6 @@ GENERATED: dict[str, Signature] = {
     "FILTER": FILTER, "BATCH": BATCH, "CLASSIFY_BITMASK": CLASSIFY_BITMASK, "CLASSIFY_FIRST": CLASSIFY_FIRST,
     "CLASSIFY_BITMASK_BATCH": CLASSIFY_BITMASK_BATCH, "CLASSIFY_FIRST_BATCH": CLASSIFY_FIRST_BATCH,
     "PAY_OFFSET": PAY_OFFSET, "NLATTR": NLATTR,
-    "WALK_PCAP": WALK_PCAP, "WALK_PCAPNG": WALK_PCAPNG, "GATHER": GATHER, "ACCEPTED_INDICES": ACCEPTED_INDICES,
+    "WALK_PCAP": WALK_PCAP, "WALK_PCAPNG": WALK_PCAPNG, "WALK_RING": WALK_RING, "GATHER": GATHER, "ACCEPTED_INDICES": ACCEPTED_INDICES,
     "ENTRY": ENTRY,
 }  # fmt: skip

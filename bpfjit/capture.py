@@ -56,6 +56,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .dialects import PCAP, Dialect, DialectLike, dialect_of
@@ -69,9 +70,11 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from .batch import Batch
     from .filter import Filter
+    from .ringwalk import RingArrays
 
-__all__ = ["Capture", "CaptureStats", "PacketRecord", "interface_linktype", "kernel_program", "ring_meta"]
+__all__ = ["Capture", "CaptureStats", "DumpStats", "PacketRecord", "RingBatch", "interface_linktype", "kernel_program", "ring_meta"]
 
 # -- <linux/if_packet.h>, <linux/if_ether.h>, <linux/filter.h>, <linux/if_arp.h> -------------------
 SOL_PACKET = 263
@@ -130,8 +133,17 @@ ARPHRD_LINKTYPES: dict[int, tuple[str, int]] = {
 COOKED = ("LINUX_SLL", 113)
 ANY = "any"
 
-BLOCK_TIMEOUT = 0.05
-BUFFER_SIZE = 4 << 20
+# Ring geometry. libpcap asks for 2 MiB (tcpdump -B), blocks of a page or the frame size and retires a
+# block after the handle's timeout (tcpdump: 1000 ms); Zeek's AF_PACKET plugin 128 MiB per worker, 32 KiB
+# blocks, 10 ms; Suricata 32 KiB blocks and 10 ms too. bpfjit: 32 MiB, Zeek's 10 ms (a block reaches
+# Python 10 ms after its first frame at most, where tcpdump's 1 s is what makes it look slow at low
+# rates), and blocks of 128 KiB (`_block_size`): not Zeek's 32 KiB, because TPACKET_V3 cuts a frame at
+# its block and lo (and GRO on veth) delivers frames of up to 64 KiB that the user-space filter must see
+# whole, as the kernel's saw them. At ~1.2 Mpps of 64-byte frames (~144 ring bytes each) 2 MiB holds 12
+# ms of traffic, 32 MiB ~190 ms: enough to ride out a scheduling hiccup or a GC pause in the Python loop,
+# without pinning Zeek's 128 MiB of unswappable memory per capture.
+BLOCK_TIMEOUT = 0.01
+BUFFER_SIZE = 32 << 20
 POLL_SLICE_MS = 200  # a poll wakes this often to notice close() from another thread
 
 
@@ -152,16 +164,44 @@ class PacketRecord(NamedTuple):
 
 
 class CaptureStats(NamedTuple):
-    """Counters since the capture opened (libpcap's `ps_recv` and `ps_drop`, plus `rejected`).
+    """Counters since the capture opened (libpcap's `ps_recv` and `ps_drop`, plus bpfjit's own).
 
-    received: packets the socket took in, after an in-kernel filter (dropped ones included);
-    dropped:  packets lost because the ring was full;
-    rejected: packets the user-space filter rejected (0 when the kernel filters).
+    received:  packets the socket took in, after an in-kernel filter (dropped ones included:
+               PACKET_STATISTICS tp_packets);
+    dropped:   packets lost because the ring was full (tp_drops);
+    rejected:  packets the user-space filter rejected (0 when the kernel filters);
+    delivered: packets accepted out of the ring (yielded, pending in `packets()`, or dumped);
+    skipped:   lo's outgoing copies (lo shows every packet twice; the incoming one is kept);
+    frozen:    times the kernel found the ring full and froze it (tp_freeze_q_cnt).
+
+    Once the ring has been read to its end, received = delivered + rejected + dropped + skipped.
     """
 
     received: int
     dropped: int
     rejected: int
+    delivered: int = 0
+    skipped: int = 0
+    frozen: int = 0
+
+
+class RingBatch(NamedTuple):
+    """One ring block's accepted packets (`Capture.batches`): `batch` a `Batch` whose packets are
+    views into the ring (valid until the next iteration), `timestamps_ns` (int64, nanoseconds since
+    the epoch) and `meta` (`metadata.META_DTYPE` records: what the frame header says, as the kernel's
+    filter saw the frame; see `ring_meta`), one per packet."""
+
+    batch: Batch
+    timestamps_ns: npt.NDArray[np.int64]
+    meta: npt.NDArray[Any]
+
+
+class DumpStats(NamedTuple):
+    """What `Capture.dump` wrote (packets, bytes with the file header) and the capture's statistics."""
+
+    packets: int
+    bytes: int
+    capture: CaptureStats
 
 
 # -- link types ------------------------------------------------------------------------------------
@@ -294,7 +334,13 @@ class Capture:
     "pcap" unless given). Iterating yields `PacketRecord`s,
     `(timestamp, packet, wirelen)` with `packet` a `bytes` copy. Needs root or CAP_NET_RAW
     (`PermissionError` otherwise). `block_timeout` (seconds) is how long the kernel waits before it
-    hands over a partly filled block; `buffer_size` the ring's size in bytes.
+    hands over a partly filled block; `buffer_size` the ring's size in bytes, in blocks of
+    `block_size` bytes (a multiple of the page size; default: the smallest power of two that holds a
+    64 KiB frame, or a snaplen-long one). Defaults: see `BUFFER_SIZE` and `BLOCK_TIMEOUT`.
+
+    Three ways to read: `packets()` (bytes copies), `batches()` (a `Batch` per ring block, zero
+    copy) and `dump(path)` (straight to a pcap or pcapng file). Each ring block is walked by one
+    native call (`ringwalk`), which runs the user-space filter inline.
     """
 
     interface: str
@@ -318,6 +364,7 @@ class Capture:
         dialect: DialectLike | None = None,
         block_timeout: float = BLOCK_TIMEOUT,
         buffer_size: int = BUFFER_SIZE,
+        block_size: int | None = None,
         _around_bind: Callable[[socket.socket], AbstractContextManager[object]] | None = None,
     ):
         # (_around_bind: for `fanout`, which joins the socket to a PACKET_FANOUT group right after bind.)
@@ -329,7 +376,6 @@ class Capture:
         self._ring: npt.NDArray[np.uint8] | None = None
         self.program = None
         self.dialect = PCAP
-        self._rng: Any = None
         self.in_kernel = in_kernel
         if not isinstance(snaplen, int) or isinstance(snaplen, bool) or not 0 < snaplen <= 0x7FFFFFFF:
             raise ValueError(f"snaplen must be an int between 1 and 2^31-1, not {snaplen!r}")
@@ -343,11 +389,16 @@ class Capture:
         # Where a VLAN tag goes back into the link header: after the MACs, or the SLL header's protocol.
         self._tag_at = SLL_HDR_LEN - 2 if self.cooked else (12 if self.dlt == 1 else 0)
         self._pending: deque[PacketRecord] = deque()
-        self._counts = [0, 0, 0]  # received, dropped, rejected
+        self._counts = [0, 0, 0, 0, 0, 0]  # CaptureStats' fields
         self._lock = threading.Lock()
-        self._block_size = _block_size(snaplen)
+        if block_size is not None and (not isinstance(block_size, int) or block_size <= 0
+                                       or block_size % mmap.PAGESIZE):  # fmt: skip
+            raise ValueError(f"block_size must be a positive multiple of the page size ({mmap.PAGESIZE}), not {block_size!r}")
+        self._block_size = _block_size(snaplen) if block_size is None else block_size
         self._block_nr = max(2, buffer_size // self._block_size)
         self._cursor = 0
+        self._holding, self._frames_left, self._frame_pos = False, 0, 0  # the block in hand, where its walk is
+        self._walkers: dict[str, Any] = {}  # by output format (ringwalk.FORMATS)
         self._sock = _packet_socket(interface, self.cooked)  # first: without privileges, fail before any work
         try:
             if filter is not None:
@@ -358,8 +409,11 @@ class Capture:
             # With a program, in_kernel says where it actually runs (see kernel_program).
             self.in_kernel = in_kernel if self.program is None else attach is not None
             self._open(attach, promisc, block_timeout)
-            if self.program is not None and not self.in_kernel:
-                self._filter = self.filter  # compile now, not on the first block
+            from .ringwalk import RingArrays
+
+            # A slot for every frame a block can hold (each takes more than 64 bytes: its headers alone 68).
+            self._arrays: RingArrays = RingArrays(self._block_size // 64, snaplen, self._lo_index)
+            self._walkers[""] = self._ring_walker("")  # compile now, not on the first block
         except BaseException:
             self._teardown()
             raise
@@ -430,45 +484,146 @@ class Capture:
     def packets(self, count: int | None = None, timeout: float | None = None) -> Iterator[PacketRecord]:
         """Yield accepted packets: at most `count`, for at most `timeout` seconds (None: no limit).
 
-        Stops early when the capture is closed (from another thread, say); a KeyboardInterrupt
-        closes the capture and propagates. `OSError` when the socket reports an error (ENETDOWN:
-        the interface went down).
+        Each is a `PacketRecord` whose `packet` is a `bytes` copy: a block's packets are copied out
+        together and the block goes straight back to the kernel. Stops early when the capture is
+        closed (from another thread, say); a KeyboardInterrupt closes the capture and propagates.
+        `OSError` when the socket reports an error (ENETDOWN: the interface went down).
         """
         if self._closed:
             raise ValueError("the capture is closed")
         return self._packets(count, None if timeout is None else time.monotonic() + timeout)
 
     def _packets(self, count: int | None, deadline: float | None) -> Iterator[PacketRecord]:
+        pending = self._pending
         left = count
         try:
             while left is None or left > 0:
-                if not self._pending:
-                    if not self._fill(deadline):
+                if not pending:
+                    if not self._wait(deadline):
                         return
+                    with self._lock:
+                        if self._closed:
+                            return
+                        self._copy_out(self._walk(""))
+                        self._release_if_done()
                     continue
-                yield self._pending.popleft()
-                if left is not None:
+                if left is None:
+                    while pending:
+                        yield pending.popleft()
+                else:
+                    yield pending.popleft()
                     left -= 1
         except KeyboardInterrupt:
             self.close()
             raise
 
-    def _fill(self, deadline: float | None) -> bool:
-        """Wait for the next ring block, take its packets and give it back; False at the deadline or on close."""
+    def batches(self, timeout: float | None = None) -> Iterator[RingBatch]:
+        """Yield one `RingBatch` per ring block (blocks where nothing was accepted are skipped), for
+        at most `timeout` seconds (None: no limit); ends when the capture is closed.
+
+        Zero copy: `batch` points into the ring, and its packets' bytes are valid only until the
+        next iteration: asking for the next batch (or leaving the loop) hands the block back to the
+        kernel, which writes new packets over it. Copy what you keep (`bytes(batch[i])`, or
+        `Batch.from_packets`); the numpy columns (`batch.offsets` ..., `timestamps_ns`, `meta`) are
+        the caller's. A KeyboardInterrupt closes the capture and propagates.
+        """
+        if self._closed:
+            raise ValueError("the capture is closed")
+        return self._batches(None if timeout is None else time.monotonic() + timeout)
+
+    def _batches(self, deadline: float | None) -> Iterator[RingBatch]:
+        try:
+            while self._wait(deadline):  # (hands the previous block back first)
+                with self._lock:
+                    if self._closed:
+                        return
+                    n = self._walk("")
+                    made = self._ring_batch(n) if n else None
+                if made is not None:
+                    yield made
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        finally:
+            with self._lock:
+                self._release_if_done()
+
+    def dump(
+        self, path: str | os.PathLike[str], count: int | None = None, timeout: float | None = None,
+        format: str = "pcap",
+    ) -> DumpStats:  # fmt: skip
+        """Capture straight to a file, as `tcpdump -w` does: accepted packets go from the ring to the
+        file in one writev per block (record headers made by the walker), no Python per packet.
+
+        `format` "pcap": what tcpdump -w writes (this host's byte order, version 2.4, the capture's
+        snaplen and link type, microsecond timestamps, truncated); "pcapng": a section header, one
+        interface (link type, snaplen, if_tsresol 9) and an enhanced packet block per packet, with
+        nanosecond timestamps. At most `count` packets, for at most `timeout` seconds; stops when the
+        capture is closed. A block's packets after the count stay in the ring for the next read.
+        Returns `DumpStats` (packets and bytes written, the capture's statistics).
+        """
+        from .ringwalk import writev_all
+
+        if self._closed:
+            raise ValueError("the capture is closed")
+        if format not in ("pcap", "pcapng"):
+            raise ValueError(f"format must be 'pcap' or 'pcapng', not {format!r}")
+        if count is not None and (not isinstance(count, int) or count < 0):
+            raise ValueError(f"count must be a non-negative int or None, not {count!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        packets = 0
+        try:
+            header = self._file_header(format)
+            with open(fd, "wb", buffering=0, closefd=False) as out:
+                out.write(header)
+            written = len(header)
+            while count is None or packets < count:
+                if not self._wait(deadline):
+                    break
+                with self._lock:
+                    if self._closed:
+                        break
+                    n = self._walk(format, (1 << 64) - 1 if count is None else count - packets)
+                    if n:
+                        arrays = self._arrays
+                        writev_all(fd, arrays.iov, arrays.chunk.iov_count, arrays.chunk.bytes)
+                        packets += n
+                        written += arrays.chunk.bytes
+                    self._release_if_done()
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        finally:
+            os.close(fd)
+        return DumpStats(packets, written, self.stats())
+
+    def _file_header(self, format: str) -> bytes:
+        if format == "pcap":  # struct pcap_file_header, as libpcap's pcap_dump_open writes it
+            return struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, self.snaplen, self.dlt)
+        section = struct.pack("=IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("=I", 28)
+        options = struct.pack("=HHB3x", 9, 1, 9) + struct.pack("=HH", 0, 0)  # if_tsresol = 9, opt_endofopt
+        length = 16 + len(options) + 4
+        interface = struct.pack("=IIHHI", 1, length, self.dlt, 0, self.snaplen) + options + struct.pack("=I", length)
+        return section + interface
+
+    # -- the ring ------------------------------------------------------------------------------------
+    def _wait(self, deadline: float | None) -> bool:
+        """Hand back the block in hand once it is walked; then wait until a block with frames left to
+        walk is ours. False at the deadline or on close."""
         while True:
             with self._lock:
                 if self._closed:
                     return False
+                if self._holding and self._frames_left:
+                    return True
+                self._release_if_done()
                 assert self._mmap is not None
                 base = self._cursor * self._block_size
                 status, count, first = BLOCK_DESC.unpack_from(self._mmap, base)
                 if status & TP_STATUS_USER:
-                    try:
-                        self._take(base, count, first)
-                    finally:
-                        BLOCK_STATUS.pack_into(self._mmap, base + BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
-                        self._cursor = (self._cursor + 1) % self._block_nr
-                    return True
+                    self._holding, self._frames_left, self._frame_pos = True, count, base + first
+                    continue
             wait = POLL_SLICE_MS
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -479,121 +634,72 @@ class Capture:
                 if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                     self._check_error()
 
+    def _release_if_done(self) -> None:
+        """Give the block in hand back to the kernel (TP_STATUS_KERNEL) once every frame is walked.
+        (With `_lock` held.)"""
+        if self._holding and not self._frames_left and not self._closed:
+            assert self._mmap is not None
+            BLOCK_STATUS.pack_into(self._mmap, self._cursor * self._block_size + BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+            self._cursor = (self._cursor + 1) % self._block_nr
+            self._holding = False
+
+    def _walk(self, format: str, limit: int = (1 << 64) - 1) -> int:
+        """Walk the block in hand with the native walker (`ringwalk`), up to `limit` accepted frames;
+        their number (in `self._arrays`). With `_lock` held."""
+        walker = self._walkers.get(format)
+        if walker is None:
+            walker = self._walkers[format] = self._ring_walker(format)
+        arrays = self._arrays
+        chunk = arrays.chunk
+        chunk.limit = limit
+        end = (self._cursor + 1) * self._block_size
+        n: int = walker(self._ring_array().ctypes.data, self._frame_pos, self._frames_left, end, arrays.address)
+        self._frame_pos = chunk.position
+        self._frames_left = 0 if chunk.status == 3 else self._frames_left - chunk.walked  # 3: ringwalk.Status.BAD
+        counts = self._counts
+        counts[2] += chunk.rejected
+        counts[3] += n
+        counts[4] += chunk.skipped
+        return n
+
+    def _ring_walker(self, format: str) -> Any:
+        from .ringwalk import View, ring_walker
+
+        program = self.program if self.program is not None and not self.in_kernel else None
+        kernel_view = program is not None and self.dialect.offsets == "signed"
+        return ring_walker(View(program, "kernel" if kernel_view else "link", self.cooked, self._tag_at, format))
+
+    def _copy_out(self, n: int) -> None:
+        """The walked block's accepted packets as PacketRecords (bytes copied out of the ring), pending."""
+        if not n:
+            return
+        arrays, ring = self._arrays, self._mmap
+        assert ring is not None
+        starts = arrays.offsets[:n]
+        ends = (starts + arrays.caplens[:n]).tolist()
+        # seconds + nanoseconds * 1e-9 in float64: the same operations, so the same floats, as Python's
+        times = (arrays.seconds[:n] + arrays.nanoseconds[:n] * 1e-9).tolist()
+        packets = map(ring.__getitem__, map(slice, starts.tolist(), ends))
+        rows = zip(times, packets, arrays.wirelens[:n].tolist(), strict=True)
+        self._pending.extend(map(tuple.__new__, repeat(PacketRecord), rows))  # PacketRecords, made in C
+
+    def _ring_batch(self, n: int) -> RingBatch:
+        import numpy as np
+
+        from .batch import Batch
+
+        arrays = self._arrays
+        batch = Batch(self._ring_array(), arrays.offsets[:n].copy(), arrays.caplens[:n].copy(),
+                      arrays.wirelens[:n].copy())  # fmt: skip
+        stamps = arrays.seconds[:n].astype(np.int64) * 1_000_000_000 + arrays.nanoseconds[:n]
+        return RingBatch(batch, stamps, arrays.meta[:n].copy())
+
     def _check_error(self) -> None:
         if self._closed or self._sock is None:
             return
         error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, f"capture on {self.interface!r}: {os.strerror(error)}")
-
-    def _take(self, base: int, count: int, first: int) -> None:
-        """Walk one block's packets (the tp_next_offset chain), filter them, copy the accepted ones out.
-
-        This loop is the per-packet cost of a capture (~1 µs a packet), so the common case is inline.
-        """
-        ring = self._mmap
-        assert ring is not None
-        unpack, lo_index, rebuild = PACKET_HEADER.unpack_from, self._lo_index, self.cooked
-        if self.program is not None and not self.in_kernel and self.dialect.offsets == "signed":
-            self._take_kernel_view(ring, base + first, count)
-            return
-        found: list[tuple[float, int, int, int]] = []  # (timestamp, start, caplen, wirelen)
-        position = base + first
-        for _ in range(count):
-            header = unpack(ring, position)
-            # lo shows every packet twice, outgoing and incoming: keep the incoming copy, as libpcap does.
-            if header[13] != PACKET_OUTGOING or header[11] != lo_index:
-                if rebuild or header[5] & TP_STATUS_VLAN_VALID or header[8]:
-                    start, added = self._link_header(ring, position, header)
-                    found.append((header[1] + header[2] * 1e-9, start, header[3] + added, header[4] + added))
-                else:
-                    found.append((header[1] + header[2] * 1e-9, position + header[6], header[3], header[4]))
-            position += header[0]
-        if not found:
-            return
-        if self.in_kernel or self.program is None:
-            snaplen = self.snaplen
-            self._pending.extend(
-                PacketRecord(when, ring[start : start + min(caplen, snaplen)], wirelen)
-                for when, start, caplen, wirelen in found
-            )
-            return
-        times, starts, caplens, wirelens = zip(*found, strict=True)
-        keep = self._run_filter(starts, caplens, wirelens)
-        self._pending.extend(
-            PacketRecord(when, ring[start : start + length], wirelen)
-            for when, start, wirelen, length in zip(times, starts, wirelens, keep, strict=True)
-            if length
-        )
-
-    def _take_kernel_view(self, ring: mmap.mmap, position: int, count: int) -> None:
-        """`_take` for a linux-dialect program in user space: the JIT runs on each frame as the kernel's
-        filter would see it (data from the MAC header, the VLAN tag still in metadata; the LINUX_SLL
-        header in front in cooked mode, as libpcap filters it), with the ring headers' metadata; the
-        tag is put back into the frames it accepts, cut as the kernel cuts: min(result, caplen)."""
-        unpack, lo_index = PACKET_HEADER.unpack_from, self._lo_index
-        frames: list[tuple[int, tuple[Any, ...]]] = []
-        for _ in range(count):
-            header = unpack(ring, position)
-            if header[13] != PACKET_OUTGOING or header[11] != lo_index:
-                frames.append((position, header))
-            position += header[0]
-        if not frames:
-            return
-        added = SLL_HDR_LEN if self.cooked else 0
-        starts = [self._sll_header(ring, at, header) if self.cooked else at + header[6] for at, header in frames]
-        caplens = [header[3] + added for _, header in frames]
-        wirelens = [header[4] + added for _, header in frames]
-        import numpy as np
-
-        positions = np.fromiter((at for at, _ in frames), dtype=np.int64, count=len(frames))
-        if self._rng is None:
-            self._rng = np.random.default_rng()
-        meta = ring_meta(self._ring_array(), positions, cooked=self.cooked, rng=self._rng)
-        keep = self._run_filter(starts, caplens, wirelens, meta)
-        for (_, header), start, wirelen, length in zip(frames, starts, wirelens, keep, strict=True):
-            if length:
-                start, tag = self._vlan_tag(ring, start, header, length)
-                cut = min(length + tag, self.snaplen)
-                when = header[1] + header[2] * 1e-9
-                self._pending.append(PacketRecord(when, ring[start : start + cut], wirelen + tag))
-
-    def _link_header(self, ring: mmap.mmap, position: int, header: tuple[Any, ...]) -> tuple[int, int]:
-        """Rebuild what the kernel took out of the packet in front of it, in the reserved room.
-
-        Returns where the packet now starts and how many bytes were added: the LINUX_SLL header
-        in cooked mode, and an 802.1Q tag the kernel moved into tp_vlan_tci (as libpcap does).
-        """
-        start = position + header[6]
-        added = 0
-        if self.cooked:
-            start = self._sll_header(ring, position, header)
-            added = SLL_HDR_LEN
-        start, tag = self._vlan_tag(ring, start, header, header[3] + added)
-        return start, added + tag
-
-    def _sll_header(self, ring: mmap.mmap, position: int, header: tuple[Any, ...]) -> int:
-        """Write the LINUX_SLL header in front of a cooked frame (in the reserved room); where it starts."""
-        mac, protocol, _, hatype, pkttype, halen, address = (header[6], *header[10:])
-        start = position + mac - SLL_HDR_LEN
-        ring[start : start + SLL_HDR_LEN] = struct.pack("!HHH8s", pkttype, hatype, halen, address) + protocol
-        return start
-
-    def _vlan_tag(self, ring: mmap.mmap, start: int, header: tuple[Any, ...], caplen: int) -> tuple[int, int]:
-        """Put back an 802.1Q tag the kernel moved into tp_vlan_tci (as libpcap does) in front of the
-        `caplen` bytes at `start`; (where the frame now starts, bytes added). Not into a frame cut
-        before the tag's place (libpcap's `tp_snaplen >= vlan_offset`): moving its bytes would write
-        past them, into the next frame's header."""
-        status, vlan_tci, vlan_tpid = header[5], header[8], header[9]
-        added = 0
-        if (status & TP_STATUS_VLAN_VALID or vlan_tci) and self._tag_at and caplen >= self._tag_at:
-            tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
-            ring.move(start - VLAN_TAG_LEN, start, self._tag_at)
-            start -= VLAN_TAG_LEN
-            tag = start + self._tag_at
-            ring[tag : tag + VLAN_TAG_LEN] = struct.pack("!HH", tpid, vlan_tci)
-            added += VLAN_TAG_LEN
-        return start, added
 
     def _ring_array(self) -> npt.NDArray[np.uint8]:
         if self._ring is None:
@@ -603,32 +709,18 @@ class Capture:
             self._ring = np.frombuffer(self._mmap, dtype=np.uint8)
         return self._ring
 
-    def _run_filter(
-        self, starts: Sequence[int], caplens: Sequence[int], wirelens: Sequence[int], meta: Any = None
-    ) -> list[int]:
-        """The JIT over the whole block in one call, reading the ring in place; bytes to keep per packet."""
-        import numpy as np
-
-        from .batch import Batch
-
-        filter = self.filter
-        assert filter is not None
-        verdicts = filter.run_batch(Batch(self._ring_array(), starts, caplens, wirelens), meta=meta)
-        # The BPF result is the number of bytes to keep, as the kernel applies it.
-        keep = np.minimum(np.minimum(verdicts, np.asarray(caplens, dtype=np.uint32)), self.snaplen)
-        self._counts[2] += int(np.count_nonzero(verdicts == 0))
-        return keep.tolist()
-
     # -- statistics and closing --------------------------------------------------------------------
     def stats(self) -> CaptureStats:
-        """Received and dropped counts from the kernel (PACKET_STATISTICS), since the capture opened."""
+        """Counts since the capture opened: the kernel's (PACKET_STATISTICS, which resets on every read)
+        summed, and the walker's."""
         if not self._closed and self._sock is not None:
             # The kernel resets its counters on every read: keep the sums.
-            packets, drops, _ = TPACKET_STATS_V3.unpack(
+            packets, drops, frozen = TPACKET_STATS_V3.unpack(
                 self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS_V3.size)
             )
             self._counts[0] += packets
             self._counts[1] += drops
+            self._counts[5] += frozen
         return CaptureStats(*self._counts)
 
     def close(self) -> None:
@@ -758,3 +850,111 @@ def _bind(sock: socket.socket, ifindex: int) -> None:
     if _libc.bind(sock.fileno(), address, len(address)) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"bind to interface index {ifindex}: {os.strerror(code)}")
+
+
+class _PythonWalk:
+    """The per-frame Python walk of a ring block that the native walker (`ringwalk`) replaced, kept as
+    the reference it is tested against (tests/test_capture_ring.py): the same frames, changes to the
+    ring (SLL headers, tags put back) and results, ~1.5 µs a frame. `ring` is the capture's mapping or
+    a copy of it (an anonymous mmap: `.move` and slices); `walk` returns the accepted frames as
+    (header position, seconds, nanoseconds, packet bytes, wirelen) and counts rejections in `rejected`."""
+
+    def __init__(self, cap: Capture, ring: mmap.mmap):
+        self.cap, self.ring = cap, ring
+        self.rejected = 0
+        self.program = cap.program if cap.program is not None and not cap.in_kernel else None
+
+    def walk(self, base: int) -> list[tuple[int, int, int, bytes, int]]:
+        cap, ring = self.cap, self.ring
+        _, count, first = BLOCK_DESC.unpack_from(ring, base)
+        unpack, lo_index = PACKET_HEADER.unpack_from, cap._lo_index
+        frames: list[tuple[int, tuple[Any, ...]]] = []
+        position = base + first
+        for _ in range(count):
+            header = unpack(ring, position)
+            # lo shows every packet twice, outgoing and incoming: keep the incoming copy, as libpcap does.
+            if header[13] != PACKET_OUTGOING or header[11] != lo_index:
+                frames.append((position, header))
+            position += header[0]
+        if self.program is not None and cap.dialect.offsets == "signed":
+            return self._kernel_view(frames)
+        found = []
+        for at, header in frames:
+            start, added = at + header[6], 0
+            if cap.cooked or header[5] & TP_STATUS_VLAN_VALID or header[8]:
+                start, added = self._link_header(at, header)
+            found.append((at, header, start, header[3] + added, header[4] + added))
+        if self.program is None:
+            return [(at, h[1], h[2], ring[start : start + min(caplen, cap.snaplen)], wirelen)
+                    for at, h, start, caplen, wirelen in found]  # fmt: skip
+        keep = self._run_filter([f[2] for f in found], [f[3] for f in found], [f[4] for f in found])
+        return [(at, h[1], h[2], ring[start : start + length], wirelen)
+                for (at, h, start, _, wirelen), length in zip(found, keep, strict=True) if length]  # fmt: skip
+
+    def _kernel_view(self, frames: list[tuple[int, tuple[Any, ...]]]) -> list[tuple[int, int, int, bytes, int]]:
+        """A linux-dialect program on each frame as the kernel's filter sees it, with ring_meta's metadata;
+        the tag is put back into the frames it accepts, cut as the kernel cuts: min(result, caplen)."""
+        import numpy as np
+
+        cap, ring = self.cap, self.ring
+        if not frames:
+            return []
+        added = SLL_HDR_LEN if cap.cooked else 0
+        starts = [self._sll_header(at, header) if cap.cooked else at + header[6] for at, header in frames]
+        caplens = [header[3] + added for _, header in frames]
+        wirelens = [header[4] + added for _, header in frames]
+        positions = np.fromiter((at for at, _ in frames), dtype=np.int64, count=len(frames))
+        meta = ring_meta(np.frombuffer(ring, dtype=np.uint8), positions, cooked=cap.cooked)
+        keep = self._run_filter(starts, caplens, wirelens, meta)
+        accepted = []
+        for (at, header), start, wirelen, length in zip(frames, starts, wirelens, keep, strict=True):
+            if length:
+                start, tag = self._vlan_tag(start, header, length)
+                cut = min(length + tag, cap.snaplen)
+                accepted.append((at, header[1], header[2], ring[start : start + cut], wirelen + tag))
+        return accepted
+
+    def _link_header(self, position: int, header: tuple[Any, ...]) -> tuple[int, int]:
+        """Rebuild what the kernel took out of the packet in front of it, in the reserved room: the
+        LINUX_SLL header in cooked mode, and an 802.1Q tag; (where the packet starts, bytes added)."""
+        start = position + header[6]
+        added = 0
+        if self.cap.cooked:
+            start = self._sll_header(position, header)
+            added = SLL_HDR_LEN
+        start, tag = self._vlan_tag(start, header, header[3] + added)
+        return start, added + tag
+
+    def _sll_header(self, position: int, header: tuple[Any, ...]) -> int:
+        mac, protocol, _, hatype, pkttype, halen, address = (header[6], *header[10:])
+        start = position + mac - SLL_HDR_LEN
+        self.ring[start : start + SLL_HDR_LEN] = struct.pack("!HHH8s", pkttype, hatype, halen, address) + protocol
+        return start
+
+    def _vlan_tag(self, start: int, header: tuple[Any, ...], caplen: int) -> tuple[int, int]:
+        """Put back an 802.1Q tag the kernel moved into tp_vlan_tci in front of the `caplen` bytes at
+        `start`, unless the frame is cut before the tag's place (libpcap's `tp_snaplen >= vlan_offset`)."""
+        status, vlan_tci, vlan_tpid = header[5], header[8], header[9]
+        tag_at = self.cap._tag_at
+        if (status & TP_STATUS_VLAN_VALID or vlan_tci) and tag_at and caplen >= tag_at:
+            tpid = vlan_tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
+            self.ring.move(start - VLAN_TAG_LEN, start, tag_at)
+            start -= VLAN_TAG_LEN
+            tag = start + tag_at
+            self.ring[tag : tag + VLAN_TAG_LEN] = struct.pack("!HH", tpid, vlan_tci)
+            return start, VLAN_TAG_LEN
+        return start, 0
+
+    def _run_filter(self, starts: Sequence[int], caplens: Sequence[int], wirelens: Sequence[int],
+                    meta: Any = None) -> list[int]:  # fmt: skip
+        import numpy as np
+
+        from .batch import Batch
+
+        filter = self.cap.filter
+        assert filter is not None
+        verdicts = filter.run_batch(Batch(np.frombuffer(self.ring, dtype=np.uint8), starts, caplens, wirelens),
+                                    meta=meta)  # fmt: skip
+        keep = np.minimum(np.minimum(verdicts, np.asarray(caplens, dtype=np.uint32)), self.cap.snaplen)
+        self.rejected += int(np.count_nonzero(verdicts == 0))
+        return [int(k) for k in keep]
