@@ -74,7 +74,8 @@ if TYPE_CHECKING:
     from .filter import Filter
     from .ringwalk import RingArrays
 
-__all__ = ["Capture", "CaptureStats", "DumpStats", "PacketRecord", "RingBatch", "interface_linktype", "kernel_program", "ring_meta"]
+__all__ = ["Capture", "CaptureStats", "DumpStats", "PacketRecord", "RingBatch", "interface_linktype", "kernel_program",
+           "ring_meta"]
 
 # -- <linux/if_packet.h>, <linux/if_ether.h>, <linux/filter.h>, <linux/if_arp.h> -------------------
 SOL_PACKET = 263
@@ -393,7 +394,8 @@ class Capture:
         self._lock = threading.Lock()
         if block_size is not None and (not isinstance(block_size, int) or block_size <= 0
                                        or block_size % mmap.PAGESIZE):  # fmt: skip
-            raise ValueError(f"block_size must be a positive multiple of the page size ({mmap.PAGESIZE}), not {block_size!r}")
+            raise ValueError(f"block_size must be a positive multiple of the page size ({mmap.PAGESIZE}), "
+                             f"not {block_size!r}")
         self._block_size = _block_size(snaplen) if block_size is None else block_size
         self._block_nr = max(2, buffer_size // self._block_size)
         self._cursor = 0

@@ -344,8 +344,9 @@ def emit_walk_ring(module: ir.Module, name: str, spec: View) -> ir.Function:
     b.branch(head)
 
     b.position_at_end(done)
-    for name, slot in (("position", v_pos), ("walked", v_walked), ("skipped", v_skipped), ("rejected", v_rejected),
-                       ("iov_count", v_iov), ("bytes", v_bytes), ("status", v_status), ("random", v_random)):  # fmt: skip
+    outputs = (("position", v_pos), ("walked", v_walked), ("skipped", v_skipped), ("rejected", v_rejected),
+               ("iov_count", v_iov), ("bytes", v_bytes), ("status", v_status), ("random", v_random))
+    for name, slot in outputs:
         b.store(b.load(slot), field(name))
     b.ret(b.load(v_n))
     return fn

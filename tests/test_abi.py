@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from llvmlite import ir
 
-from bpfjit import Program, abi, lower, lower_classifier, lower_linux, pyentry, walkers
+from bpfjit import Program, abi, lower, lower_classifier, lower_linux, pyentry, ringwalk, walkers
 from bpfjit.analysis import analyse
 from bpfjit.cpython import Layout
 
@@ -44,6 +44,8 @@ def _generated() -> dict[str, list[ir.Function]]:
         functions[f"CLASSIFY_{upper}_BATCH"] = [batch]
     functions["WALK_PCAP"] = [walkers.emit_walk_pcap(module, "pcap", [filter_fn])]
     functions["WALK_PCAPNG"] = [walkers.emit_walk_pcapng(module, "pcapng", [filter_fn, None])]
+    spec = ringwalk.View(TCP_80, "link", True, 14, "pcapng")
+    functions["WALK_RING"] = [ringwalk.emit_walk_ring(module, "ring", spec)]
     walkers.emit_gather(module)
     walkers.emit_accepted_indices(module)
     functions["GATHER"] = [module.get_global(walkers.PREFIX + "gather")]
@@ -97,7 +99,8 @@ def test_chunk_struct_and_its_ir_type_have_the_same_fields() -> None:
 
 
 # Where a function type may still be written outside abi.py: declarations of LLVM's own intrinsics.
-INTRINSIC_DECLARERS = {"lower.py": "llvm.bswap", "lower_linux.py": "llvm.bswap", "walkers.py": "llvm."}
+INTRINSIC_DECLARERS = {"lower.py": "llvm.bswap", "lower_linux.py": "llvm.bswap", "walkers.py": "llvm.",
+                       "ringwalk.py": "llvm."}
 
 
 def test_no_signature_is_written_outside_the_table() -> None:

@@ -36,8 +36,14 @@ from test_capture_linux import tcpdump as linux_tcpdump
 from test_linux_kernel import Pair, frame_mix, inside, veth_pair
 
 from bpfjit import Program
-from bpfjit.capture import (BLOCK_DESC, TP_STATUS_USER, Capture, RingBatch, _PythonWalk,
-                            ring_meta)  # fmt: skip
+from bpfjit.capture import (
+    BLOCK_DESC,
+    TP_STATUS_USER,
+    Capture,
+    RingBatch,
+    _PythonWalk,
+    ring_meta,  # fmt: skip
+)
 from bpfjit.samples import ipv4, udp
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and AF_PACKET are Linux's")
@@ -109,8 +115,9 @@ def walk_both(cap: Capture, settle: float = 0.3) -> tuple[Walked, Walked, Any, A
             n = cap._walk("")
             assert cap._counts[2] - rejected == walk.rejected
             a = cap._arrays
-            native += [(int(a.seconds[i]), int(a.nanoseconds[i]), ring[int(a.offsets[i]) : int(a.offsets[i] + a.caplens[i])],
-                        int(a.wirelens[i])) for i in range(n)]  # fmt: skip
+            native += [(int(a.seconds[i]), int(a.nanoseconds[i]),
+                        ring[int(a.offsets[i]) : int(a.offsets[i] + a.caplens[i])], int(a.wirelens[i]))
+                       for i in range(n)]  # fmt: skip
             native_meta.append(a.meta[:n].copy())
             walked += cap._arrays.chunk.walked
             cap._release_if_done()
@@ -207,6 +214,7 @@ def test_a_block_goes_back_to_the_kernel_when_the_next_batch_is_asked_for(pair: 
 
         batches = cap.batches(timeout=2)
         seen = []
+        previous = -1
         for i in range(3):
             send("tx0", [bytes(6) + b"\x02" + bytes(5) + b"\x08\x00" + ipv4(17, udp(1, 2, b"%d" % i))])
             ring_batch = next(batches)
@@ -214,7 +222,7 @@ def test_a_block_goes_back_to_the_kernel_when_the_next_batch_is_asked_for(pair: 
             assert status(block) & TP_STATUS_USER  # ours while its batch is in use
             seen.append(bytes(ring_batch.batch[0]))
             time.sleep(0.01)  # the next frame goes into the next block
-            if i:
+            if previous >= 0:
                 assert not status(previous) & TP_STATUS_USER  # handed back when this one was asked for
             previous = block
         batches.close()  # leaving the loop hands the last one back
@@ -286,18 +294,19 @@ def test_dump_writes_what_tcpdump_writes(pair: Pair, interface: str) -> None:
     expression = "udp or arp"
     with tempfile.TemporaryDirectory() as directory:
         ours, ours_ng = os.path.join(directory, "ours.pcap"), os.path.join(directory, "ours.pcapng")
-        with Capture(interface, expression) as cap, Capture(interface, expression) as user:
-            with (
-                linux_tcpdump(pair, interface, expression, cooked=False) if interface != "any"
-                else Capture(interface, expression) as other
-            ):  # fmt: skip
-                inject(pair)
-                stats = cap.dump(ours, timeout=0.5)
-                ng = user.dump(ours_ng, timeout=0.1, format="pcapng")
-                if interface == "any":
-                    theirs = [(r.packet, r.wirelen) for r in other.packets(timeout=0.1) if not r.packet.endswith(WARM_UP)]
-                else:
-                    theirs = other
+        with (
+            Capture(interface, expression) as cap,
+            Capture(interface, expression) as user,
+            linux_tcpdump(pair, interface, expression, cooked=False) if interface != "any"
+            else Capture(interface, expression) as other,
+        ):  # fmt: skip
+            inject(pair)
+            stats = cap.dump(ours, timeout=0.5)
+            ng = user.dump(ours_ng, timeout=0.1, format="pcapng")
+            if interface == "any":
+                theirs = [(r.packet, r.wirelen) for r in other.packets(timeout=0.1) if not r.packet.endswith(WARM_UP)]
+            else:
+                theirs = other
         header, records = read_pcap(ours)
         ng_blocks, ng_records = read_pcapng(ours_ng)
         size = os.path.getsize(ours)

@@ -42,7 +42,7 @@ GROUPS: dict[str, set[str]] = {
     "runtime": {"filter", "classifier", "batch", "metadata", "seccomp", "seccomp_explain", "seccomp_oci"},
     "peers": {"libpcap", "libpcap_loop", "sockfilter"},
     "files": {"capfile", "capformat", "capfilters", "capwriter", "walkers", "capparallel", "capparts"},
-    "live": {"capture", "fanout"},
+    "live": {"capture", "fanout", "ringwalk"},
     "integrations": {"adapters", "dask"},
     "tools": {"__init__", "__main__", "cli", "seccomp_cli", "benchmark", "packetmix"},
 }  # fmt: skip
