@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from netns import inside
 from test_capture_linux import WARM_UP, frames, inject
 from test_capture_linux import tcpdump as linux_tcpdump
-from test_linux_kernel import Pair, frame_mix, inside, veth_pair
+from test_linux_kernel import Pair, frame_mix, veth_pair
 
 from bpfjit import Program
 from bpfjit.capture import (
