@@ -10,12 +10,18 @@
 # An interpreter is `python3.X` on PATH or ~/.pyenv/versions/3.X.*/bin/python3.X ($PYENV_ROOT too).
 # Locally a missing one is skipped with a message; under CI=true it is a failure. Each gets a venv
 # from tools/bootstrap.sh: .venv for the default python3 (which runs first), .venvs/py3.X for the others.
-# ruff and mypy (tests/test_lint.py) run with the first Python only; the ctypes pass runs with it too.
+# ruff and mypy (tests/test_lint.py) and the kernel-oracle tests (ORACLE_TESTS) run with the first
+# Python only; the ctypes pass runs with it too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 SUPPORTED=(3.10 3.11 3.12 3.13)
 FALLBACK_TESTS=(tests/test_semantics.py tests/test_jit.py tests/test_memory_safety.py)
+# The kernel as an oracle (its verdicts on programs and frames, through netns, veth and tcpdump):
+# what the kernel answers does not depend on the Python asking, and these take ~3 minutes, so they
+# run with the first Python only. Capture, ring and seccomp tests (ctypes and mmap code that does
+# depend on the Python) run on every one.
+ORACLE_TESTS=(tests/test_linux_kernel.py tests/test_kernel_oracle.py tests/test_fanout.py tests/test_capture_linux.py)
 
 versions=()
 pytest_args=()
@@ -109,6 +115,7 @@ for version in "${order[@]}"; do
     main_venv=$venv
   else
     lint=(--deselect tests/test_lint.py)
+    for module in "${ORACLE_TESTS[@]}"; do lint+=(--deselect "$module"); done
   fi
   echo "$venv/bin/python -m pytest ${lint[*]} ${pytest_args[*]}"
   "$venv/bin/python" -m pytest "${lint[@]}" "${pytest_args[@]}"
