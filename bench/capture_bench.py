@@ -859,7 +859,7 @@ class Summary:
     share_min: float | None = None
     share_max: float | None = None
     cpu_us: float | None = None  # median CPU per delivered packet
-    dropped: float | None = None  # median kernel drops as a share of the expected packets
+    dropped: float | None = None  # median kernel drops as a share of the offered frames
     rounds: int = 0
     busy_rounds: int = 0
     notes: list[str] = field(default_factory=list)
@@ -877,7 +877,7 @@ def summarise(rows: Iterable[Measurement]) -> list[Summary]:
     for (receiver, filter_name, size, rate), members in groups.items():
         ok = [m for m in members if m.status == "ok"]
         shares = [s for m in ok if (s := m.share) is not None]
-        drops = [m.kernel_dropped / m.expected for m in ok if m.kernel_dropped is not None and m.expected]
+        drops = [m.kernel_dropped / m.offered for m in ok if m.kernel_dropped is not None and m.offered]
         summary = Summary(
             receiver, filter_name, size, rate,
             offered_kpps=_median([m.offered_pps / 1000 for m in ok]),
@@ -900,7 +900,7 @@ def format_table(summaries: Sequence[Summary]) -> str:
         "share",
         "min-max",
         "CPU us/pkt",
-        "kernel drop",
+        "drop/offered",
         "rounds",
     )
     lines = [header]
@@ -940,28 +940,36 @@ def plot(path: Path, summaries: Sequence[Summary]) -> bool:
     sizes = sorted({s.size for s in measured})
     if not measured:
         return False
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     figure, axes = plt.subplots(
-        len(filters), len(sizes), squeeze=False, sharey=True, figsize=(4.5 * len(sizes), 3.4 * len(filters))
-    )
+        len(filters), len(sizes), squeeze=False, sharex=True, sharey=True,
+        figsize=(4.5 * len(sizes), 3.4 * len(filters)),
+    )  # fmt: skip
     for i, filter_name in enumerate(filters):
         for j, size in enumerate(sizes):
             ax = axes[i][j]
-            for receiver in RECEIVERS:
+            for number, receiver in enumerate(RECEIVERS):  # one colour per receiver in every panel
                 points = sorted(
                     (s.offered_kpps or 0.0, (s.share or 0.0) * 100)
                     for s in measured
                     if s.receiver == receiver and s.filter == filter_name and s.size == size
                 )
                 if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=receiver)
+                    ax.plot(*zip(*points, strict=True), marker="o", color=f"C{number}", label=receiver)
             ax.set_title(f"{size}-byte frames, filter: {filter_name}", fontsize=9)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("offered (kpps)")
             ax.set_ylabel("share captured (%)")
             ax.set_ylim(0, 105)
             ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        handles.update((label, handle) for handle, label in zip(*ax.get_legend_handles_labels(), strict=True))
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return True
