@@ -1014,6 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     rows: list[Measurement] = []
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="capture_bench.") as scratch, Testbed() as bed:
         files_by_size = {}
         for size in args.sizes:
@@ -1042,7 +1043,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 rows.append(row)
         except KeyboardInterrupt as exc:
-            print(f"interrupted ({exc or 'Ctrl-C'}): reporting what was measured", file=sys.stderr)
+            interrupted = True
+            print(f"interrupted ({str(exc) or 'Ctrl-C'}): reporting what was measured", file=sys.stderr)
     write_csv(args.csv, rows)
     summaries = summarise(rows)
     print()
@@ -1050,7 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n* = rounds measured while the machine was busier than --max-busy {args.max_busy:.0%}. CSV: {args.csv}")
     if args.plot and plot(args.plot, summaries):
         print(f"plot: {args.plot}")
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
