@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import inspect
 import json
 import os
 import re
@@ -451,6 +452,13 @@ def _count_from(result: object) -> int | None:
     return None
 
 
+def _takes_timeout(method: Callable[..., Any]) -> bool:
+    try:
+        return "timeout" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def worker_bpfjit(spec: dict[str, Any]) -> dict[str, Any]:
     Capture = _capture_class()
     expr = None if spec["filter"] == "none" else FILTER_EXPR
@@ -462,16 +470,22 @@ def worker_bpfjit(spec: dict[str, Any]) -> dict[str, Any]:
     delivered: int | None = 0
     start = _cpu_seconds()
     _ready()
-    if mode == "packets":
+    if mode == "packets" or (mode == "batches" and _takes_timeout(cap.batches)):
+        count: Callable[[Any], int] = (lambda _: 1) if mode == "packets" else len
+        method = getattr(cap, mode)
+        total = 0
         while not stop.is_set():
-            for _ in cap.packets(timeout=SLICE):
-                delivered += 1  # type: ignore[operator]
+            for item in method(timeout=SLICE):
+                total += count(item)
+        delivered = total
     else:
-        # batches() and dump() run until the capture is closed from another thread.
+        # batches() without a timeout, and dump(), run until the capture is closed from another thread.
         threading.Thread(target=lambda: (stop.wait(), cap.close()), daemon=True).start()
         if mode == "batches":
+            total = 0
             for batch in cap.batches():
-                delivered += len(batch)  # type: ignore[operator]
+                total += len(batch)
+            delivered = total
         else:
             delivered = _count_from(cap.dump("/dev/null"))
     cpu = _cpu_seconds() - start
