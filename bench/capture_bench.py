@@ -188,6 +188,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="write a PNG of share captured vs offered rate (default bench/out/capture_bench.png)",
     )
+    parser.add_argument(
+        "--report", type=Path, nargs="+", metavar="CSV",
+        help="measure nothing: print the table (and --plot) of the CSVs of earlier runs, together",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one receiver (a JSON spec)
     args = parser.parse_args(argv)
     quick = {"sizes": [64], "rates": [20_000, None], "filters": ["none"], "rounds": 1, "duration": 1.0}
@@ -860,6 +864,29 @@ def write_csv(path: Path, rows: Iterable[Measurement]) -> None:
             writer.writerow({k: "" if v is None else v for k, v in record.items()})
 
 
+def read_csv(path: Path) -> list[Measurement]:
+    """The measurements `write_csv` wrote (the derived columns are computed again)."""
+    kinds = {f.name: str(f.type) for f in fields(Measurement)}
+    rows = []
+    with open(path, newline="") as f:
+        for record in csv.DictReader(f):
+            values: dict[str, Any] = {}
+            for name, kind in kinds.items():
+                text = record.get(name, "")
+                if text == "" and "None" in kind:
+                    values[name] = None
+                elif kind.startswith("int"):
+                    values[name] = int(text)
+                elif kind.startswith("float"):
+                    values[name] = float(text or 0)
+                elif kind == "bool":
+                    values[name] = text == "True"
+                else:
+                    values[name] = text
+            rows.append(Measurement(**values))
+    return rows
+
+
 @dataclass
 class Summary:
     """The rounds of one (receiver, filter, size, rate)."""
@@ -1008,6 +1035,16 @@ def preflight(args: argparse.Namespace) -> str | None:
     return None
 
 
+def report(rows: Sequence[Measurement], args: argparse.Namespace) -> int:
+    summaries = summarise(rows)
+    print()
+    print(format_table(summaries))
+    print(f"\n* = rounds measured while the machine was busier than --max-busy ({args.max_busy:.0%} by default)")
+    if args.plot and plot(args.plot, summaries):
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -1016,6 +1053,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return run_worker(args.worker)
+    if args.report:
+        return report([row for path in args.report for row in read_csv(path)], args)
     reason = preflight(args)
     if reason:
         print(reason, file=sys.stderr)
@@ -1060,12 +1099,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupted = True
             print(f"interrupted ({str(exc) or 'Ctrl-C'}): reporting what was measured", file=sys.stderr)
     write_csv(args.csv, rows)
-    summaries = summarise(rows)
-    print()
-    print(format_table(summaries))
-    print(f"\n* = rounds measured while the machine was busier than --max-busy {args.max_busy:.0%}. CSV: {args.csv}")
-    if args.plot and plot(args.plot, summaries):
-        print(f"plot: {args.plot}")
+    print(f"CSV: {args.csv}")
+    report(rows, args)
     return 130 if interrupted else 0
 
 

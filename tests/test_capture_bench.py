@@ -131,3 +131,16 @@ def test_refuses_to_run_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cb.os, "geteuid", lambda: 1000)
     assert "needs root" in (cb.preflight(cb.parse_args(["--quick"])) or "")
     assert cb.main(["--quick"]) == 2
+
+
+def test_csv_reads_back_and_reports_without_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bench.csv"
+    cb.write_csv(path, _rows())
+    assert cb.read_csv(path) == _rows()
+    monkeypatch.setattr(cb.os, "geteuid", lambda: 1000)
+    assert cb.main(["--report", str(path), str(path), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "80.0%-100.0%" in out and "6 (2*)" in out  # both files' rounds, together
+    assert (tmp_path / "p.png").exists()
