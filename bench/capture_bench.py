@@ -1,8 +1,9 @@
 """Live capture that keeps up: the share of offered packets each receiver delivers to its loop (issue 19).
 
     sudo .venv/bin/python bench/capture_bench.py --quick          # one frame size, two rates, one round
-    sudo .venv/bin/python bench/capture_bench.py --plot           # the full grid (about an hour)
+    sudo .venv/bin/python bench/capture_bench.py --plot           # the full grid (about 40 minutes)
     sudo .venv/bin/python bench/capture_bench.py --sizes 64 --rates 20k,300k,max --filters none,kernel
+    .venv/bin/python bench/capture_bench.py --report a.csv b.csv --plot   # earlier runs' CSVs, together
 
 Needs root (network namespaces, AF_PACKET) and a Linux kernel with veth. Not run by CI, and nothing it
 needs is installed by tools/bootstrap.sh; install by hand:
@@ -977,35 +978,38 @@ def plot(path: Path, summaries: Sequence[Summary]) -> bool:
         print("--plot needs matplotlib: .venv/bin/pip install matplotlib", file=sys.stderr)
         return False
     measured = [s for s in summaries if s.share is not None and s.offered_kpps]
-    filters = [f for f in FILTERS if any(s.filter == f for s in measured)]
-    sizes = sorted({s.size for s in measured})
-    if not measured:
+    # Only the (filter, frame size) pairs measured: runs of different grids can be reported together.
+    panels = sorted({(FILTERS.index(s.filter), s.size) for s in measured})
+    if not panels:
         return False
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(
-        len(filters), len(sizes), squeeze=False, sharex=True, sharey=True,
-        figsize=(4.5 * len(sizes), 3.4 * len(filters)),
-    )  # fmt: skip
-    for i, filter_name in enumerate(filters):
-        for j, size in enumerate(sizes):
-            ax = axes[i][j]
-            for number, receiver in enumerate(RECEIVERS):  # one colour per receiver in every panel
-                points = sorted(
-                    (s.offered_kpps or 0.0, (s.share or 0.0) * 100)
-                    for s in measured
-                    if s.receiver == receiver and s.filter == filter_name and s.size == size
-                )
-                if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", color=f"C{number}", label=receiver)
-            ax.set_title(f"{size}-byte frames, filter: {filter_name}", fontsize=9)
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("offered (kpps)")
-            ax.set_ylabel("share captured (%)")
-            ax.set_ylim(0, 105)
-            ax.grid(True, alpha=0.3)
+        rows, columns, squeeze=False, sharex=True, sharey=True, figsize=(4.5 * columns, 3.4 * rows)
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (filter_index, size) in zip(axes.flat, panels, strict=False):
+        filter_name = FILTERS[filter_index]
+        for number, receiver in enumerate(RECEIVERS):  # one colour per receiver in every panel
+            points = sorted(
+                (s.offered_kpps or 0.0, (s.share or 0.0) * 100)
+                for s in measured
+                if s.receiver == receiver and s.filter == filter_name and s.size == size
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", color=f"C{number}", label=receiver)
+        ax.set_title(f"{size}-byte frames, filter: {filter_name}", fontsize=9)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("offered (kpps)")
+        ax.xaxis.set_tick_params(labelbottom=True)  # (sharex hides them above an empty slot)
+        ax.set_ylabel("share captured (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(True, alpha=0.3)
     handles: dict[str, Any] = {}
     for ax in axes.flat:
         handles.update((label, handle) for handle, label in zip(*ax.get_legend_handles_labels(), strict=True))
