@@ -44,7 +44,7 @@ Receivers, each in its own process (so its CPU time is its own), one at a time, 
   on each packet in the callback);
 - scapy `sniff(store=False, prn=count)` (only up to --scapy-max-rate; its user-space filter an
   `lfilter`; it reads a plain socket, no ring, so --buffer does not apply);
-- bpfjit `Capture.packets()` with a counting loop, and `Capture.batches()` (counting `len(batch)`)
+- bpfjit `Capture.packets()` with a counting loop, and `Capture.batches()` (counting `len(rb.batch)`)
   and `Capture.dump("/dev/null")` once the Capture has them (n/a before).
 
 Filters: `none`; `kernel` = `udp port 9` attached in the kernel; `user` = the same expression run in
@@ -450,11 +450,16 @@ def _count_from(result: object) -> int | None:
     """A packet count out of whatever `dump()` returns: an int, or a stats-like record."""
     if isinstance(result, int) and not isinstance(result, bool):
         return result
-    for name in ("written", "accepted", "captured", "delivered", "packets"):
+    for name in ("packets", "accepted", "captured", "delivered"):  # (DumpStats: packets, bytes, capture)
         value = getattr(result, name, None)
         if isinstance(value, int):
             return value
     return None
+
+
+def batch_size(item: Any) -> int:
+    """Packets in what `batches()` yields: a `RingBatch` (batch, timestamps_ns, meta) or a bare `Batch`."""
+    return len(getattr(item, "batch", item))
 
 
 def _takes_timeout(method: Callable[..., Any]) -> bool:
@@ -476,7 +481,7 @@ def worker_bpfjit(spec: dict[str, Any]) -> dict[str, Any]:
     start = _cpu_seconds()
     _ready()
     if mode == "packets" or (mode == "batches" and _takes_timeout(cap.batches)):
-        count: Callable[[Any], int] = (lambda _: 1) if mode == "packets" else len
+        count: Callable[[Any], int] = (lambda _: 1) if mode == "packets" else batch_size
         method = getattr(cap, mode)
         total = 0
         while not stop.is_set():
@@ -489,7 +494,7 @@ def worker_bpfjit(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "batches":
             total = 0
             for batch in cap.batches():
-                total += len(batch)
+                total += batch_size(batch)
             delivered = total
         else:
             delivered = _count_from(cap.dump("/dev/null"))

@@ -144,3 +144,11 @@ def test_csv_reads_back_and_reports_without_root(
     out = capsys.readouterr().out
     assert "80.0%-100.0%" in out and "6 (2*)" in out  # both files' rounds, together
     assert (tmp_path / "p.png").exists()
+
+
+def test_batch_size_counts_the_packets_of_a_ring_batch() -> None:
+    batch = bpfjit.Batch.from_packets([b"a", b"bc", b"def"])
+    assert cb.batch_size(batch) == 3
+    assert cb.batch_size(argparse.Namespace(batch=batch, timestamps_ns=None, meta=None)) == 3
+    assert cb._count_from(argparse.Namespace(packets=7, bytes=999, capture=None)) == 7
+    assert cb._count_from(5) == 5 and cb._count_from(None) is None
