@@ -104,7 +104,7 @@ def emit_walk_ring(module: ir.Module, name: str, spec: View) -> ir.Function:
     little = sys.byteorder == "little"
 
     def const(ty: ir.IntType, value: int) -> ir.Constant:
-        return ir.Constant(ty, value)
+        return ir.Constant(ty, int(value))  # int(): before 3.11, str(Status.LIMIT) is "Status.LIMIT"
 
     def intrinsic(name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
         existing = module.globals.get(name)
