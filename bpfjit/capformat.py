@@ -355,6 +355,15 @@ class CaptureFile:
                  min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
         return arr, n
 
+    def _pcapng_chunk(self, walk: Callable[..., int], arrays: Callable[[], ChunkArrays], pos: int, section: Section,
+                      stop: int = U64_MAX) -> tuple[ChunkArrays, int]:  # fmt: skip
+        """One native walk of packet blocks from `pos` in `section` (up to `stop`): the arrays, blocks walked."""
+        arr = arrays()
+        arr.chunk.stop_at = stop
+        n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
+                 ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
+        return arr, n
+
     def _pcap_error(self, pos: int, status: int) -> CaptureFileError:
         left = self.size - pos
         if left < self.record_header:
@@ -401,10 +410,7 @@ class CaptureFile:
                 yield block
                 pos = block.end
                 continue
-            arr = arrays()
-            arr.chunk.stop_at = stop
-            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
-                     ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
+            arr, n = self._pcapng_chunk(walk, arrays, pos, section, stop)
             pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield Records(arr, n, section, filtered)
@@ -694,10 +700,7 @@ class StreamedCapture(CaptureFile):
                 yield block._replace(replacement=block.replacement or bytes(self.map[block.start : block.end]))
                 pos = block.end
                 continue
-            arr = arrays()
-            arr.chunk.stop_at = U64_MAX
-            n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
-                     ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
+            arr, n = self._pcapng_chunk(walk, arrays, pos, section)
             pos, status = arr.chunk.end, arr.chunk.status
             if n:
                 yield Records(arr, n, section, filtered)
