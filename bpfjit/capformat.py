@@ -323,7 +323,7 @@ class CaptureFile:
         capparts go on from where a range starts); up to the first record or block at or after
         `stop` (then the last arrays' `chunk.status` is `Status.STOP`, `chunk.end` where it stopped).
         pcapng with `context_stop`: also before a section or interface block (status
-        `Status.OTHER_BLOCK`), whose new context a walk in parts must not read into.
+        `Status.OTHER_BLOCK`), for a caller that reads it itself (to know the context it leaves).
         """
         if self.format == "pcap":
             return self._pcap_events(filters, arrays, start, stop)
@@ -423,11 +423,13 @@ class CaptureFile:
                 return
             raise self._pcapng_error(pos, status, section)
 
-    def read_lead(self) -> tuple[list[Block], Section | None, int]:
-        """pcapng: the blocks before the first packet block (checked and read, as `events` reads
-        them), the section they leave (its interfaces: the context packets are read in) and where
-        the first packet block (or the end of the file) is."""
-        pos, section, blocks = 0, None, []
+    def read_lead(self, start: int = 0) -> tuple[list[Block], Section | None, int]:
+        """pcapng: the blocks from the section header at `start` (default: the file's) before the next
+        packet block (checked and read, as `events` reads them), the section they leave (its interfaces:
+        the context packets are read in) and where that packet block (or the end of the file) is."""
+        if start and (self.size - start < 4 or struct.unpack_from("<I", self.map, start)[0] != BT_SHB):
+            raise self._error(start, "no section header block here")
+        pos, section, blocks = start, None, []
         while pos < self.size:
             btype = struct.unpack_from((section.order if section else "<") + "I", self.map, pos)[0]
             if section is not None and btype in PACKET_BLOCKS:

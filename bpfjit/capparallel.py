@@ -190,7 +190,8 @@ def _prefilter(order: str) -> re.Pattern[bytes]:
 
 def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces: int) -> int | None:
     """The first 4-aligned offset in [lo, hi) (looking at `GUESS_SCAN` bytes at most) holding a packet
-    block whose framing chains up over `GUESS_CHAIN` blocks (or to the end of the file): each block's
+    block whose framing chains up over `GUESS_CHAIN` blocks (or to the end of the file, or to a section
+    header: the next section's byte order may differ, and `capparts` parts end there): each block's
     length a multiple of 4 and repeated at its end; an EPB naming a known interface and holding its
     caplen. Blocks start 4-aligned (the first at 0, every length a multiple of 4). Only saves work:
     `filter_ranges` checks it."""
@@ -217,7 +218,9 @@ def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces:
                 end = None
         if end is not None:
             for _ in range(GUESS_CHAIN - 1):
-                if end == size or (end := block_end(end)) is None:
+                if end == size or (size - end >= 4 and word(data, end)[0] == BT_SHB):
+                    break
+                if (end := block_end(end)) is None:
                     break
             if end is not None:
                 return at

@@ -14,14 +14,24 @@ assembling process (one part; a wrong guess is rare in ordinary captures, about 
 pcap carried over TCP). Every record counted or written was thus reached by one unbroken walk from
 the file's beginning.
 
-pcapng: every part first reads the blocks before the first packet block (section header, interface
-descriptions: a few hundred bytes) for the context its packets are read in — byte order, link types,
-snap lengths — and walks in it; part 0 starts at the first packet block. Other blocks met in a part
-(statistics, name resolution, custom) are written in place. A section or interface block after the
-first packet would change the context, so a part stops there (`Status.OTHER_BLOCK`); the verified
-walk ends at the first such block and assembly walks the rest of the file from it in one piece, as
-`filter_file` does (the parts planned after it are dropped). pcapng blocks are self-delimiting, but a
-guess can still land on bytes that frame like blocks (a pcapng carried over TCP), hence the same check.
+pcapng: packets are read in a *context* — the section's byte order, its interfaces' link types, snap
+lengths and timestamp units — that its section header and interface blocks set. `plan` finds the
+section headers (a regular-expression search of the mapping at GB/s for the block type, a palindrome,
+and the byte-order magic; a few checks on each hit: a block ends there, its leading blocks read, the
+blocks after them frame up) and gives each part the last one before it (`Part.section`); a header at
+least half a part past the previous boundary starts a part. A part reads that header's leading blocks
+(`CaptureFile.read_lead`: a few hundred bytes) for the context it starts in, guesses in it, and walks
+through whatever blocks come: section and interface blocks are read in place (changing the context)
+and, like statistics, name-resolution and custom blocks, written in place (a section header saying its
+length is unknown); part 0 starts at the first packet block. Each result records the context it
+started in (`PartResult.context`; none for a part starting at a section header, which depends on
+none) and the one it ended in (`next_context`), and assembly accepts a part only if it started where
+the previous verified part ended and in the context that part ended in: otherwise it is walked again
+from there in that context. A file of concatenated sections (`cat a.pcapng b.pcapng`, rotated captures)
+is thus walked in parallel all through. Hints are only hints: an interface block appended mid-section,
+or bytes inside packets that look like a section header (a pcapng carried over TCP), cost parts walked
+again — the parts after such a block up to the next section header — never a wrong byte. pcapng blocks
+are self-delimiting, but a guess can still land on bytes that frame like blocks, hence the same check.
 
 A filter part writes its accepted records (no header) and those blocks to a part file beside the
 output (`part_path`); assembly writes the file header (pcap) or the blocks before the first packet
@@ -39,16 +49,30 @@ they read verified `spans`: `walk_part` on every part (no filter, no output: the
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import os
+import re
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import capparallel
 from .capfile import DEFAULT_CHUNK, FileCounts, FileStats, PacketBatch, _classified, packet_batches, slot_classifiers
 from .capfilters import LinkTypeFilters
-from .capformat import PCAP_HEADER_LEN, Block, CaptureFile, ChunkArrays, Records, Section
+from .capformat import (
+    BLOCK_MIN,
+    BT_SHB,
+    PCAP_HEADER_LEN,
+    Block,
+    CaptureFile,
+    ChunkArrays,
+    Interface,
+    Records,
+    Section,
+    savefile_header,
+)
 from .capwriter import Writer
 from .errors import CaptureFileError
 from .walkers import Status
@@ -56,29 +80,40 @@ from .walkers import Status
 if TYPE_CHECKING:
     from .capfilters import FilterSpec
 
-__all__ = ["DEFAULT_PART_BYTES", "Part", "PartResult", "Span", "assemble_count", "assemble_filter", "count_part",
-           "filter_part", "part_path", "plan", "read_span", "spans", "verify", "walk_part"]  # fmt: skip
+__all__ = ["DEFAULT_PART_BYTES", "ContextKey", "Part", "PartResult", "Span", "assemble_count", "assemble_filter",
+           "count_part", "filter_part", "part_path", "plan", "read_span", "spans", "verify", "walk_part"]  # fmt: skip
 
 DEFAULT_PART_BYTES = 64 << 20  # capparallel's largest range: a task of ~0.1-0.3 s, a part file in the page cache
+
+# pcapng: the context packet blocks are read in, as it pickles: a section's byte order and interfaces
+# (equal keys read every packet block alike, whatever the slots each process numbers them with)
+ContextKey = tuple[str, tuple[Interface, ...]]
+
+# A section header block: its type (a palindrome), any length, the byte-order magic in either order
+_SHB = re.compile(rb"\n\r\r\n.{4}(?:\x4d\x3c\x2b\x1a|\x1a\x2b\x3c\x4d)", re.DOTALL)
+_SHB_CHAIN = 64  # blocks after a section's lead that must frame up (or reach the file's end) for a hint
 
 
 class Part(NamedTuple):
     """Bytes [lo, hi) of capture file `path`, part `number` of its plan (part 0 starts at the
-    first record: after the pcap file header, or at the first pcapng packet block)."""
+    first record: after the pcap file header, or at the first pcapng packet block). pcapng: `section`,
+    the offset of the section header whose leading blocks give the context the part is walked in
+    (`plan`'s hint: the last one at or before `lo`; a part starting at one starts there)."""
 
     path: str
     number: int
     lo: int
     hi: int
+    section: int = 0
 
 
 class PartResult(NamedTuple):
     """One walk of a part: where it started (None: no plausible record start in the part) and where
-    it stopped (`end`: the next record's start, at or after `part.hi`; a pcapng section or interface
-    block; the bad spot), the walker's `Status` there (STOP: the part's end; OTHER_BLOCK: such a
-    block, where the rest of the file is walked in one piece; END: the file's end), records read;
-    per filter, records accepted and (count parts) their wire bytes, or (filter parts) the bytes
-    written to the part file; and the `CaptureFileError` that ended the walk, if one did."""
+    it stopped (`end`: the next record's start, at or after `part.hi`; the bad spot), the walker's
+    `Status` there (STOP: the part's end; END: the file's end), records read; per filter, records
+    accepted and (count parts) their wire bytes, or (filter parts) the bytes written to the part file;
+    the `CaptureFileError` that ended the walk, if one did; and (pcapng) the context it started in
+    (None: at a section header, which depends on none) and the one it ended in."""
 
     part: Part
     start: int | None
@@ -88,28 +123,101 @@ class PartResult(NamedTuple):
     accepted: tuple[int, ...]
     bytes: tuple[int, ...]
     error: CaptureFileError | None = None
+    context: ContextKey | None = None
+    next_context: ContextKey | None = None
 
 
 class Span(NamedTuple):
     """A verified stretch of a file: `part` walked from `start`, a record start one unbroken walk from
-    the file's beginning reaches; with `to_end`, on to the end of the file through whatever blocks
-    come (the rest of a pcapng file from its first section or interface block after a packet)."""
+    the file's beginning reaches, in `context` (pcapng: the context there; None: the part's own)."""
 
     part: Part
     start: int
-    to_end: bool = False
+    context: ContextKey | None = None
 
 
 def plan(path: str | os.PathLike[str], part_bytes: int = DEFAULT_PART_BYTES) -> list[Part]:
     """The parts of a capture file, of about `part_bytes` each (one for a small file). pcapng: the
-    blocks before the first packet (section header, interfaces) are read here and by every part."""
+    section headers after the first packet are found here (`_sections`: a byte search, no walk); a
+    part reads the blocks leading the last one before it, and one at least half a part past the
+    previous boundary starts a part of its own (so that no guess has to find it)."""
     if part_bytes < 1:
         raise ValueError(f"part_bytes must be positive, not {part_bytes}")
     name = os.fspath(path)
     with CaptureFile(name) as capture:
-        first = PCAP_HEADER_LEN if capture.format == "pcap" else capture.read_lead()[2]
-        bounds = capparallel.boundaries(first, capture.size, 1, part_bytes)
-    return [Part(name, i, lo, hi) for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+        if capture.format == "pcap":
+            bounds = capparallel.boundaries(PCAP_HEADER_LEN, capture.size, 1, part_bytes)
+            return [Part(name, i, lo, hi) for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+        first = capture.read_lead()[2]
+        sections = [at for at in _sections(capture) if at > first]
+        bounds = _bounds(first, capture.size, part_bytes, sections)
+    heads = [0, *sections]
+    return [Part(name, i, lo, hi, heads[bisect.bisect_right(heads, lo) - 1])
+            for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]  # fmt: skip
+
+
+def _bounds(first: int, size: int, part_bytes: int, sections: list[int]) -> list[int]:
+    """Part boundaries about `part_bytes` apart, each section header at least half a part past the
+    previous boundary one of them."""
+    heads, last = [], first
+    for at in sections:
+        if at - last >= part_bytes // 2:
+            heads.append(at)
+            last = at
+    bounds: list[int] = []
+    for lo, hi in itertools.pairwise([first, *heads, size]):
+        bounds += capparallel.boundaries(lo, hi, 1, part_bytes)[:-1]
+    return [*bounds, size]
+
+
+def _sections(capture: CaptureFile) -> list[int]:
+    """Where the plausible pcapng section headers are: a regular-expression search of the mapping
+    (C speed, GB/s) for the block type and byte-order magic, a few checks per 4-aligned hit."""
+    return [hit.start() for hit in _SHB.finditer(capture.map)
+            if hit.start() % 4 == 0 and hit.start() and _plausible(capture, hit.start())]  # fmt: skip
+
+
+def _plausible(capture: CaptureFile, at: int) -> bool:
+    """Whether the section header at `at` is likely one, not bytes inside a packet: a block ends
+    there, its leading blocks read (`read_lead`) and the blocks after them frame up. A hint only: a
+    wrong one costs parts walked again (`verify`), never a wrong result."""
+    if not _ends_block(capture, at):
+        return False
+    try:
+        _, section, end = capture.read_lead(at)
+    except (CaptureFileError, struct.error):  # (struct.error: a block header cut by the file's end)
+        return False
+    return section is not None and _chains(capture, end, section.order)
+
+
+def _ends_block(capture: CaptureFile, at: int) -> bool:
+    """Whether a block ends at `at`: the length before it repeated at its start (in either byte order)."""
+    for order in "<>":
+        length = struct.unpack_from(order + "I", capture.map, at - 4)[0]
+        if BLOCK_MIN <= length <= at and length % 4 == 0 and _word(capture, order, at - length + 4) == length:
+            return True
+    return False
+
+
+def _word(capture: CaptureFile, order: str, at: int) -> int:
+    return int(struct.unpack_from(order + "I", capture.map, at)[0])
+
+
+def _chains(capture: CaptureFile, at: int, order: str) -> bool:
+    """Whether `_SHB_CHAIN` blocks from `at` frame up (a length repeated at the end), or fewer up to the
+    end of the file or a section header."""
+    data, size = capture.map, capture.size
+    word = struct.Struct(order + "I").unpack_from
+    for _ in range(_SHB_CHAIN):
+        if at == size or (size - at >= 4 and word(data, at)[0] == BT_SHB):
+            return True
+        if size - at < BLOCK_MIN:
+            return False
+        length = word(data, at + 4)[0]
+        if length < BLOCK_MIN or length % 4 or length > size - at or word(data, at + length - 4)[0] != length:
+            return False
+        at += length
+    return True
 
 
 def part_path(dst: str | os.PathLike[str], index: int) -> str:
@@ -121,8 +229,8 @@ def part_path(dst: str | os.PathLike[str], index: int) -> str:
 # -- walking one part --------------------------------------------------------------------------------------
 class _Opened(NamedTuple):
     capture: CaptureFile
-    section: Section | None  # pcapng: the context the lead blocks leave
-    lead: list[Block]  # pcapng: those blocks (what an output starts with)
+    section: Section | None  # pcapng: the context the part's section header's lead blocks leave
+    lead: list[Block]  # pcapng: those blocks (the file's: what an output starts with)
 
 
 @contextlib.contextmanager
@@ -131,36 +239,61 @@ def _open(part: Part) -> Iterator[_Opened]:
         if capture.format == "pcap":
             yield _Opened(capture, None, [])
         else:
-            lead, section, _ = capture.read_lead()
+            lead, section, _ = capture.read_lead(part.section)
             yield _Opened(capture, section, lead)
 
 
-def _start(opened: _Opened, part: Part, start: int | None) -> int | None:
-    """Where a walk of `part` starts: `start` if given (a verified offset), part 0's first record, else
-    a guess (`capparallel.guess_pcap` / `guess_pcapng`), None if the part has no plausible one."""
-    capture, section = opened.capture, opened.section
-    if start is not None:
-        return start
-    if part.number == 0:
-        return part.lo
+def _key(section: Section | None) -> ContextKey | None:
+    return None if section is None else (section.order, tuple(section.interfaces))
+
+
+def _section(capture: CaptureFile, key: ContextKey) -> Section:
+    """The section of context `key` in this process's `capture` (each interface's slot numbered here,
+    as `_pcapng_block` numbers it: the filters compile for new slots when asked for a walker)."""
+    order, interfaces = key
+    section = Section(order)
+    for interface in interfaces:
+        linktype, snaplen = interface.linktype, interface.snaplen
+        section.add(interface, capture.slot_of(linktype, savefile_header(linktype, snaplen, order)))
+    return section
+
+
+def _start(opened: _Opened, part: Part, start: int | None,
+           context: ContextKey | None) -> tuple[int | None, Section | None, ContextKey | None]:  # fmt: skip
+    """Where a walk of `part` starts, the section it walks in and that context's key: `start` if given
+    (a verified offset) in `context` (default: the part's section's), part 0's first record, the
+    section header the part starts at (key None: it depends on no context), else a guess
+    (`capparallel.guess_pcap` / `guess_pcapng`), None if the part has no plausible one."""
+    capture = opened.capture
+    section = opened.section if context is None else _section(capture, context)
+    if start is not None or part.number == 0:
+        return part.lo if start is None else start, section, _key(section)
     if section is None:
-        return capparallel.guess_pcap(capture, part.lo, part.hi)
-    return capparallel.guess_pcapng(capture, part.lo, part.hi, section.order, len(section.interfaces))
+        return capparallel.guess_pcap(capture, part.lo, part.hi), None, None
+    if part.lo == part.section:
+        return part.lo, section, None
+    guess = capparallel.guess_pcapng(capture, part.lo, part.hi, section.order, len(section.interfaces))
+    return guess, section, _key(section)
 
 
-def _walk(opened: _Opened, part: Part, start: int | None, filters: LinkTypeFilters, chunk: int, to_end: bool,
-          records: Callable[[Records], None],
-          block: Callable[[Block], None]) -> tuple[int | None, int, int, CaptureFileError | None]:  # fmt: skip
-    """Walk `part` from `start` (to its end, or with `to_end` to the file's), handing each chunk and
-    block on: (where it stopped, status, records read, the CaptureFileError that stopped it)."""
+class _Walked(NamedTuple):
+    end: int | None
+    status: int
+    read: int
+    error: CaptureFileError | None
+    context: ContextKey | None  # pcapng: the context where it stopped
+
+
+def _walk(capture: CaptureFile, part: Part, start: int | None, section: Section | None, filters: LinkTypeFilters,
+          chunk: int, records: Callable[[Records], None], block: Callable[[Block], None]) -> _Walked:  # fmt: skip
+    """Walk `part` from `start` in `section` to its end, handing each chunk and block on."""
     if start is None:
-        return None, Status.STOP, 0, None
+        return _Walked(None, Status.STOP, 0, None, None)
     arrays = ChunkArrays(chunk)
     read = 0
-    stop = opened.capture.size if to_end else part.hi
-    events = opened.capture.events(filters, lambda: arrays, start, opened.section, stop, context_stop=not to_end)
+    current = [section]
     try:
-        for event in events:
+        for event in _events(capture, filters, arrays, start, current, part.hi):
             if isinstance(event, Block):
                 block(event)
             else:
@@ -168,25 +301,40 @@ def _walk(opened: _Opened, part: Part, start: int | None, filters: LinkTypeFilte
                 records(event)
     except CaptureFileError as error:  # decided by `verify`: a walk from a wrong guess may fail anywhere
         status = arrays.chunk.status
-        return error.offset, status if status in _ERRORS else Status.BAD_BLOCK, read, error
-    return int(arrays.chunk.end), int(arrays.chunk.status), read, None
+        return _Walked(error.offset, status if status in _ERRORS else Status.BAD_BLOCK, read, error, None)
+    return _Walked(int(arrays.chunk.end), int(arrays.chunk.status), read, None, _key(current[0]))
 
 
 _ERRORS = (Status.TRUNCATED, Status.BAD_CAPLEN, Status.BAD_BLOCK, Status.BAD_INTERFACE)
 
 
+def _events(capture: CaptureFile, filters: LinkTypeFilters, arrays: ChunkArrays, start: int,
+            current: list[Section | None], stop: int) -> Iterator[Records | Block]:  # fmt: skip
+    """`capture.events` from `start` up to `stop`, reading the section and interface blocks on the way
+    here (as `events` reads them), so that `current[0]` is the section the walk is in when it stops."""
+    pos = start
+    while True:
+        yield from capture.events(filters, lambda: arrays, pos, current[0], stop, context_stop=True)
+        if arrays.chunk.status != Status.OTHER_BLOCK:
+            return
+        block, current[0] = capture._pcapng_block(int(arrays.chunk.end), current[0])
+        yield block
+        pos = block.end
+
+
 def filter_part(part: Part, dst: str | os.PathLike[str], filter: FilterSpec = None, *, start: int | None = None,
-                linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK,
-                to_end: bool = False) -> PartResult:  # fmt: skip
-    """Walk `part` from `start` (default: its guessed first record) to its end, writing the records
-    `filter` accepts, and the pcapng blocks other than section and interface blocks met on the way,
-    to `part_path(dst, part.number)` (an old one is removed first)."""
+                context: ContextKey | None = None, linktype: int | str | None = None,
+                chunk: int = DEFAULT_CHUNK) -> PartResult:  # fmt: skip
+    """Walk `part` from `start` (default: its guessed first record) in `context` (default: its
+    section's) to its end, writing the records `filter` accepts, and the pcapng blocks met on the
+    way (a section header saying its length is unknown), to `part_path(dst, part.number)` (an old
+    one is removed first)."""
     out = part_path(dst, part.number)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(out)  # a redo, or the retry of a task whose worker died: from scratch
     with _open(part) as opened:
         capture = opened.capture
-        first = _start(opened, part, start)
+        first, section, context = _start(opened, part, start, context)
         filters = LinkTypeFilters(filter, capture, linktype)
         writer = Writer(out, capture)
         accepted = 0
@@ -203,24 +351,25 @@ def filter_part(part: Part, dst: str | os.PathLike[str], filter: FilterSpec = No
             writer.block(event.replacement or view[event.start : event.end])
 
         try:
-            end, status, read, error = _walk(opened, part, first, filters, chunk, to_end, records, block)
+            walked = _walk(capture, part, first, section, filters, chunk, records, block)
             writer.finish()  # blocks with no record after them are the output's too
         finally:
             writer.close()
             view.release()
-        return PartResult(part, first, end, status, read, (accepted,), (writer.written,), error)
+        return PartResult(part, first, walked.end, walked.status, walked.read, (accepted,), (writer.written,),
+                          walked.error, context, walked.context)  # fmt: skip
 
 
 def count_part(part: Part, filters: Sequence[FilterSpec], *, start: int | None = None,
-               linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK,
-               to_end: bool = False) -> PartResult:  # fmt: skip
+               context: ContextKey | None = None, linktype: int | str | None = None,
+               chunk: int = DEFAULT_CHUNK) -> PartResult:  # fmt: skip
     """Walk `part` as `filter_part` does, counting the packets and wire bytes each filter accepts (one
     classifier per link type, once per packet)."""
     import numpy as np
 
     with _open(part) as opened:
         capture = opened.capture
-        first = _start(opened, part, start)
+        first, section, context = _start(opened, part, start, context)
         classifier = slot_classifiers(capture, filters, linktype)
         keep_all = LinkTypeFilters(None, capture, linktype)
         data = [np.frombuffer(capture.map, dtype=np.uint8)]  # dropped before the file closes
@@ -231,63 +380,65 @@ def count_part(part: Part, filters: Sequence[FilterSpec], *, start: int | None =
             packets[:] += verdicts.sum(axis=0)
             nbytes[:] += wirelens.astype(np.uint64) @ verdicts.astype(np.uint64)
 
-        end, status, read, error = _walk(opened, part, first, keep_all, chunk, to_end, records, lambda _: None)
+        walked = _walk(capture, part, first, section, keep_all, chunk, records, lambda _: None)
         data.clear()
-        return PartResult(part, first, end, status, read, tuple(packets.tolist()), tuple(nbytes.tolist()), error)
+        return PartResult(part, first, walked.end, walked.status, walked.read, tuple(packets.tolist()),
+                          tuple(nbytes.tolist()), walked.error, context, walked.context)  # fmt: skip
 
 
-def walk_part(part: Part, *, start: int | None = None, chunk: int = DEFAULT_CHUNK, to_end: bool = False) -> PartResult:
+def walk_part(part: Part, *, start: int | None = None, context: ContextKey | None = None,
+              chunk: int = DEFAULT_CHUNK) -> PartResult:  # fmt: skip
     """Walk `part` as `filter_part` does, only to learn where it ends (`spans`, for readers of parts)."""
     with _open(part) as opened:
-        first = _start(opened, part, start)
+        first, section, context = _start(opened, part, start, context)
         keep_all = LinkTypeFilters(None, opened.capture)
-        end, status, read, error = _walk(opened, part, first, keep_all, chunk, to_end, lambda _: None, lambda _: None)
-        return PartResult(part, first, end, status, read, (), (), error)
+        walked = _walk(opened.capture, part, first, section, keep_all, chunk, lambda _: None, lambda _: None)
+        return PartResult(part, first, walked.end, walked.status, walked.read, (), (), walked.error, context,
+                          walked.context)  # fmt: skip
 
 
 # -- verifying the parts in file order ---------------------------------------------------------------------
-def verify(results: Sequence[PartResult], redo: Callable[[Part, int], PartResult]) -> tuple[list[PartResult], int]:
-    """The parts' walks in file order, each checked to start where the previous one ended (or walked
-    again from there: `redo(part, offset)`), up to the part that reached the end of the file, a bad
-    record or (pcapng) a section or interface block; and how many parts were walked again."""
+Redo = Callable[[Part, int, ContextKey | None], PartResult]
+
+
+def verify(results: Sequence[PartResult], redo: Redo) -> tuple[list[PartResult], int]:
+    """The parts' walks in file order, each checked to start where the previous one ended and (pcapng)
+    in the context it ended in, or walked again from there in that context (`redo(part, offset,
+    context)`), up to the part that reached the end of the file or a bad record; and how many parts
+    were walked again."""
     ordered = sorted(results, key=lambda result: result.part.number)
     if [r.part.number for r in ordered] != list(range(len(ordered))) or not ordered:
         raise ValueError(f"the results are not one of each part: {[r.part.number for r in ordered]}")
     chain = capparallel.Chain(ordered[0].part.lo)
+    context = _lead_context(ordered[0].part.path)  # (not part 0's: its hint is checked as the others are)
     verified: list[PartResult] = []
     for result in ordered:
         part = result.part
-        checked = chain.verify(result, part.hi, lambda at, part=part: redo(part, at))  # type: ignore[misc]
+        if result.context is not None and result.context != context:
+            result = result._replace(start=None)  # read in another context: walked again, as after a wrong guess
+        checked = chain.verify(result, part.hi, lambda at, part=part, context=context: redo(part, at, context))  # type: ignore[misc]
         verified.append(checked)
-        if checked.status != Status.STOP:  # the end of the file, a bad record, a new context: nothing after counts
+        if checked.status != Status.STOP:  # the end of the file, a bad record: nothing after counts
             break
         assert checked.end is not None
-        chain.position = checked.end
+        chain.position, context = checked.end, checked.next_context
     return verified, chain.redone
 
 
-def _rest(verified: list[PartResult], parts: int) -> Part | None:
-    """The rest of a pcapng file after the verified walks stopped at a section or interface block."""
-    last = verified[-1]
-    if last.status != Status.OTHER_BLOCK or last.error is not None:
-        return None
-    assert last.end is not None
-    with CaptureFile(last.part.path) as capture:
-        size = capture.size
-    return Part(last.part.path, parts, last.end, size)
+def _lead_context(path: str) -> ContextKey | None:
+    """The context a file's first packet is read in (pcapng; None: pcap)."""
+    with _open(Part(path, 0, 0, 0)) as opened:
+        return _key(opened.section)
 
 
 def spans(results: Sequence[PartResult], *, chunk: int = DEFAULT_CHUNK) -> list[Span]:
-    """The verified stretches of a file from `walk_part` results (parts walked again as `verify`
-    says; a pcapng file's rest after a new section or interface, one more span to its end)."""
+    """The verified stretches of a file from `walk_part` results (parts walked again as `verify` says)."""
 
-    def redo(part: Part, at: int) -> PartResult:
-        return walk_part(part, start=at, chunk=chunk)
+    def redo(part: Part, at: int, context: ContextKey | None) -> PartResult:
+        return walk_part(part, start=at, context=context, chunk=chunk)
 
     verified, _ = verify(results, redo)
-    found = [Span(r.part, r.start) for r in verified if r.start is not None]
-    rest = _rest(verified, len(results))
-    return found + ([Span(rest, rest.lo, True)] if rest is not None else [])
+    return [Span(r.part, r.start, r.context) for r in verified if r.start is not None]
 
 
 def read_span(span: Span, filter: FilterSpec = None, *, linktype: int | str | None = None,
@@ -296,10 +447,10 @@ def read_span(span: Span, filter: FilterSpec = None, *, linktype: int | str | No
     at a bad record, after the packets before it)."""
     with _open(span.part) as opened:
         capture = opened.capture
+        _, section, _ = _start(opened, span.part, span.start, span.context)
         filters = LinkTypeFilters(filter, capture, linktype)
         arrays = ChunkArrays(chunk)
-        stop = capture.size if span.to_end else span.part.hi
-        events = capture.events(filters, lambda: arrays, span.start, opened.section, stop, not span.to_end)
+        events = capture.events(filters, lambda: arrays, span.start, section, span.part.hi)
         yield from packet_batches(capture, events)
 
 
@@ -316,21 +467,16 @@ def _header(path: str) -> bytes:
 
 def assemble_filter(results: Sequence[PartResult], dst: str | os.PathLike[str], filter: FilterSpec = None, *,
                     linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK) -> FileStats:  # fmt: skip
-    """Write `dst` from the parts' files (checking and redoing them as `verify` does; a pcapng file's
-    rest after a new section or interface walked here): the bytes `filter_file(path, dst, filter)`
-    writes, and its `FileStats`. A bad record raises its `CaptureFileError` after the records before
-    it are written (no file if none was accepted)."""
-    rest_number = len(results)
+    """Write `dst` from the parts' files (checking and redoing them as `verify` does): the bytes
+    `filter_file(path, dst, filter)` writes, and its `FileStats`. A bad record raises its
+    `CaptureFileError` after the records before it are written (no file if none was accepted)."""
 
-    def redo(part: Part, at: int) -> PartResult:
-        return filter_part(part, dst, filter, start=at, linktype=linktype, chunk=chunk,
-                           to_end=part.number == rest_number)  # fmt: skip
+    def redo(part: Part, at: int, context: ContextKey | None) -> PartResult:
+        return filter_part(part, dst, filter, start=at, context=context, linktype=linktype, chunk=chunk)
 
     try:
         verified, _ = verify(results, redo)
         path = verified[0].part.path
-        if (rest := _rest(verified, rest_number)) is not None:
-            verified.append(redo(rest, rest.lo))
         error = verified[-1].error
         read, accepted = sum(r.read for r in verified), sum(r.accepted[0] for r in verified)
         written = 0
@@ -344,11 +490,11 @@ def assemble_filter(results: Sequence[PartResult], dst: str | os.PathLike[str], 
                         piece_path = part_path(dst, result.part.number)
                         if not os.path.exists(piece_path):  # an assembly run again (retried, its worker died)
                             assert result.start is not None
-                            redo(result.part, result.start)
+                            redo(result.part, result.start, result.context)
                         with open(piece_path, "rb") as piece:
                             written += _copy(piece, out)
     finally:
-        for number in range(rest_number + 1):
+        for number in range(len(results)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part_path(dst, number))
     if error is not None:
@@ -373,14 +519,11 @@ def assemble_count(results: Sequence[PartResult], filters: Sequence[FilterSpec],
                    linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK,
                    errors: str = "raise") -> FileCounts:  # fmt: skip
     """The parts' counts, checked and redone as `verify` does: what `count_file` counts."""
-    rest_number = len(results)
 
-    def redo(part: Part, at: int) -> PartResult:
-        return count_part(part, filters, start=at, linktype=linktype, chunk=chunk, to_end=part.number == rest_number)
+    def redo(part: Part, at: int, context: ContextKey | None) -> PartResult:
+        return count_part(part, filters, start=at, context=context, linktype=linktype, chunk=chunk)
 
     verified, _ = verify(results, redo)
-    if (rest := _rest(verified, rest_number)) is not None:
-        verified.append(redo(rest, rest.lo))
     error = verified[-1].error
     if error is not None and errors == "raise":
         raise error

@@ -176,7 +176,7 @@ def _publish(partial: str, output: str) -> str | None:
 
 
 def _plan(source: Input, part_bytes: int) -> list[Part] | None:
-    """The parts of a local classic pcap file larger than `part_bytes`, else None (one task)."""
+    """The parts of a local pcap or pcapng file larger than `part_bytes`, else None (one task)."""
     if source.local is None or source.size <= part_bytes:
         return None
     try:
@@ -479,7 +479,8 @@ def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Seq
     exists: this call runs `capparts.walk_part` on every part of the large files on the cluster (the
     native walk alone, no filter and no rows: a fraction of what reading the rows costs) and
     `capparts.spans` checks them in order, walking a part whose guess was wrong again from the offset
-    its predecessor reported; each partition then reads one verified span (`capparts.read_span`).
+    (and, pcapng, in the context) its predecessor reported; each partition then reads one verified
+    span (`capparts.read_span`).
     """
     import dask.dataframe as dd
     import pandas as pd

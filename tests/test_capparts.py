@@ -1,8 +1,8 @@
 """capparts: byte-range parts walked separately (any order, pickled between) and assembled exactly.
 
 Parts are made small (a few KiB) so that guesses fooled by a pcap carried over TCP, parts inside one
-record and a bad record mid-file all come up; outputs and counts must equal filter_file's and
-count_file's, byte for byte.
+record, a bad record mid-file, pcapng sections joined one after another and an interface described
+mid-section all come up; outputs and counts must equal filter_file's and count_file's, byte for byte.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from test_parallel import pcap_over_tcp
 
 import bpfjit
 from bpfjit import capfile, capparts, packetmix, samples
+from bpfjit.capformat import CaptureFile
 from bpfjit.errors import CaptureFileError
 
 EXPRESSIONS = ["tcp port 80", "udp", "ip[6:2] & 0x3fff != 0", "arp or icmp"]
@@ -50,8 +51,9 @@ def test_filter_parts_equal_filter_file(files: dict[str, Path], tmp_path: Path, 
     for expression in [None, "tcp port 80"]:
         expected = bpfjit.filter_file(src, single, expression, workers=1)
 
-        def walk(part: capparts.Part, at: int | None = None, e: str | None = expression) -> capparts.PartResult:
-            return capparts.filter_part(part, assembled, e, start=at)
+        def walk(part: capparts.Part, at: int | None = None, context: capparts.ContextKey | None = None,
+                 e: str | None = expression) -> capparts.PartResult:  # fmt: skip
+            return capparts.filter_part(part, assembled, e, start=at, context=context)
 
         results = walk_all(parts, walk, seed=part_bytes)
         _, redone = capparts.verify(results, walk)
@@ -127,10 +129,11 @@ def pcapng_blocks_mid_file(n: int = 900) -> bytes:
     return bytes(out)
 
 
-def pcapng_over_tcp(n: int = 800) -> bytes:
-    """pcapng blocks carried in TCP payloads, shifted to lie 4-aligned in the outer file: guesses
-    land inside them (as `test_parallel` does for threads)."""
-    inner = b"\0\0" + pcapng_mix("<", n, seed=8)
+def pcapng_over_tcp(n: int = 800, inner: bytes | None = None) -> bytes:
+    """pcapng blocks (`inner`, default a section of `n` packets) carried in TCP payloads, shifted to lie
+    4-aligned in the outer file: guesses land inside them (as `test_parallel` does for threads), and
+    section headers are found there."""
+    inner = b"\0\0" + (pcapng_mix("<", n, seed=8) if inner is None else inner)
     other = packetmix.generate_list(len(inner) // 1448 + 1, seed=9)
     recs = []
     for index, at in enumerate(range(0, len(inner), 1448)):
@@ -139,11 +142,33 @@ def pcapng_over_tcp(n: int = 800) -> bytes:
     return savefiles.pcapng_bytes(savefiles.records(recs, nano=False), 1)
 
 
+def pcapng_sections(n: int = 900) -> bytes:
+    """Sections joined as `cat` joins rotated captures: little-endian Ethernet on three interfaces;
+    big-endian with nanosecond timestamps on two; one with no packet; raw IP (link type 101) on one."""
+    datas = [data for data, _ in packetmix.generate_list(n, seed=12)]
+    second = savefiles.pcapng_bytes(savefiles.records(datas[: n // 2], nano=True, interfaces=2), 1, order=">",
+                                    nano=True, interfaces=2)  # fmt: skip
+    empty = savefiles.pcapng_bytes([], 1, order="<", interfaces=1)
+    third = savefiles.pcapng_bytes(savefiles.records([d[14:] for d in datas[n // 2 :]], nano=False), 101)
+    return pcapng_mix("<", 700, seed=11) + second + empty + third
+
+
+def section_heads(data: bytes) -> list[int]:
+    """Where the section header blocks of a pcapng file are."""
+    heads, at = [], 0
+    for btype, block in pcapng_blocks(data):
+        heads += [at] if btype == 0x0A0D0D0A else []
+        at += len(block)
+    return heads
+
+
 @pytest.fixture(scope="module")
 def ng_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("ng")
     made = {"le": pcapng_mix("<", 1500, seed=5), "be": pcapng_mix(">", 1500, seed=5),
-            "blocks": pcapng_blocks_mid_file(), "over_tcp": pcapng_over_tcp()}  # fmt: skip
+            "blocks": pcapng_blocks_mid_file(), "over_tcp": pcapng_over_tcp(), "sections": pcapng_sections(),
+            "sections_idb": pcapng_blocks_mid_file() + pcapng_mix(">", 600, seed=13),
+            "over_tcp_sections": pcapng_over_tcp(inner=pcapng_sections(400))}  # fmt: skip
     for name, data in made.items():
         (tmp / f"{name}.pcapng").write_bytes(data)
     return {name: tmp / f"{name}.pcapng" for name in made}
@@ -153,20 +178,21 @@ def assembled(src: Path, dst: Path, expression: str | None, part_bytes: int,
               seed: int) -> tuple[capfile.FileStats, int]:  # fmt: skip
     """filter parts walked in a shuffled order, checked and assembled into `dst`; and the parts redone."""
 
-    def walk(part: capparts.Part, at: int | None = None) -> capparts.PartResult:
-        return capparts.filter_part(part, dst, expression, start=at)
+    def walk(part: capparts.Part, at: int | None = None,
+             context: capparts.ContextKey | None = None) -> capparts.PartResult:  # fmt: skip
+        return capparts.filter_part(part, dst, expression, start=at, context=context)
 
     results = walk_all(capparts.plan(src, part_bytes), walk, seed=seed)
     _, redone = capparts.verify(results, walk)
     return capparts.assemble_filter(results, dst, expression), redone
 
 
-@pytest.mark.parametrize("name", ["le", "be", "blocks", "over_tcp"])
-@pytest.mark.parametrize("part_bytes", [997, 4096, 1 << 30])
+@pytest.mark.parametrize("name", ["le", "be", "blocks", "over_tcp", "sections", "sections_idb", "over_tcp_sections"])
+@pytest.mark.parametrize("part_bytes", [997, 4096, 60_000, 1 << 30])
 def test_pcapng_parts_equal_filter_file(ng_files: dict[str, Path], tmp_path: Path, name: str, part_bytes: int) -> None:
     src = ng_files[name]
     parts = capparts.plan(src, part_bytes)
-    assert len(parts) > 20 or part_bytes == 1 << 30
+    assert len(parts) > 20 or part_bytes > 4096
     single, joined = tmp_path / "single.pcapng", tmp_path / "joined.pcapng"
     for expression in [None, "tcp port 80", "udp"]:
         expected = bpfjit.filter_file(src, single, expression, workers=1)
@@ -180,7 +206,72 @@ def test_pcapng_parts_equal_filter_file(ng_files: dict[str, Path], tmp_path: Pat
     assert counted == capfile.count_file(src, EXPRESSIONS)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bad trailer", "bad idb"])
+def walk_again(part: capparts.Part, at: int, context: capparts.ContextKey | None) -> capparts.PartResult:
+    return capparts.walk_part(part, start=at, context=context)
+
+
+def test_sections_keep_their_parts(ng_files: dict[str, Path], tmp_path: Path) -> None:
+    """Parts after a second section are walked as planned, none again: a part starts at a section
+    header found by `plan`, and the parts after it are walked in its context. An interface block
+    mid-section changes the context: the parts after it, up to the next section, are walked again."""
+    src, single, joined = ng_files["sections"], tmp_path / "single.pcapng", tmp_path / "joined.pcapng"
+    heads = section_heads(src.read_bytes())
+    parts = capparts.plan(src, 997)
+    assert len(heads) == 4 and {p.section for p in parts} == set(heads) and set(heads[1:3]) <= {p.lo for p in parts}
+    for expression in [None, "udp"]:
+        expected = bpfjit.filter_file(src, single, expression, workers=1)
+        stats, redone = assembled(src, joined, expression, 997, seed=7)
+        assert stats == expected and joined.read_bytes() == single.read_bytes() and redone == 0
+    verified, redone = capparts.verify(walk_all(parts, capparts.walk_part, seed=8), walk_again)
+    assert redone == 0 and len(verified) == len(parts)
+
+    src = ng_files["sections_idb"]
+    second = section_heads(src.read_bytes())[1]
+    redone_at: list[int] = []
+
+    def redo(part: capparts.Part, at: int, context: capparts.ContextKey | None) -> capparts.PartResult:
+        redone_at.extend([part.lo] if at < part.hi else [])  # (not a part inside one block: no walk)
+        return walk_again(part, at, context)
+
+    _, redone = capparts.verify(walk_all(capparts.plan(src, 997), capparts.walk_part, seed=9), redo)
+    assert redone == len(redone_at) > 50 and max(redone_at) < second  # after the interface block, not the section
+    expected = bpfjit.filter_file(src, single, "udp", workers=1)
+    assert assembled(src, joined, "udp", 997, seed=10)[0] == expected and joined.read_bytes() == single.read_bytes()
+
+
+def test_wrong_hints_cost_walks_only(ng_files: dict[str, Path], tmp_path: Path) -> None:
+    """A part hinted at the wrong section header (`Part.section`: bytes in a packet may look like one)
+    is walked again in the context the walk before it ended in: the output is exact all the same."""
+    src, single, joined = ng_files["sections"], tmp_path / "single.pcapng", tmp_path / "joined.pcapng"
+    wrong = section_heads(src.read_bytes())[1]
+    parts = [part._replace(section=wrong) for part in capparts.plan(src, 4096)]
+
+    def walk(part: capparts.Part, at: int | None = None,
+             context: capparts.ContextKey | None = None) -> capparts.PartResult:  # fmt: skip
+        return capparts.filter_part(part, joined, "tcp", start=at, context=context)
+
+    results = walk_all(parts, walk, seed=11)
+    assert capparts.verify(results, walk)[1] > len(parts) // 3
+    expected = bpfjit.filter_file(src, single, "tcp", workers=1)
+    assert capparts.assemble_filter(results, joined, "tcp") == expected and joined.read_bytes() == single.read_bytes()
+    counted = capparts.assemble_count(walk_all(parts, lambda p: capparts.count_part(p, EXPRESSIONS), 12), EXPRESSIONS)
+    assert counted == capfile.count_file(src, EXPRESSIONS)
+
+
+def test_section_headers_inside_packets_are_no_hints(ng_files: dict[str, Path]) -> None:
+    """The pre-scan finds the section headers, not those of a pcapng carried in packets (their framing
+    does not chain up into the outer file's blocks)."""
+    # (section headers found, more such patterns in packets)
+    expected = {"sections": (3, 0), "sections_idb": (1, 0), "over_tcp": (0, 1), "over_tcp_sections": (0, 4)}
+    for name, (hints, inside) in expected.items():
+        data = ng_files[name].read_bytes()
+        with CaptureFile(ng_files[name]) as capture:
+            found = capparts._sections(capture)
+        patterns = data.count(b"\n\r\r\n") - 1  # (the file's own first)
+        assert found == section_heads(data)[1:] and (len(found), patterns - len(found)) == (hints, inside)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad trailer", "bad idb", "bad idb, second section"])
 def test_pcapng_bad_blocks_raise_where_filter_file_does(tmp_path: Path, damage: str) -> None:
     data = pcapng_blocks_mid_file(900)
     blocks = pcapng_blocks(data)
@@ -189,6 +280,11 @@ def test_pcapng_bad_blocks_raise_where_filter_file_does(tmp_path: Path, damage: 
         data = data[: at + 20]
     elif damage == "bad trailer":
         data = data[:at] + b"\x06\x00\x00\x00\xff\x00\x00\x00" + data[at + 8 :]  # length 255: no multiple of 4
+    elif damage == "bad idb, second section":  # its second interface block's trailer
+        second = bytearray(pcapng_mix(">", 300, seed=7))
+        end = sum(len(b) for _, b in pcapng_blocks(bytes(second))[:3])
+        second[end - 4 : end] = b"\0\0\0\x99"
+        data += bytes(second)
     else:  # the mid-file interface block's trailer
         idb = next(i for i, (t, _) in enumerate(blocks) if t == 1 and i > 10)
         end = sum(len(b) for _, b in blocks[: idb + 1])
@@ -219,12 +315,13 @@ def span_batches(src: Path, part_bytes: int, expression: str | None) -> list[tup
     return rows
 
 
-@pytest.mark.parametrize("name", ["mix", "over_tcp", "ng:le", "ng:be", "ng:blocks", "ng:over_tcp"])
+@pytest.mark.parametrize("name", ["mix", "over_tcp", "ng:le", "ng:be", "ng:blocks", "ng:over_tcp", "ng:sections",
+                                  "ng:sections_idb", "ng:over_tcp_sections"])
 def test_spans_read_what_read_batches_reads(files: dict[str, Path], ng_files: dict[str, Path], name: str) -> None:
     src = ng_files[name[3:]] if name.startswith("ng:") else files[name]
     for expression in [None, "udp"]:
         expected = [(packet, float(t), chunk.linktype) for chunk in capfile.read_batches(src, expression)
                     for packet, t in zip(map(bytes, chunk.batch), chunk.timestamps.tolist(), strict=True)]  # fmt: skip
-        for part_bytes in (1500, 50_000):
+        for part_bytes in (997, 1500, 4096, 50_000, 1 << 30):
             assert span_batches(src, part_bytes, expression) == expected, (expression, part_bytes)
         assert len(expected) > 20
