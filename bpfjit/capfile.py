@@ -230,6 +230,37 @@ def _classified(event: Records, data: Any, classifier: Callable[[int], Classifie
     return starts, wirelens, verdicts
 
 
+class Tally:
+    """Per filter, the packets accepted and their wire bytes, summed chunk by chunk into arrays made
+    once: a chunk's temporaries stay small. (Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_
+    set, which keeps glibc from reusing freed large blocks: a 512 KiB temporary per chunk was mapped
+    and faulted in every time, and counting ran 22% slower in a worker than in a plain process.)"""
+
+    def __init__(self, filters: int, chunk: int):
+        import numpy as np
+
+        self.packets = np.zeros(filters, dtype=np.int64)
+        self.bytes = np.zeros(filters, dtype=np.uint64)
+        self._weights = np.zeros(chunk, dtype=np.uint64)
+        self._matrix = np.zeros((chunk, filters), dtype=np.uint64)
+        self._sums = np.zeros(filters, dtype=np.uint64)
+
+    def add(self, wirelens: Any, verdicts: Any) -> None:
+        """One chunk's wire lengths (n) and verdict matrix (n x filters)."""
+        import numpy as np
+
+        n = len(wirelens)
+        self.packets += np.count_nonzero(verdicts, axis=0)
+        weights, matrix = self._weights[:n], self._matrix[:n]
+        np.copyto(weights, wirelens)
+        np.copyto(matrix, verdicts)
+        np.matmul(weights, matrix, out=self._sums)
+        self.bytes += self._sums
+
+    def totals(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(self.packets.tolist()), tuple(self.bytes.tolist())
+
+
 class FileCounts(NamedTuple):
     """What `count_file` counted: packet records read; per filter, packets accepted and their bytes on
     the wire (wirelen); the error that ended the file early (`errors="report"`), or None."""
@@ -268,23 +299,20 @@ def count_file(
         classifier(0)  # a refused expression fails before the walk
         data = np.frombuffer(capture.map, dtype=np.uint8)
         arrays = ChunkArrays(chunk)
-        read, packets, nbytes = 0, np.zeros(len(filters), dtype=np.int64), np.zeros(len(filters), dtype=np.uint64)
-        error = None
+        read, tally, error = 0, Tally(len(filters), chunk), None
         try:
             for event in capture.events(keep_all, lambda: arrays):
                 if isinstance(event, Block):
                     continue
                 read += event.n
                 data = _data(capture, data)
-                _, wirelens, verdicts = _classified(event, data, classifier, len(filters))
-                packets += verdicts.sum(axis=0)
-                nbytes += wirelens.astype(np.uint64) @ verdicts.astype(np.uint64)
+                tally.add(*_classified(event, data, classifier, len(filters))[1:])
         except CaptureFileError as failed:
             if errors == "raise":
                 raise
             error = failed
         del data  # the mapping closes with the file
-        return FileCounts(read, tuple(packets.tolist()), tuple(nbytes.tolist()), error)
+        return FileCounts(read, *tally.totals(), error)
 
 
 def slot_classifiers(capture: CaptureFile, filters: Sequence[FilterSpec],

@@ -10,10 +10,12 @@
     df = bpfjit_dask.to_dataframe("day/*.pcap", "ip", fields=["time", "wirelen", "src", "dport"])
 
 Paths are fsspec URLs or lists of them (local globs, `s3://...`, anything fsspec opens). Each input
-is a task (or, for a local uncompressed pcap or pcapng file larger than `part_bytes`, one task per
-byte-range part and one that checks and assembles them: `capparts`); the functions build Dask's
-graph and call `dask.compute`, so the active `distributed.Client` runs it, with its dashboard, retries
-and rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker
+is a task (or, for a local uncompressed pcap or pcapng file larger than the part size, one task per
+byte-range part and one that checks and assembles them: `capparts`. The part size, `part_bytes`,
+is by default the one that gives each thread of the cluster about 4 tasks, at least 64 MiB: a
+collection of many files is not cut at all, one large file is cut for every thread); the functions
+build Dask's graph and call `dask.compute`, so the active `distributed.Client` runs it, with its
+dashboard, retries and rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker
 compiles each filter for each file it reads as `filter_file` does, through the disk code cache (a
 load after the first compile on that machine).
 
@@ -61,6 +63,7 @@ __all__ = ["CollectionCounts", "Counts", "FileResult", "Input", "Piece", "SplitR
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 REDUCE_FANOUT = 32  # per-file counts summed 32 at a time on the cluster
+TASKS_PER_THREAD = 4  # the automatic part size's aim (`_part_bytes`): enough tasks to balance the threads
 
 
 class Input(NamedTuple):
@@ -175,6 +178,28 @@ def _publish(partial: str, output: str) -> str | None:
     return output
 
 
+def _part_bytes(sources: Sequence[Input], part_bytes: int | None) -> int:
+    """`part_bytes`, or for None the part size that gives each thread of the cluster about
+    `TASKS_PER_THREAD` tasks, and at least `DEFAULT_PART_BYTES`: no parts where the inputs alone keep
+    the threads busy (a part costs its file another task to verify and assemble, and `filter_files` a
+    copy of the part's output), and as many as balance a collection with a few large files."""
+    if part_bytes is not None:
+        return part_bytes
+    mapped = sum(source.size for source in sources if source.local is not None)
+    return max(DEFAULT_PART_BYTES, -(-mapped // (TASKS_PER_THREAD * _threads())))
+
+
+def _threads() -> int:
+    """The threads `dask.compute` will run on: the current `distributed.Client`'s, else this machine's
+    CPUs (Dask's local threads)."""
+    try:
+        from distributed import Client
+
+        return max(1, sum(Client.current().nthreads().values()))
+    except (ImportError, ValueError):  # (ValueError: no client)
+        return os.cpu_count() or 1
+
+
 def _plan(source: Input, part_bytes: int) -> list[Part] | None:
     """The parts of a local pcap or pcapng file larger than `part_bytes`, else None (one task)."""
     if source.local is None or source.size <= part_bytes:
@@ -196,12 +221,13 @@ def _compute(tasks: list[Any], retries: int) -> list[Any]:
 
 # -- filter_files ------------------------------------------------------------------------------------------
 def filter_files(paths: Paths, filter: capfile.FilterSpec, out_dir: str | os.PathLike[str], *,
-                 linktype: int | str | None = None, part_bytes: int = DEFAULT_PART_BYTES, errors: str = "report",
+                 linktype: int | str | None = None, part_bytes: int | None = None, errors: str = "report",
                  retries: int = 1) -> list[FileResult]:  # fmt: skip
     """`filter_file` on every input of `paths`, on the cluster: `out_dir/NAME` per input, byte-identical
     to what `filter_file` (and `bpfjit filter -r IN -w OUT`) writes; per input, its `FileResult`."""
     _check_errors(errors)
     sources = inputs(paths)
+    part_bytes = _part_bytes(sources, part_bytes)
     os.makedirs(out_dir, exist_ok=True)
     tasks = []
     for source, output in zip(sources, _outputs(sources, out_dir), strict=True):
@@ -297,7 +323,7 @@ def _split_one(source: Input, filters: Mapping[str, str | Program], outputs: lis
 
 # -- count ---------------------------------------------------------------------------------------------------
 def count(paths: Paths, filters: Mapping[str, capfile.FilterSpec], *, linktype: int | str | None = None,
-          part_bytes: int = DEFAULT_PART_BYTES, errors: str = "report", bucket: float | None = None,
+          part_bytes: int | None = None, errors: str = "report", bucket: float | None = None,
           retries: int = 1) -> CollectionCounts:  # fmt: skip
     """Packets and wire bytes each filter accepts across the collection: per input (or part) one
     classifier pass (each packet once, whatever the number of filters), summed on the cluster. With
@@ -309,8 +335,10 @@ def count(paths: Paths, filters: Mapping[str, capfile.FilterSpec], *, linktype: 
     if bucket is not None and not bucket > 0:
         raise ValueError(f"bucket must be a positive number of seconds, not {bucket!r}")
     specs = list(filters.values())
+    sources = inputs(paths)
+    part_bytes = _part_bytes(sources, part_bytes)
     per_file = []
-    for source in inputs(paths):
+    for source in sources:
         if bucket is not None:
             per_file.append(dask.delayed(_bucket_total)(source, specs, linktype, errors, bucket,
                                                         dask_key_name=_key("count")))  # fmt: skip
@@ -458,9 +486,9 @@ _DTYPES = {"time": "float64", "caplen": "int64", "wirelen": "int64", "linktype":
 
 def to_dataframe(paths: Paths, filter: capfile.FilterSpec = None, *, fields: Sequence[str] | None = None,
                  classify: Mapping[str, str | Program] | None = None, linktype: int | str | None = None,
-                 errors: str = "report", part_bytes: int = DEFAULT_PART_BYTES, retries: int = 1) -> Any:  # fmt: skip
+                 errors: str = "report", part_bytes: int | None = None, retries: int = 1) -> Any:  # fmt: skip
     """A Dask DataFrame of the packets `filter` accepts, one row per packet and one partition per input
-    (or, for a local uncompressed file larger than `part_bytes`, per verified byte-range part).
+    (or, for a local uncompressed file larger than the part size, per verified byte-range part).
 
     Columns (`fields`, default: the record fields and the `classify` names): `time` (float64 seconds
     since the epoch, as `read_file` gives it; `dd.to_datetime(df.time, unit="s")` for datetimes),
@@ -506,9 +534,10 @@ class Piece(NamedTuple):
     span: Span | None = None
 
 
-def _pieces(sources: list[Input], part_bytes: int, retries: int) -> list[Piece]:
+def _pieces(sources: list[Input], part_bytes: int | None, retries: int) -> list[Piece]:
     """One piece per input, or per verified span of an input that has parts (verified on the cluster)."""
-    planned = [(source, _plan(source, part_bytes)) for source in sources]
+    size = _part_bytes(sources, part_bytes)
+    planned = [(source, _plan(source, size)) for source in sources]
     checks = [dask.delayed(capparts.spans)([dask.delayed(capparts.walk_part)(part, dask_key_name=_key("walk"))
                                             for part in parts], dask_key_name=_key("spans"))
               for _, parts in planned if parts is not None]  # fmt: skip

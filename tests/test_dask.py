@@ -140,6 +140,22 @@ def test_count(client: object, collection: tuple[Path, dict[str, Path]]) -> None
     assert totals.errors[0].offset == next(s.error for s in singles if s.error is not None).offset
 
 
+def test_the_part_size_follows_the_cluster(client: object) -> None:
+    """By default: about 4 tasks per thread of the cluster (2 here), never parts under 64 MiB; given, as given."""
+    mib = 1 << 20
+
+    def files(*sizes: int, local: bool = True) -> list[bpfjit_dask.Input]:
+        return [bpfjit_dask.Input(f"f{i}", f"/f{i}" if local else None, None, size, f"f{i}")
+                for i, size in enumerate(sizes)]  # fmt: skip
+
+    assert bpfjit_dask._threads() == 2
+    assert bpfjit_dask._part_bytes(files(*[110 * mib] * 32), None) == 440 * mib  # many files: none is cut
+    assert bpfjit_dask._part_bytes(files(2048 * mib), None) == 256 * mib  # one large file: 8 parts
+    assert bpfjit_dask._part_bytes(files(100 * mib, 100 * mib), None) == 64 * mib  # no part under 64 MiB
+    assert bpfjit_dask._part_bytes(files(4096 * mib, local=False), None) == 64 * mib  # streamed: never cut
+    assert bpfjit_dask._part_bytes(files(2048 * mib), 1000) == 1000
+
+
 def test_the_extra_is_named_when_missing() -> None:
     script = "import sys; sys.modules['dask'] = None; import bpfjit.dask"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
