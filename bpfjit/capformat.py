@@ -50,6 +50,9 @@ __all__ = ["Block", "CaptureFile", "ChunkArrays", "Interface", "Records", "Secti
 
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 U64_MAX = (1 << 64) - 1
+# Linux 5.14's madvise(MADV_POPULATE_READ) (Python names it from 3.13); elsewhere the walks fault pages in
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform == "linux" else None
+POPULATE_AHEAD = 64 << 20  # bytes of the mapping populated at a time ahead of a walk (16 MiB: half the gain)
 
 # classic pcap: magic -> (timestamp digits, record header length)
 PCAP_MAGICS = {0xA1B2C3D4: (6, 16), 0xA1B23C4D: (9, 16), 0xA1B2CD34: (6, 24)}
@@ -227,6 +230,7 @@ class CaptureFile:
             self.map.madvise(mmap.MADV_SEQUENTIAL)  # read-ahead: the walk reads the file front to back
         self._buffer: PyBuffer | None = get_buffer(self.map)
         self.address = int(self._buffer.buf or 0)
+        self._populated = 0  # the mapping's pages before this offset are mapped (`_populate`)
         self.linktypes: list[int] = []  # by slot
         self.slots: list[bytes] = []  # savefile headers, by slot
         self.interfaces: list[Interface] = []  # pcap: the one interface; pcapng: all seen, in order
@@ -351,6 +355,7 @@ class CaptureFile:
         """One native walk of the records from `pos` (up to `stop`): the arrays it filled, records walked."""
         arr = arrays()
         arr.chunk.stop_at = stop
+        self._populate(pos, stop)
         n = walk(self.address, self.size, pos, int(self.order != HOST_ORDER), self.record_header, self.max_caplen,
                  min(self.snaplen, self.max_caplen), arr.address)  # fmt: skip
         return arr, n
@@ -360,9 +365,29 @@ class CaptureFile:
         """One native walk of packet blocks from `pos` in `section` (up to `stop`): the arrays, blocks walked."""
         arr = arrays()
         arr.chunk.stop_at = stop
+        self._populate(pos, stop)
         n = walk(self.address, self.size, pos, int(section.order != HOST_ORDER), ctypes.addressof(section.snaplens),
                  ctypes.addressof(section.slots), len(section.interfaces), arr.address)  # fmt: skip
         return arr, n
+
+    def _populate(self, pos: int, stop: int) -> None:
+        """Map the pages of the next `POPULATE_AHEAD` bytes from `pos` (up to a range's `stop`) in one
+        call, once the walk is half-way through the last ones: faulting them in as the walk touches them
+        made filtering a file in the page cache 10% slower, counting 2-3%. Pages not read yet are read
+        as a fault would read them, a window at a time (a file larger than memory stays fine)."""
+        if MADV_POPULATE_READ is None or self.streamed or self._populated < 0 \
+                or pos + POPULATE_AHEAD // 2 < self._populated:
+            return
+        lo = max(pos, self._populated) & ~(mmap.PAGESIZE - 1)
+        hi = min(self.size, pos + POPULATE_AHEAD, stop)
+        if hi <= lo:
+            return
+        try:
+            self.map.madvise(MADV_POPULATE_READ, lo, hi - lo)
+        except (OSError, ValueError):  # before Linux 5.14, or not Linux: the walk faults them in
+            self._populated = -1
+            return
+        self._populated = hi
 
     def _pcap_error(self, pos: int, status: int) -> CaptureFileError:
         left = self.size - pos

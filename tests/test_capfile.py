@@ -691,3 +691,30 @@ def test_dump_matches_tcpdump(tmp_path: Path, tcpdump: str, capsys: pytest.Captu
         assert _cli("-r", str(src), flag, "tcp port 80") == 0
         assert capsys.readouterr().out == expected
 
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_READ is Linux's")
+def test_walks_populate_the_mapping_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk maps the pages ahead of it a window at a time, up to a range's stop, and reads the same."""
+    from bpfjit import capformat
+
+    src = tmp_path / "mix.pcap"
+    packetmix.write_pcap(src, packetmix.generate(3000, seed=5))
+    expected = capfile.count_file(src, ["tcp", "udp"])
+    monkeypatch.setattr(capformat, "POPULATE_AHEAD", 64 << 10)
+    size = src.stat().st_size
+    with capformat.CaptureFile(src) as capture:
+        capture._populate(100_000, capformat.U64_MAX)
+        if capture._populated < 0:
+            pytest.skip("this kernel has no MADV_POPULATE_READ (Linux 5.14)")
+        assert capture._populated == 100_000 + (64 << 10)
+        capture._populate(110_000, capformat.U64_MAX)  # less than half-way: nothing to do
+        assert capture._populated == 100_000 + (64 << 10)
+    with capformat.CaptureFile(src) as capture:
+        capture._populate(10_000, 50_000)  # not past the stop
+        assert capture._populated == 50_000
+    assert capfile.count_file(src, ["tcp", "udp"], chunk=64) == expected
+    with capformat.CaptureFile(src) as capture:
+        arrays = capformat.ChunkArrays(64)
+        assert sum(1 for _ in capture.events(capfile.LinkTypeFilters(None, capture), lambda: arrays)) > 10
+        assert capture._populated == size  # the walk populated as it went
