@@ -20,7 +20,10 @@ interleaved so that every way sees the same machine:
   decodes Ethernet/IPv4/IPv6/TCP and tests the ports, on two processes; the count must equal bpfjit's
   (skipped when pcap-parallel is not installed: `pip install pcap-parallel dpkt`);
 - gzip: the first file gzipped (`gzip -6`): `zcat > /dev/null` against `count_file` (16 filters) and
-  `filter_file` reading it streamed (`capfile.Stream(gzip.open(...))`, no temporary file).
+  `filter_file` reading it streamed (`capfile.Stream(gzip.open(...))`, no temporary file);
+- one large file: the records of the first 8 files in one pcap file, counted and filtered on 1 and 2
+  workers (cut into byte-range parts: `capparts`, the part size the cluster's threads ask for) against
+  `count_file` / `filter_file` on one thread and `filter_file(..., workers=2)`.
 
 Every output and count is checked against the loop's first. Reports medians (wall time) and the ratios
 of the same run: on a shared machine only ratios from one run mean anything.
@@ -100,6 +103,17 @@ def timed(run: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def concatenated(paths: list[Path], big: Path) -> Path:
+    """One pcap file with the records of `paths` (same header), kept beside them."""
+    if not big.exists():
+        with open(big, "wb") as out:
+            out.write(paths[0].read_bytes()[:24])
+            for path in paths:
+                out.write(path.read_bytes()[24:])
+    big.read_bytes()
+    return big
+
+
 def fresh(directory: Path) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -137,6 +151,7 @@ def main() -> None:
     if not packed.exists():
         subprocess.run(f"gzip -6 -c {paths[0]} > {packed}", shell=True, check=True)
     packed.read_bytes()
+    big = concatenated(paths[:8], paths[0].with_name("one-large.pcap"))
     out = args.workdir / "out"
     expected_counts = None
 
@@ -193,6 +208,22 @@ def main() -> None:
         subprocess.run(["xargs", "-P", "2", "-I{}", "sh", "-c", script, "sh", "{}"], input=names.encode(), check=True)
         return None
 
+    def big_count() -> object:
+        return list(capfile.count_file(big, list(filters.values())).packets)
+
+    def big_dask_count(n: int) -> object:
+        with clients[n].as_current():
+            return [c.packets for c in bpfjit_dask.count(str(big), filters).counts.values()]
+
+    def big_filter(workers: int) -> object:
+        return capfile.filter_file(big, fresh(out / f"big-threads{workers}") / big.name, EXPRESSION,
+                                   workers=workers).accepted  # fmt: skip
+
+    def big_dask_filter(n: int) -> object:
+        with clients[n].as_current():
+            (result,) = bpfjit_dask.filter_files(str(big), EXPRESSION, fresh(out / f"big-dask{n}"))
+        return result.stats.accepted if result.stats is not None else None
+
     ways: dict[str, Callable[[], object]] = {
         "count: loop of count_file": loop_count,
         "count: loop of filter_file x16": loop_filter_per_filter,
@@ -218,6 +249,16 @@ def main() -> None:
         "gz: filter_file, streamed": gz_filter,
     }
     ways.update(gz_ways)
+    big_ways: dict[str, Callable[[], object]] = {
+        "one file: count_file": big_count,
+        "one file: dask count, 1 worker": lambda: big_dask_count(1),
+        "one file: dask count, 2 workers": lambda: big_dask_count(2),
+        "one file: filter_file": lambda: big_filter(1),
+        "one file: filter_file workers=2": lambda: big_filter(2),
+        "one file: dask filter, 1 worker": lambda: big_dask_filter(1),
+        "one file: dask filter, 2 workers": lambda: big_dask_filter(2),
+    }
+    ways.update(big_ways)
     times: dict[str, list[float]] = {name: [] for name in ways}
     try:
         for name in ways:  # warm-up: compiles (or loads) every walker and classifier in every process
@@ -228,10 +269,15 @@ def main() -> None:
                 assert result == expected_counts, (name, result, expected_counts)
             elif name == "filter: pcap-parallel + dpkt, 2 procs":  # the same job: the same packets kept
                 assert result == loop_filter(), (name, result)
+            elif name.startswith("one file"):
+                expected = big_count() if "count" in name else big_filter(1)
+                assert result == expected, (name, result, expected)
         for name in ("dask1", "dask2", "dask0", "threads", "tcpdump"):  # same bytes as the loop's
             for path in paths:
                 assert (out / name / path.name).read_bytes() == (out / "loop" / path.name).read_bytes(), (name, path)
         assert (out / "gz.pcap").read_bytes() == (out / "loop" / paths[0].name).read_bytes()
+        for name in ("big-threads2", "big-dask1", "big-dask2"):
+            assert (out / name / big.name).read_bytes() == (out / "big-threads1" / big.name).read_bytes(), name
         for _ in range(args.rounds):
             for name, run in ways.items():
                 elapsed, _ = timed(run)
@@ -245,7 +291,7 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{'way':36} {'median s':>9} {'MB/s':>7}")
     for name, seconds in median.items():
-        nbytes = paths[0].stat().st_size if name in gz_ways else size  # gz: MB/s of the decompressed file
+        nbytes = paths[0].stat().st_size if name in gz_ways else big.stat().st_size if name in big_ways else size
         print(f"{name:36} {seconds:9.3f} {nbytes / 1e6 / seconds:7.0f}")
     print("\nratios (same run):")
     ratios = [
@@ -261,6 +307,12 @@ def main() -> None:
          "filter: dask, 2 workers"),
         ("filter: dask threads vs loop workers=2", "filter: loop, workers=2 threads",
          "filter: dask, 2 threads (no procs)"),
+        ("one file: dask count 2 workers vs 1", "one file: dask count, 1 worker", "one file: dask count, 2 workers"),
+        ("one file: dask count 2 workers vs count_file", "one file: count_file", "one file: dask count, 2 workers"),
+        ("one file: dask filter 2 workers vs 1", "one file: dask filter, 1 worker", "one file: dask filter, 2 workers"),
+        ("one file: dask filter 2 workers vs filter_file", "one file: filter_file",
+         "one file: dask filter, 2 workers"),
+        ("one file: filter_file workers=2 vs 1", "one file: filter_file", "one file: filter_file workers=2"),
         ("gz: count_file streamed vs zcat (time ratio)", "gz: count_file, streamed", "gz: zcat > /dev/null"),
         ("gz: filter_file streamed vs zcat (time ratio)", "gz: filter_file, streamed", "gz: zcat > /dev/null"),
     ]
