@@ -218,13 +218,15 @@ def _classified(event: Records, data: Any, classifier: Callable[[int], Classifie
     offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
     caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
     wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
-    if event.section is None:
-        slots = np.zeros(n, dtype=np.uint32)
-    else:
-        ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
-        slots = np.frombuffer(memoryview(event.section.slots), dtype=np.uint32)[ifaces]
+    if event.section is None:  # one link type: no copies of the chunk's arrays per slot
+        return starts, wirelens, classifier(0).run_batch(Batch(data, offsets, caplens, wirelens))
+    ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
+    slots = np.frombuffer(memoryview(event.section.slots), dtype=np.uint32)[ifaces]
+    present = np.unique(slots).tolist()
+    if len(present) == 1:
+        return starts, wirelens, classifier(present[0]).run_batch(Batch(data, offsets, caplens, wirelens))
     verdicts = np.zeros((n, filters), dtype=bool)
-    for slot in np.unique(slots).tolist():
+    for slot in present:
         rows = slots == slot
         verdicts[rows] = classifier(slot).run_batch(Batch(data, offsets[rows], caplens[rows], wirelens[rows]))
     return starts, wirelens, verdicts

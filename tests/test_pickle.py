@@ -116,3 +116,40 @@ def test_errors() -> None:
 def test_numpy_results() -> None:
     verdicts = bpfjit.compile("tcp").run_batch(packetmix.generate(100, seed=2))
     assert (roundtrip(verdicts) == verdicts).all() and verdicts.dtype == np.uint32
+
+
+def test_parts_of_a_file_and_their_results(tmp_path: Path) -> None:
+    """capparts' plan, walk results and spans (contexts of a file of several pcapng sections included)
+    come back equal, and a part that crossed a process boundary walks as the original does."""
+    from test_capparts import pcapng_sections
+
+    from bpfjit import capparts
+
+    ip_expressions = ["tcp port 80", "udp port 53", "ip6"]  # (arp rejects every packet of a raw IP section)
+    src = tmp_path / "sections.pcapng"
+    src.write_bytes(pcapng_sections())
+    parts = capparts.plan(src, 4096)
+    assert len(parts) > 4 and len({p.section for p in parts}) > 1
+    results = [capparts.count_part(p, ip_expressions) for p in parts]
+    assert {r.context for r in results if r.context is not None} and roundtrip(results) == results
+    assert [capparts.count_part(roundtrip(p), ip_expressions) for p in parts] == results
+    spans = capparts.spans([capparts.walk_part(p) for p in parts])
+    assert roundtrip(spans) == spans and roundtrip(capparts.assemble_count(results, ip_expressions)) == \
+        capfile.count_file(src, ip_expressions)  # fmt: skip
+
+
+def test_dask_results(tmp_path: Path, mix: bpfjit.Batch) -> None:
+    dask = pytest.importorskip("bpfjit.dask")
+    src = tmp_path / "mix.pcap"
+    packetmix.write_pcap(src, mix)
+    (source,) = dask.inputs(str(src))
+    results = [
+        source, dask.Piece(source),
+        dask.FileResult(source.url, str(src), bpfjit.filter_file(src, None, "tcp"), None),
+        dask.FileResult(source.url, None, None, CaptureFileError(24, "truncated record", source.url)),
+        dask.SplitResult(source.url, {"web": str(src)}, {"web": capfile.FileStats(3, 2, 100)}, None),
+        dask.CollectionCounts(1, 3000, {"web": dask.Counts(5, 600)}, [], {"web": {60.0: dask.Counts(5, 600)}}),
+    ]  # fmt: skip
+    for result in results:
+        again = roundtrip(result)
+        assert type(again) is type(result) and repr(again) == repr(result)
