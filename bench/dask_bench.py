@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=40_000, help="packets per file (~365 bytes a record)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bpfjit-dask-bench")
+    parser.add_argument("--part-bytes", type=int, default=None,
+                        help="bpfjit.dask's part size (default: the one the cluster's threads ask for)")
+    parser.add_argument("--no-python", action="store_true", help="leave out the pcap-parallel + dpkt row (slow)")
     args = parser.parse_args()
 
     import distributed
@@ -164,7 +167,7 @@ def main() -> None:
 
     def dask_count(n: int) -> object:
         with clients[n].as_current():
-            totals = bpfjit_dask.count(glob, filters)
+            totals = bpfjit_dask.count(glob, filters, part_bytes=args.part_bytes)
         return [c.packets for c in totals.counts.values()]
 
     def loop_filter() -> object:
@@ -173,7 +176,7 @@ def main() -> None:
 
     def dask_filter(n: int) -> object:
         with clients[n].as_current():
-            results = bpfjit_dask.filter_files(glob, EXPRESSION, fresh(out / f"dask{n}"))
+            results = bpfjit_dask.filter_files(glob, EXPRESSION, fresh(out / f"dask{n}"), part_bytes=args.part_bytes)
         return [r.stats.accepted for r in results if r.stats is not None]
 
     def loop_filter_threads() -> object:
@@ -213,7 +216,7 @@ def main() -> None:
 
     def big_dask_count(n: int) -> object:
         with clients[n].as_current():
-            return [c.packets for c in bpfjit_dask.count(str(big), filters).counts.values()]
+            return [c.packets for c in bpfjit_dask.count(str(big), filters, part_bytes=args.part_bytes).counts.values()]
 
     def big_filter(workers: int) -> object:
         return capfile.filter_file(big, fresh(out / f"big-threads{workers}") / big.name, EXPRESSION,
@@ -221,7 +224,8 @@ def main() -> None:
 
     def big_dask_filter(n: int) -> object:
         with clients[n].as_current():
-            (result,) = bpfjit_dask.filter_files(str(big), EXPRESSION, fresh(out / f"big-dask{n}"))
+            (result,) = bpfjit_dask.filter_files(str(big), EXPRESSION, fresh(out / f"big-dask{n}"),
+                                                 part_bytes=args.part_bytes)
         return result.stats.accepted if result.stats is not None else None
 
     ways: dict[str, Callable[[], object]] = {
@@ -242,7 +246,8 @@ def main() -> None:
     except ImportError:
         print("pcap-parallel or dpkt not installed: no Python row")
     else:
-        ways["filter: pcap-parallel + dpkt, 2 procs"] = pcap_parallel_filter
+        if not args.no_python:
+            ways["filter: pcap-parallel + dpkt, 2 procs"] = pcap_parallel_filter
     gz_ways: dict[str, Callable[[], object]] = {
         "gz: zcat > /dev/null": zcat,
         "gz: count_file, streamed": gz_count,
