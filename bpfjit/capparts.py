@@ -26,12 +26,15 @@ and, like statistics, name-resolution and custom blocks, written in place (a sec
 length is unknown); part 0 starts at the first packet block. Each result records the context it
 started in (`PartResult.context`; none for a part starting at a section header, which depends on
 none) and the one it ended in (`next_context`), and assembly accepts a part only if it started where
-the previous verified part ended and in the context that part ended in: otherwise it is walked again
-from there in that context. A file of concatenated sections (`cat a.pcapng b.pcapng`, rotated captures)
-is thus walked in parallel all through. Hints are only hints: an interface block appended mid-section,
-or bytes inside packets that look like a section header (a pcapng carried over TCP), cost parts walked
-again — the parts after such a block up to the next section header — never a wrong byte. pcapng blocks
-are self-delimiting, but a guess can still land on bytes that frame like blocks, hence the same check.
+the previous verified part ended and in the context that part ended in — or in a context whose
+interfaces are a prefix of that one's, if it met no section or interface block and no packet naming an
+interface past them (`PartResult.carried`; such a walk reads alike): otherwise it is walked again from
+there in that context. A file of concatenated sections (`cat a.pcapng b.pcapng`, rotated captures) is
+thus walked in parallel all through, and one whose interfaces are described at their first packets
+(scapy's writer) costs only the parts holding such a block or a packet of such an interface walked
+again. Hints are only hints: bytes inside packets that look like a section header (a pcapng carried
+over TCP) cost parts walked again, never a wrong byte. pcapng blocks are self-delimiting, but a guess
+can still land on bytes that frame like blocks, hence the same check.
 
 A filter part writes its accepted records (no header) and those blocks to a part file beside the
 output (`part_path`); assembly writes the file header (pcap) or the blocks before the first packet
@@ -121,7 +124,9 @@ class PartResult(NamedTuple):
     `Status` there (STOP: the part's end; END: the file's end), records read; per filter, records
     accepted and (count parts) their wire bytes, or (filter parts) the bytes written to the part file;
     the `CaptureFileError` that ended the walk, if one did; and (pcapng) the context it started in
-    (None: at a section header, which depends on none) and the one it ended in."""
+    (None: at a section header, which depends on none), the one it ended in, and whether it met no
+    section or interface block (`carried`: then a walk in a context whose interfaces are a prefix of
+    the true one's read the same, unless a packet named an interface past them)."""
 
     part: Part
     start: int | None
@@ -133,6 +138,7 @@ class PartResult(NamedTuple):
     error: CaptureFileError | None = None
     context: ContextKey | None = None
     next_context: ContextKey | None = None
+    carried: bool = True  # pcapng: no section or interface block met (it ended in the context it started in)
 
 
 class Span(NamedTuple):
@@ -302,18 +308,21 @@ class _Walked(NamedTuple):
     read: int
     error: CaptureFileError | None
     context: ContextKey | None  # pcapng: the context where it stopped
+    carried: bool  # no section or interface block met
 
 
 def _walk(capture: CaptureFile, part: Part, start: int | None, section: Section | None, filters: LinkTypeFilters,
           chunk: int, records: Callable[[Records], None], block: Callable[[Block], None]) -> _Walked:  # fmt: skip
     """Walk `part` from `start` in `section` to its end, handing each chunk and block on."""
     if start is None:
-        return _Walked(None, Status.STOP, 0, None, None)
+        return _Walked(None, Status.STOP, 0, None, None, True)
     arrays = ChunkArrays(chunk)
     read = 0
-    current = [section]
+    current: list[Section | None] = [section]
+    met: list[int] = []
+    events = _events(capture, filters, arrays, start, current, part.hi, met)
     try:
-        for event in _events(capture, filters, arrays, start, current, part.hi):
+        for event in events:
             if isinstance(event, Block):
                 block(event)
             else:
@@ -321,23 +330,25 @@ def _walk(capture: CaptureFile, part: Part, start: int | None, section: Section 
                 records(event)
     except CaptureFileError as error:  # decided by `verify`: a walk from a wrong guess may fail anywhere
         status = arrays.chunk.status
-        return _Walked(error.offset, status if status in _ERRORS else Status.BAD_BLOCK, read, error, None)
-    return _Walked(int(arrays.chunk.end), int(arrays.chunk.status), read, None, _key(current[0]))
+        return _Walked(error.offset, status if status in _ERRORS else Status.BAD_BLOCK, read, error, None, False)
+    return _Walked(int(arrays.chunk.end), int(arrays.chunk.status), read, None, _key(current[0]), not met)
 
 
 _ERRORS = (Status.TRUNCATED, Status.BAD_CAPLEN, Status.BAD_BLOCK, Status.BAD_INTERFACE)
 
 
 def _events(capture: CaptureFile, filters: LinkTypeFilters, arrays: ChunkArrays, start: int,
-            current: list[Section | None], stop: int) -> Iterator[Records | Block]:  # fmt: skip
+            current: list[Section | None], stop: int, met: list[int]) -> Iterator[Records | Block]:  # fmt: skip
     """`capture.events` from `start` up to `stop`, reading the section and interface blocks on the way
-    here (as `events` reads them), so that `current[0]` is the section the walk is in when it stops."""
+    here (as `events` reads them), so that `current[0]` is the section the walk is in when it stops
+    (and `met` lists where those blocks were)."""
     pos = start
     while True:
         yield from capture.events(filters, lambda: arrays, pos, current[0], stop, context_stop=True)
         if arrays.chunk.status != Status.OTHER_BLOCK:
             return
         block, current[0] = capture._pcapng_block(int(arrays.chunk.end), current[0])
+        met.append(block.start)
         yield block
         pos = block.end
 
@@ -377,7 +388,7 @@ def filter_part(part: Part, dst: str | os.PathLike[str], filter: FilterSpec = No
             writer.close()
             view.release()
         return PartResult(part, first, walked.end, walked.status, walked.read, (accepted,), (writer.written,),
-                          walked.error, context, walked.context)  # fmt: skip
+                          walked.error, context, walked.context, walked.carried)  # fmt: skip
 
 
 def count_part(part: Part, filters: Sequence[FilterSpec], *, start: int | None = None,
@@ -401,7 +412,7 @@ def count_part(part: Part, filters: Sequence[FilterSpec], *, start: int | None =
         walked = _walk(capture, part, first, section, keep_all, chunk, records, lambda _: None)
         data.clear()
         return PartResult(part, first, walked.end, walked.status, walked.read, *tally.totals(), walked.error,
-                          context, walked.context)  # fmt: skip
+                          context, walked.context, walked.carried)  # fmt: skip
 
 
 def walk_part(part: Part, *, start: int | None = None, context: ContextKey | None = None,
@@ -412,7 +423,7 @@ def walk_part(part: Part, *, start: int | None = None, context: ContextKey | Non
         keep_all = LinkTypeFilters(None, opened.capture)
         walked = _walk(opened.capture, part, first, section, keep_all, chunk, lambda _: None, lambda _: None)
         return PartResult(part, first, walked.end, walked.status, walked.read, (), (), walked.error, context,
-                          walked.context)  # fmt: skip
+                          walked.context, walked.carried)  # fmt: skip
 
 
 # -- verifying the parts in file order ---------------------------------------------------------------------
@@ -433,7 +444,10 @@ def verify(results: Sequence[PartResult], redo: Redo) -> tuple[list[PartResult],
     for result in ordered:
         part = result.part
         if result.context is not None and result.context != context:
-            result = result._replace(start=None)  # read in another context: walked again, as after a wrong guess
+            if _reads_alike(result, context):
+                result = result._replace(context=context, next_context=context)
+            else:  # read in another context: walked again, as after a wrong guess
+                result = result._replace(start=None)
         checked = chain.verify(result, part.hi, lambda at, part=part, context=context: redo(part, at, context))  # type: ignore[misc]
         verified.append(checked)
         if checked.status != Status.STOP:  # the end of the file, a bad record: nothing after counts
@@ -441,6 +455,17 @@ def verify(results: Sequence[PartResult], redo: Redo) -> tuple[list[PartResult],
         assert checked.end is not None
         chain.position, context = checked.end, checked.next_context
     return verified, chain.redone
+
+
+def _reads_alike(result: PartResult, context: ContextKey | None) -> bool:
+    """Whether `result`, walked in another context than `context`, read what a walk in `context` reads:
+    its interfaces a prefix of `context`'s (a part's hint lacks the interfaces described after the
+    section's lead: a writer such as scapy describes each at its first packet), no packet naming one
+    past them, no section or interface block met (whose interface numbers would follow the hint's)."""
+    if context is None or result.context is None or not result.carried or result.status == Status.BAD_INTERFACE:
+        return False
+    (order, interfaces), (hint_order, hint_interfaces) = context, result.context
+    return order == hint_order and interfaces[: len(hint_interfaces)] == hint_interfaces
 
 
 def _lead_context(path: str) -> ContextKey | None:

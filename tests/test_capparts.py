@@ -22,6 +22,7 @@ import bpfjit
 from bpfjit import capfile, capparts, packetmix, samples
 from bpfjit.capformat import CaptureFile
 from bpfjit.errors import CaptureFileError
+from bpfjit.walkers import Status
 
 EXPRESSIONS = ["tcp port 80", "udp", "ip[6:2] & 0x3fff != 0", "arp or icmp"]
 
@@ -153,6 +154,33 @@ def pcapng_sections(n: int = 900) -> bytes:
     return pcapng_mix("<", 700, seed=11) + second + empty + third
 
 
+def block_starts(data: bytes) -> list[int]:
+    """Where each block of a pcapng file starts (`pcapng_blocks` order)."""
+    starts, at = [], 0
+    for _, block in pcapng_blocks(data):
+        starts.append(at)
+        at += len(block)
+    return starts
+
+
+def pcapng_late_interfaces(n: int = 1200) -> bytes:
+    """Interfaces described at their first packet, as scapy's writer does: a raw-IP interface after
+    packet 300, then its packets every 40th block on; an Ethernet one after packet 800, used once."""
+    idb_raw = savefiles._block("<", 1, struct.pack("<HHI", 101, 0, 65535))
+    idb_eth = savefiles._block("<", 1, struct.pack("<HHI", 1, 0, 65535))
+    out = bytearray()
+    for index, (_, block) in enumerate(pcapng_blocks(pcapng_mix("<", n, seed=17))):
+        out += block
+        if index == 300:
+            out += idb_raw
+        if index > 300 and index % 40 == 0:
+            ip = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]) + bytes(8)
+            out += savefiles._block("<", 6, struct.pack("<IIIII", 3, 0, index, 28, 28) + ip)
+        if index == 800:
+            out += idb_eth + savefiles._block("<", 6, struct.pack("<IIIII", 4, 0, index, 60, 60) + bytes(60))
+    return bytes(out)
+
+
 def section_heads(data: bytes) -> list[int]:
     """Where the section header blocks of a pcapng file are."""
     heads, at = [], 0
@@ -168,6 +196,7 @@ def ng_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made = {"le": pcapng_mix("<", 1500, seed=5), "be": pcapng_mix(">", 1500, seed=5),
             "blocks": pcapng_blocks_mid_file(), "over_tcp": pcapng_over_tcp(), "sections": pcapng_sections(),
             "sections_idb": pcapng_blocks_mid_file() + pcapng_mix(">", 600, seed=13),
+            "late_interfaces": pcapng_late_interfaces(),
             "over_tcp_sections": pcapng_over_tcp(inner=pcapng_sections(400))}  # fmt: skip
     for name, data in made.items():
         (tmp / f"{name}.pcapng").write_bytes(data)
@@ -187,7 +216,8 @@ def assembled(src: Path, dst: Path, expression: str | None, part_bytes: int,
     return capparts.assemble_filter(results, dst, expression), redone
 
 
-@pytest.mark.parametrize("name", ["le", "be", "blocks", "over_tcp", "sections", "sections_idb", "over_tcp_sections"])
+@pytest.mark.parametrize("name", ["le", "be", "blocks", "over_tcp", "sections", "sections_idb", "over_tcp_sections",
+                                  "late_interfaces"])
 @pytest.mark.parametrize("part_bytes", [997, 4096, 60_000, 1 << 30])
 def test_pcapng_parts_equal_filter_file(ng_files: dict[str, Path], tmp_path: Path, name: str, part_bytes: int) -> None:
     src = ng_files[name]
@@ -213,7 +243,8 @@ def walk_again(part: capparts.Part, at: int, context: capparts.ContextKey | None
 def test_sections_keep_their_parts(ng_files: dict[str, Path], tmp_path: Path) -> None:
     """Parts after a second section are walked as planned, none again: a part starts at a section
     header found by `plan`, and the parts after it are walked in its context. An interface block
-    mid-section changes the context: the parts after it, up to the next section, are walked again."""
+    mid-section adds to the context: the part that holds it is walked again, the parts after it were
+    read alike in the lead's context (a prefix of the true one) and count as they are."""
     src, single, joined = ng_files["sections"], tmp_path / "single.pcapng", tmp_path / "joined.pcapng"
     heads = section_heads(src.read_bytes())
     parts = capparts.plan(src, 997)
@@ -233,10 +264,37 @@ def test_sections_keep_their_parts(ng_files: dict[str, Path], tmp_path: Path) ->
         redone_at.extend([part.lo] if at < part.hi else [])  # (not a part inside one block: no walk)
         return walk_again(part, at, context)
 
-    _, redone = capparts.verify(walk_all(capparts.plan(src, 997), capparts.walk_part, seed=9), redo)
-    assert redone == len(redone_at) > 50 and max(redone_at) < second  # after the interface block, not the section
+    parts = capparts.plan(src, 997)
+    idb = max(at for at, (btype, _) in zip(block_starts(src.read_bytes()), pcapng_blocks(src.read_bytes()),
+                                           strict=True) if btype == 1 and at < second)  # fmt: skip
+    _, redone = capparts.verify(walk_all(parts, capparts.walk_part, seed=9), redo)
+    assert next(p.lo for p in parts if p.lo <= idb < p.hi) in redone_at and redone == len(redone_at) <= 3
     expected = bpfjit.filter_file(src, single, "udp", workers=1)
     assert assembled(src, joined, "udp", 997, seed=10)[0] == expected and joined.read_bytes() == single.read_bytes()
+
+
+def test_late_interfaces_cost_only_the_parts_that_use_them(ng_files: dict[str, Path]) -> None:
+    """Interfaces described at their first packet: a part walked in the lead's context counts as it
+    is unless it holds such a block or a packet of such an interface (read in the lead's context, a
+    packet naming an interface past it stops the walk): those few are walked again, not the rest."""
+    src = ng_files["late_interfaces"]
+    data = src.read_bytes()
+    parts = capparts.plan(src, 997)
+    first_idb = min(at for at, (btype, _) in zip(block_starts(data), pcapng_blocks(data), strict=True)
+                    if btype == 1 and at > 100)  # fmt: skip
+    after = [p for p in parts if p.hi > first_idb]
+    redone_at: list[int] = []
+
+    def redo(part: capparts.Part, at: int, context: capparts.ContextKey | None) -> capparts.PartResult:
+        redone_at.extend([part.lo] if at < part.hi else [])
+        return walk_again(part, at, context)
+
+    results = walk_all(parts, capparts.walk_part, seed=3)
+    assert sum(r.status == Status.BAD_INTERFACE for r in results) >= 10  # packets of the late interface
+    verified, redone = capparts.verify(results, redo)
+    assert 10 <= redone < len(after) // 3 and verified[-1].status == Status.END
+    assert capparts.assemble_count(walk_all(parts, lambda p: capparts.count_part(p, EXPRESSIONS), seed=5),
+                                   EXPRESSIONS) == capfile.count_file(src, EXPRESSIONS)  # fmt: skip
 
 
 def test_wrong_hints_cost_walks_only(ng_files: dict[str, Path], tmp_path: Path) -> None:
@@ -316,7 +374,7 @@ def span_batches(src: Path, part_bytes: int, expression: str | None) -> list[tup
 
 
 @pytest.mark.parametrize("name", ["mix", "over_tcp", "ng:le", "ng:be", "ng:blocks", "ng:over_tcp", "ng:sections",
-                                  "ng:sections_idb", "ng:over_tcp_sections"])
+                                  "ng:sections_idb", "ng:over_tcp_sections", "ng:late_interfaces"])
 def test_spans_read_what_read_batches_reads(files: dict[str, Path], ng_files: dict[str, Path], name: str) -> None:
     src = ng_files[name[3:]] if name.startswith("ng:") else files[name]
     for expression in [None, "udp"]:
