@@ -142,7 +142,10 @@ def _opened(source: Input) -> Iterator[str | capfile.Stream]:
     if source.local is not None:
         yield source.local
         return
-    with fsspec.open(source.url, "rb", compression=source.compression) as stream:
+    # read once, front to back: over HTTP a stream (block_size=0) needs no range requests, which
+    # many servers do not answer (fsspec's random-access HTTP file refuses such a server)
+    options = {"block_size": 0} if source.url.startswith(("http://", "https://")) else {}
+    with fsspec.open(source.url, "rb", compression=source.compression, **options) as stream:
         yield capfile.Stream(stream, source.url)
 
 

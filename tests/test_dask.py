@@ -140,6 +140,49 @@ def test_count(client: object, collection: tuple[Path, dict[str, Path]]) -> None
     assert totals.errors[0].offset == next(s.error for s in singles if s.error is not None).offset
 
 
+@pytest.fixture(scope="module")
+def http_server(collection: tuple[Path, dict[str, Path]]) -> Iterator[str]:
+    """The collection served over HTTP by Python's own server (no range requests: a plain server)."""
+    import functools
+    import http.server
+    import threading
+
+    src, _ = collection
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(src)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_inputs_over_http(client: object, collection: tuple[Path, dict[str, Path]], http_server: str,
+                          tmp_path: Path) -> None:  # fmt: skip
+    """fsspec URLs that are no local files (here HTTP, as an object store serves them) are streamed on
+    the workers: the same outputs, counts and errors (naming the URL) as the local files give."""
+    pytest.importorskip("aiohttp")  # fsspec's HTTP file system
+    src, plain = collection
+    names = sorted(p.name for p in src.iterdir())
+    urls = [f"{http_server}/{name}" for name in names]
+    assert [s.local for s in bpfjit_dask.inputs(urls)] == [None] * len(urls)
+    totals = bpfjit_dask.count(urls, FILTERS)
+    assert totals == bpfjit_dask.count(str(src / "*"), FILTERS)._replace(errors=totals.errors)
+    assert [(e.path, e.offset) for e in totals.errors] == [(f"{http_server}/f.pcap", totals.errors[0].offset)]
+    results = bpfjit_dask.filter_files(urls, "tcp or arp", tmp_path / "out")
+    for result, name in zip(results, names, strict=True):
+        plain_name = name.removesuffix(".gz")
+        stats, error = single_filter(plain[plain_name], tmp_path / plain_name, "tcp or arp")
+        assert result.stats == stats and (error is None) == (result.error is None)
+        assert Path(result.output or "").read_bytes() == (tmp_path / plain_name).read_bytes()
+
+
 def test_the_part_size_follows_the_cluster(client: object) -> None:
     """By default: about 4 tasks per thread of the cluster (2 here), never parts under 64 MiB; given, as given."""
     mib = 1 << 20
