@@ -91,8 +91,9 @@ from .walkers import Status
 if TYPE_CHECKING:
     from .capfilters import FilterSpec
 
-__all__ = ["DEFAULT_PART_BYTES", "ContextKey", "Part", "PartResult", "Span", "assemble_count", "assemble_filter",
-           "count_part", "filter_part", "part_path", "plan", "read_span", "spans", "verify", "walk_part"]  # fmt: skip
+__all__ = ["DEFAULT_PART_BYTES", "ContextKey", "Layout", "Part", "PartResult", "Span", "assemble_count",
+           "assemble_filter", "count_part", "filter_part", "finish", "part_path", "place", "plan", "read_span",
+           "settle", "spans", "verify", "walk_part"]  # fmt: skip
 
 DEFAULT_PART_BYTES = 64 << 20  # capparallel's largest range: a task of ~0.1-0.3 s, a part file in the page cache
 
@@ -508,41 +509,98 @@ def _header(path: str) -> bytes:
         return b"".join(b.replacement or bytes(view[b.start : b.end]) for b in opened.lead)
 
 
-def assemble_filter(results: Sequence[PartResult], dst: str | os.PathLike[str], filter: FilterSpec = None, *,
-                    linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK) -> FileStats:  # fmt: skip
-    """Write `dst` from the parts' files (checking and redoing them as `verify` does): the bytes
-    `filter_file(path, dst, filter)` writes, and its `FileStats`. A bad record raises its
-    `CaptureFileError` after the records before it are written (no file if none was accepted)."""
+class Layout(NamedTuple):
+    """A filtered file settled (`settle`): its verified part walks in file order (walked again where
+    needed), where each one's records go in `dst` (`offsets`, after the header `settle` wrote), the
+    `FileStats` and error `filter_file` gives, and what `place` needs to walk a part again."""
+
+    dst: str
+    parts: tuple[PartResult, ...]
+    offsets: tuple[int, ...]
+    stats: FileStats
+    error: CaptureFileError | None
+    planned: int  # parts planned: the part files `finish` removes
+    filter: FilterSpec
+    linktype: int | str | None
+    chunk: int
+
+
+def settle(results: Sequence[PartResult], dst: str | os.PathLike[str], filter: FilterSpec = None, *,
+           linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK) -> Layout:  # fmt: skip
+    """Check the parts' walks as `verify` does (walking a part again here where needed) and lay `dst`
+    out: its header written, its size set, each verified part's place in it known, so that `place`
+    can copy the parts in (anywhere, in any order, at once) and `finish` end it. No file if the walk
+    failed before a record was accepted, as `filter_file` does. Settling again writes the same
+    header and size over a file that may hold placed parts already: it leaves them be."""
+    name = os.fspath(dst)
 
     def redo(part: Part, at: int, context: ContextKey | None) -> PartResult:
-        return filter_part(part, dst, filter, start=at, context=context, linktype=linktype, chunk=chunk)
+        return filter_part(part, name, filter, start=at, context=context, linktype=linktype, chunk=chunk)
 
+    verified, _ = verify(results, redo)
+    error = verified[-1].error
+    read, accepted = sum(r.read for r in verified), sum(r.accepted[0] for r in verified)
+    offsets, written = [], 0
+    if error is None or accepted:
+        header = _header(verified[0].part.path)
+        written = len(header)
+        for result in verified:
+            offsets.append(written)
+            written += result.bytes[0]
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)  # (no O_TRUNC)
+        try:
+            os.pwrite(fd, header, 0)
+            os.ftruncate(fd, written)
+        finally:
+            os.close(fd)
+    return Layout(name, tuple(verified), tuple(offsets), FileStats(read, accepted, written), error, len(results),
+                  filter, linktype, chunk)  # fmt: skip
+
+
+def place(layout: Layout, index: int) -> int:
+    """Copy verified part `index`'s records into its place in `layout.dst` (in the kernel); the bytes
+    copied (0 for a part with none, or past the verified ones). Run again, it copies the same bytes to
+    the same place; a part file already removed is walked again first."""
+    if index >= len(layout.offsets) or not layout.parts[index].bytes[0]:
+        return 0
+    result = layout.parts[index]
+    piece_path = part_path(layout.dst, result.part.number)
+    if not os.path.exists(piece_path):  # (a task run again after `finish`, or its worker, went)
+        assert result.start is not None
+        filter_part(result.part, layout.dst, layout.filter, start=result.start, context=result.context,
+                    linktype=layout.linktype, chunk=layout.chunk)  # fmt: skip
+    with open(piece_path, "rb") as piece, open(layout.dst, "r+b") as out:
+        out.seek(layout.offsets[index])
+        return _copy(piece, out)
+
+
+def finish(layout: Layout) -> FileStats:
+    """Remove the part files; the `FileStats`, or the `CaptureFileError` at the bad record (raised once
+    the records before it are in place)."""
+    for number in range(layout.planned):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part_path(layout.dst, number))
+    if layout.error is not None:
+        raise layout.error
+    return layout.stats
+
+
+def assemble_filter(results: Sequence[PartResult], dst: str | os.PathLike[str], filter: FilterSpec = None, *,
+                    linktype: int | str | None = None, chunk: int = DEFAULT_CHUNK) -> FileStats:  # fmt: skip
+    """Write `dst` from the parts' files here, one after the other (`settle`, `place` each, `finish`):
+    the bytes `filter_file(path, dst, filter)` writes, and its `FileStats`. A bad record raises its
+    `CaptureFileError` after the records before it are written (no file if none was accepted)."""
+    layout = None
     try:
-        verified, _ = verify(results, redo)
-        path = verified[0].part.path
-        error = verified[-1].error
-        read, accepted = sum(r.read for r in verified), sum(r.accepted[0] for r in verified)
-        written = 0
-        if error is None or accepted:  # as filter_file: no output if it failed before a record
-            header = _header(path)
-            with open(dst, "wb") as out:
-                out.write(header)
-                written = len(header)
-                for result in verified:
-                    if result.bytes[0]:
-                        piece_path = part_path(dst, result.part.number)
-                        if not os.path.exists(piece_path):  # an assembly run again (retried, its worker died)
-                            assert result.start is not None
-                            redo(result.part, result.start, result.context)
-                        with open(piece_path, "rb") as piece:
-                            written += _copy(piece, out)
+        layout = settle(results, dst, filter, linktype=linktype, chunk=chunk)
+        for index in range(len(layout.offsets)):
+            place(layout, index)
     finally:
-        for number in range(len(results)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(part_path(dst, number))
-    if error is not None:
-        raise error
-    return FileStats(read, accepted, written)
+        if layout is None:  # (settling failed: the part files go all the same)
+            for number in range(len(results)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part_path(dst, number))
+    return finish(layout)
 
 
 def _copy(src: Any, dst: Any) -> int:

@@ -11,12 +11,13 @@
 
 Paths are fsspec URLs or lists of them (local globs, `s3://...`, anything fsspec opens). Each input
 is a task (or, for a local uncompressed pcap or pcapng file larger than the part size, one task per
-byte-range part and one that checks and assembles them: `capparts`. The part size, `part_bytes`,
-is by default the one that gives each thread of the cluster about 4 tasks, at least 64 MiB: a
-collection of many files is not cut at all, one large file is cut for every thread); the functions
-build Dask's graph and call `dask.compute`, so the active `distributed.Client` runs it, with its
-dashboard, retries and rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker
-compiles each filter for each file it reads as `filter_file` does, through the disk code cache (a
+byte-range part, one that checks them and lays the output out, one per part that copies its records
+into place, and one that ends the file: `capparts`. The part size, `part_bytes`, is by default the
+one that gives each thread of the cluster about 4 tasks, at least 64 MiB: a collection of many files
+is not cut at all, one large file is cut for every thread); the functions build Dask's graph and call
+`dask.compute`, so the active `distributed.Client` runs it, with its dashboard, retries and
+rescheduling of the tasks of a worker that died. Tasks send expressions, not code: a worker compiles
+each filter for each file it reads as `filter_file` does, through the disk code cache (a
 load after the first compile on that machine).
 
 A local uncompressed file is mapped in place; any other input (a `.gz`/`.bz2`/`.xz`/`.zst` file, an
@@ -241,8 +242,12 @@ def filter_files(paths: Paths, filter: capfile.FilterSpec, out_dir: str | os.Pat
             continue
         walked = [dask.delayed(capparts.filter_part)(part, _partial(output), filter, linktype=linktype,
                                                      dask_key_name=_key("part")) for part in parts]  # fmt: skip
-        tasks.append(dask.delayed(_filter_assemble)(source, walked, filter, output, linktype, errors,
-                                                    dask_key_name=_key("assemble")))  # fmt: skip
+        layout = dask.delayed(capparts.settle)(walked, _partial(output), filter, linktype=linktype,
+                                               dask_key_name=_key("settle"))  # fmt: skip
+        placed = [dask.delayed(capparts.place)(layout, index, dask_key_name=_key("place"))
+                  for index in range(len(parts))]  # fmt: skip
+        tasks.append(dask.delayed(_filter_finish)(source, layout, placed, output, errors,
+                                                  dask_key_name=_key("finish")))  # fmt: skip
     return _compute(tasks, retries)
 
 
@@ -259,11 +264,10 @@ def _filter_whole(source: Input, filter: capfile.FilterSpec, output: str, linkty
     return _filter_result(source, partial, output, errors, run)
 
 
-def _filter_assemble(source: Input, walked: list[PartResult], filter: capfile.FilterSpec, output: str,
-                     linktype: int | str | None, errors: str) -> FileResult:  # fmt: skip
-    partial = _partial(output)
-    return _filter_result(source, partial, output, errors,
-                          lambda: capparts.assemble_filter(walked, partial, filter, linktype=linktype))
+def _filter_finish(source: Input, layout: capparts.Layout, placed: list[int], output: str,
+                   errors: str) -> FileResult:  # fmt: skip
+    """A file in parts, once settled and every part placed (`placed`: their tasks, done)."""
+    return _filter_result(source, layout.dst, output, errors, lambda: capparts.finish(layout))
 
 
 def _filter_result(source: Input, partial: str, output: str, errors: str,

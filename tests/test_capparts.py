@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 import random
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,36 @@ def test_filter_parts_equal_filter_file(files: dict[str, Path], tmp_path: Path, 
         stats = capparts.assemble_filter(results, assembled, expression)
         assert stats == expected and assembled.read_bytes() == single.read_bytes() and expected.accepted > 0
         assert sorted(p.name for p in tmp_path.iterdir()) == ["assembled.pcap", "single.pcap"]  # no part file left
+
+
+@pytest.mark.parametrize("name", ["mix", "over_tcp"])
+def test_parts_placed_in_any_order_and_again(files: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """`settle` lays the output out, `place` copies each part in at its offset (any order, in another
+    process, twice), `settle` run again leaves placed parts be, a part placed after `finish` removed
+    its file is walked again: the bytes and stats `filter_file` gives, no part file left."""
+    import pickle
+
+    src, single, dst = files[name], tmp_path / "single.pcap", tmp_path / "placed.pcap"
+    dst.write_bytes(b"stale bytes of an older run, longer than the header" * 10_000)
+    expected = bpfjit.filter_file(src, single, "tcp", workers=1)
+    results = walk_all(capparts.plan(src, 4096), lambda p: capparts.filter_part(p, dst, "tcp"), seed=11)
+    layout = capparts.settle(results, dst, "tcp")
+    assert dst.stat().st_size == expected.written and pickle.loads(pickle.dumps(layout)) == layout
+    order = list(range(len(layout.offsets)))
+    random.Random(12).shuffle(order)
+    half = len(order) // 2
+    for index in order[:half]:
+        capparts.place(layout, index)
+    assert capparts.settle(results, dst, "tcp") == layout  # settled again (its task re-run): same layout
+    script = ("import pickle, sys; from bpfjit import capparts; layout, order = pickle.load(sys.stdin.buffer); "
+              "print(sum(capparts.place(layout, i) for i in order))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((layout, order[half:] + order[:3])),
+                         capture_output=True, check=True)  # fmt: skip
+    assert int(out.stdout) > 0
+    assert capparts.finish(layout) == expected and dst.read_bytes() == single.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["placed.pcap", "single.pcap"]
+    placed = capparts.place(layout, order[0])  # after finish: walked again, the same bytes to the same place
+    assert dst.read_bytes() == single.read_bytes() and placed == layout.parts[order[0]].bytes[0]
 
 
 @pytest.mark.parametrize("name", ["mix", "over_tcp"])
