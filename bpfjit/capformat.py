@@ -456,6 +456,8 @@ class CaptureFile:
             raise self._error(start, "no section header block here")
         pos, section, blocks = start, None, []
         while pos < self.size:
+            if self.size - pos < 8:  # (as `events` says it)
+                raise self._error(pos, f"truncated block header: {self.size - pos} of 8 bytes")
             btype = struct.unpack_from((section.order if section else "<") + "I", self.map, pos)[0]
             if section is not None and btype in PACKET_BLOCKS:
                 break

@@ -415,3 +415,18 @@ def test_spans_read_what_read_batches_reads(files: dict[str, Path], ng_files: di
         for part_bytes in (997, 1500, 4096, 50_000, 1 << 30):
             assert span_batches(src, part_bytes, expression) == expected, (expression, part_bytes)
         assert len(expected) > 20
+
+
+def test_a_lead_cut_short_fails_as_filter_file_does(tmp_path: Path) -> None:
+    """A pcapng file that ends within a block header before its first packet: `plan` raises the
+    `CaptureFileError` `filter_file` raises (was a struct.error out of `read_lead`)."""
+    data = pcapng_mix("<", 10, seed=3)
+    lead = next(i for i, (btype, _) in enumerate(pcapng_blocks(data)) if btype == 6)
+    src = tmp_path / "cut.pcapng"
+    src.write_bytes(data[: sum(len(b) for _, b in pcapng_blocks(data)[:lead])] + b"\x06\x00\x00")
+    with pytest.raises(CaptureFileError) as one:
+        bpfjit.filter_file(src, None, "ip", workers=1)
+    with pytest.raises(CaptureFileError) as planned:
+        capparts.plan(src, 100)
+    assert (planned.value.offset, str(planned.value)) == (one.value.offset, str(one.value))
+    assert "truncated block header: 3 of 8 bytes" in str(one.value)
