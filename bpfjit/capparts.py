@@ -4,6 +4,7 @@ machines) and assembled exactly: the engine-neutral core that `bpfjit.dask` (or 
     parts = capparts.plan("big.pcap", part_bytes=64 << 20)
     results = [capparts.filter_part(p, "out.pcap", "tcp port 80") for p in parts]   # anywhere, any order
     stats = capparts.assemble_filter(results, "out.pcap", "tcp port 80")   # the bytes filter_file writes
+    # or, as tasks: layout = settle(results, ...); place(layout, i) for each i, anywhere; finish(layout)
 
 The protocol is `capparallel`'s, with results that pickle instead of shared memory: part i > 0 starts
 from a guessed record start g_i (`guess_pcap`; pcapng: `guess_pcapng`, a 4-aligned packet block whose
@@ -37,12 +38,15 @@ over TCP) cost parts walked again, never a wrong byte. pcapng blocks are self-de
 can still land on bytes that frame like blocks, hence the same check.
 
 A filter part writes its accepted records (no header) and those blocks to a part file beside the
-output (`part_path`); assembly writes the file header (pcap) or the blocks before the first packet
-(pcapng, as `filter_file` writes them) and the verified parts' files in order, then removes the part
-files. A part walked again, or a task run again after its worker died, truncates its part file first,
-so nothing is written twice; an assembly run again walks the parts whose files the first run removed
-again. A truncated or corrupt record raises `CaptureFileError` at its offset once everything before it
-is written, as `filter_file` does.
+output (`part_path`). `settle` checks the parts, writes the output's header (pcap) or the blocks before
+the first packet (pcapng, as `filter_file` writes them) and sets the output's size: each verified
+part's place is the header plus the bytes of the parts before it. `place` copies one part's file into
+its place (any process, any order, at once), `finish` removes the part files (`assemble_filter`: the
+three in turn). A part walked again, or a task run again after its worker died, truncates its part
+file first, so nothing is written twice; placing again writes the same bytes to the same place, and
+settling again the same header and size; a part placed after its file was removed is walked again.
+A truncated or corrupt record raises `CaptureFileError` at its offset (`finish`) once everything
+before it is written, as `filter_file` does.
 
 Readers of parts (`to_dataframe`'s partitions) cannot trust a row before its part is verified, so
 they read verified `spans`: `walk_part` on every part (no filter, no output: the native walk alone),
