@@ -693,33 +693,17 @@ class ReceiverRun:
     def __init__(self, bed: Testbed, spec: dict[str, Any], cpu: int) -> None:
         self.bed, self.spec = bed, spec
         self.lines: list[str] = []
-        if spec["receiver"] == "tcpdump":
+        tcpdump = spec["receiver"] == "tcpdump"  # (writes to /dev/null, reports on stderr; a worker on stdout)
+        if tcpdump:
             command = ["tcpdump", "-i", spec["iface"], "-n", "-p", "-B", str(spec["buffer"] // 1024),
                        "-s", str(spec["snaplen"]), "-w", "/dev/null"]  # fmt: skip
             if spec["filter"] == "kernel":
                 command.append(FILTER_EXPR)
-            self.child = bed.spawn(
-                bed.rx_ns,
-                cpu,
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            self.stream = self.child.stderr
         else:
             command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-            self.child = bed.spawn(
-                bed.rx_ns,
-                cpu,
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            self.stream = self.child.stdout
+        talk = subprocess.DEVNULL if tcpdump else subprocess.PIPE
+        self.child = bed.spawn(bed.rx_ns, cpu, command, stdin=talk, stdout=talk, stderr=subprocess.PIPE, text=True)
+        self.stream = self.child.stderr if tcpdump else self.child.stdout
         self.cpu_at_ready = 0.0
 
     def wait_ready(self, timeout: float = 60.0) -> None:

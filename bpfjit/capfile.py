@@ -218,12 +218,14 @@ def _classified(event: Records, data: Any, classifier: Callable[[int], Classifie
     offsets = np.frombuffer(memoryview(arr.offsets), dtype=np.uint64, count=n)
     caplens = np.frombuffer(memoryview(arr.caplens), dtype=np.uint32, count=n)
     wirelens = np.maximum(np.frombuffer(memoryview(arr.wirelens), dtype=np.uint32, count=n), caplens)
-    if event.section is None:  # one link type: no copies of the chunk's arrays per slot
-        return starts, wirelens, classifier(0).run_batch(Batch(data, offsets, caplens, wirelens))
-    ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
-    slots = np.frombuffer(memoryview(event.section.slots), dtype=np.uint32)[ifaces]
-    present = np.unique(slots).tolist()
-    if len(present) == 1:
+    slots = None
+    if event.section is None:
+        present = [0]
+    else:
+        ifaces = np.frombuffer(memoryview(arr.ifaces), dtype=np.uint32, count=n)
+        slots = np.frombuffer(memoryview(event.section.slots), dtype=np.uint32)[ifaces]
+        present = np.unique(slots).tolist()
+    if len(present) == 1:  # one link type: classified in place, no copies of the chunk's arrays per slot
         return starts, wirelens, classifier(present[0]).run_batch(Batch(data, offsets, caplens, wirelens))
     verdicts = np.zeros((n, filters), dtype=bool)
     for slot in present:

@@ -216,16 +216,27 @@ def guess_pcapng(capture: CaptureFile, lo: int, hi: int, order: str, interfaces:
             iface, caplen = word(data, at + 8)[0], word(data, at + 20)[0]
             if end - at < 32 or iface >= interfaces or caplen > end - at - 32:
                 end = None
-        if end is not None:
-            for _ in range(GUESS_CHAIN - 1):
-                if end == size or (size - end >= 4 and word(data, end)[0] == BT_SHB):
-                    break
-                if (end := block_end(end)) is None:
-                    break
-            if end is not None:
-                return at
+        if end is not None and frames_up(capture, end, order, GUESS_CHAIN - 1):
+            return at
         at += 4
     return None
+
+
+def frames_up(capture: CaptureFile, at: int, order: str, blocks: int) -> bool:
+    """Whether `blocks` pcapng blocks from `at` frame up (each length at least `BLOCK_MIN`, a multiple
+    of 4, repeated at the block's end), or fewer up to the end of the file or a section header."""
+    data, size = capture.map, capture.size
+    word = struct.Struct(order + "I").unpack_from
+    for _ in range(blocks):
+        if at == size or (size - at >= 4 and word(data, at)[0] == BT_SHB):
+            return True
+        if size - at < BLOCK_MIN:
+            return False
+        length = word(data, at + 4)[0]
+        if length < BLOCK_MIN or length % 4 or length > size - at or word(data, at + length - 4)[0] != length:
+            return False
+        at += length
+    return True
 
 
 # -- one range ------------------------------------------------------------------------------------------

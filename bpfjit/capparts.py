@@ -218,7 +218,7 @@ def _plausible(capture: CaptureFile, at: int) -> bool:
         _, section, end = capture.read_lead(at)
     except (CaptureFileError, struct.error):  # (struct.error: a block header cut by the file's end)
         return False
-    return section is not None and _chains(capture, end, section.order)
+    return section is not None and capparallel.frames_up(capture, end, section.order, _SHB_CHAIN)
 
 
 def _ends_block(capture: CaptureFile, at: int) -> bool:
@@ -232,23 +232,6 @@ def _ends_block(capture: CaptureFile, at: int) -> bool:
 
 def _word(capture: CaptureFile, order: str, at: int) -> int:
     return int(struct.unpack_from(order + "I", capture.map, at)[0])
-
-
-def _chains(capture: CaptureFile, at: int, order: str) -> bool:
-    """Whether `_SHB_CHAIN` blocks from `at` frame up (a length repeated at the end), or fewer up to the
-    end of the file or a section header."""
-    data, size = capture.map, capture.size
-    word = struct.Struct(order + "I").unpack_from
-    for _ in range(_SHB_CHAIN):
-        if at == size or (size - at >= 4 and word(data, at)[0] == BT_SHB):
-            return True
-        if size - at < BLOCK_MIN:
-            return False
-        length = word(data, at + 4)[0]
-        if length < BLOCK_MIN or length % 4 or length > size - at or word(data, at + length - 4)[0] != length:
-            return False
-        at += length
-    return True
 
 
 def part_path(dst: str | os.PathLike[str], index: int) -> str:

@@ -185,8 +185,8 @@ def _publish(partial: str, output: str) -> str | None:
 def _part_bytes(sources: Sequence[Input], part_bytes: int | None) -> int:
     """`part_bytes`, or for None the part size that gives each thread of the cluster about
     `TASKS_PER_THREAD` tasks, and at least `DEFAULT_PART_BYTES`: no parts where the inputs alone keep
-    the threads busy (a part costs its file another task to verify and assemble, and `filter_files` a
-    copy of the part's output), and as many as balance a collection with a few large files."""
+    the threads busy (a part costs its file another task to settle, and `filter_files` a copy of the
+    part's output), and as many as balance a collection with a few large files."""
     if part_bytes is not None:
         return part_bytes
     mapped = sum(source.size for source in sources if source.local is not None)
